@@ -1,0 +1,96 @@
+"""Plain data shared by every module: problems, steps, requests and results of model calls.
+
+Everything here is a dataclass with no behaviour beyond small helpers, so backends (in-process, HTTP),
+scorers, policies and the engine can exchange it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+Author = Literal["draft", "target"]
+# Why a model stopped writing a step: at the step separator, at end-of-sequence, or at a token limit.
+StopReason = Literal["separator", "eos", "length"]
+AUTHORS: tuple[Author, ...] = ("draft", "target")
+STOP_REASONS: tuple[StopReason, ...] = ("separator", "eos", "length")
+
+
+@dataclass
+class Problem:
+    """One question of a dataset. `prompt` is the exact text the generators continue."""
+
+    id: str
+    question: str
+    prompt: str
+    gold: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """One reasoning step as written by one model.
+
+    `text` never contains the separator; the step is followed by the separator in the context iff
+    `stop == "separator"`. `token_ids` are the ids the author produced for `text` plus separator (None when
+    unknown, e.g. from a server that returns text only); other models re-tokenize the text.
+    """
+
+    author: Author
+    text: str
+    stop: StopReason
+    n_tokens: int
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    # Free-form per-step features a backend can expose (e.g. the draft's last hidden state for probe routers).
+    extras: dict = field(default_factory=dict)
+
+    def context_text(self, separator: str) -> str:
+        """The text this step contributes to the context of later steps."""
+        return self.text + separator if self.stop == "separator" else self.text
+
+
+@dataclass
+class GenerationRequest:
+    """Write the next step after `prompt` + `steps`. `key` names the problem: a backend may keep state
+    (a KV cache) under it between calls until `release(key)`."""
+
+    key: str
+    prompt: str
+    steps: Sequence[Step]
+    max_new_tokens: int
+    step_index: int = 0
+
+
+@dataclass
+class Generation:
+    text: str
+    stop: StopReason
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    n_prefill: int = 0  # tokens whose keys/values were computed before decoding (0 when unknown)
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScoreRequest:
+    """Score each candidate step as the next step after `steps` for `question` (PRM)."""
+
+    key: str
+    question: str
+    steps: Sequence[Step]
+    candidates: Sequence[Step]
+
+
+@dataclass
+class RouteRequest:
+    """Predict whether the target would write a better step than `draft` after `steps` (router)."""
+
+    key: str
+    question: str
+    steps: Sequence[Step]
+    draft: Step
+
+
+def context_text(prompt: str, steps: Sequence[Step], separator: str) -> str:
+    return prompt + "".join(s.context_text(separator) for s in steps)
