@@ -1,0 +1,21 @@
+"""Errors with messages meant for the user (printed as one line by the CLI)."""
+
+
+class ArbitrageError(Exception):
+    """Base class: bad input, a missing model, a server that stays down."""
+
+
+class ConfigError(ArbitrageError):
+    """A run was configured in a way that cannot work (e.g. router policy without a router)."""
+
+
+class DataError(ArbitrageError):
+    """A dataset file or record is malformed; the message names the file, line and field."""
+
+
+class ModelLoadError(ArbitrageError):
+    """A model id or path could not be loaded."""
+
+
+class BackendError(ArbitrageError):
+    """A model server could not be reached or kept failing."""
