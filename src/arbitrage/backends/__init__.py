@@ -1,0 +1,1 @@
+"""Model backends: in-process transformers models (`hf`) and OpenAI-compatible servers."""

@@ -1,0 +1,1 @@
+"""Step scorers (PRMs) and routers; in-process implementations live in `hf`."""

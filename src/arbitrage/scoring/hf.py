@@ -1,0 +1,224 @@
+"""In-process PRMs and routers on transformers models, with per-problem KV reuse across steps.
+
+Each candidate to score is one row: the problem's cached prefix (question and accepted steps) plus the
+candidate's segment. The output is read at the row's last token, which is the candidate's step-end token.
+Scored rows are kept as cache entries, so when a candidate is accepted the next step starts from it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import torch
+
+from ..backends.hf import load_model, load_tokenizer
+from ..backends.kv import KVBatch, SlotStore
+from ..errors import ModelLoadError
+from ..formats import router_segments
+from ..types import RouteRequest, ScoreRequest, Step
+
+ROUTER_META = "arbitrage_router.json"
+
+
+@dataclass(frozen=True)
+class PRMFormat:
+    """How a PRM sees a solution: `prefix` (with {question}) then each step followed by `step_suffix`."""
+
+    prefix: str = "{question}\n"
+    step_suffix: str = "\n"
+    bos: bool = True
+
+    @classmethod
+    def named(cls, name: str, separator: str = "\n\n") -> "PRMFormat":
+        if name == "skywork":  # Skywork-o1-Open-PRM: bos + problem + "\n", each step + "\n"
+            return cls("{question}\n", "\n", True)
+        if name == "separator":  # problem and steps each followed by the run's step separator
+            return cls("{question}" + separator, separator, True)
+        raise ModelLoadError(f"unknown PRM format {name!r}; use 'skywork' or 'separator'")
+
+
+class _CachedScorer:
+    """Runs rows of token ids with reuse of each problem's cached prefix; returns the last-token output."""
+
+    def __init__(self, model, tokenizer, head: Callable, name: str, reuse_cache: bool = True, max_entries: int = 3):
+        self.model, self.tokenizer, self.head, self.name = model, tokenizer, head, name
+        self.reuse_cache = reuse_cache
+        self.device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad or 0)
+        self.store = SlotStore(max_entries=max_entries)
+        self.prefill_tokens: list[int] = []  # per row scored: tokens computed (not reused)
+
+    @lru_cache(maxsize=65536)
+    def encode(self, text: str, special: bool = False) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def _forward(self, inputs, mask, positions, cache):
+        return self.head(self.model, inputs, mask, positions, cache)
+
+    @torch.no_grad()
+    def run(self, rows: Sequence[tuple[str, list[int]]]) -> torch.Tensor:
+        """Last-token outputs, one per (key, ids) row, as a float tensor [rows, C]."""
+        if not rows:
+            return torch.empty(0)
+        pasts, news = [], []
+        for key, ids in rows:
+            entry, n = self.store.best(key, ids) if self.reuse_cache else (None, 0)
+            pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
+            news.append(ids[n:])
+            self.prefill_tokens.append(len(ids) - n)
+        batch = KVBatch(self._forward, pasts, news, self.pad_id, self.device)
+        out = batch.prefill()
+        if self.reuse_cache:
+            for r, (key, _) in enumerate(rows):
+                self.store.put(key, batch.row(r))
+        return out.float()
+
+    def release(self, key: str) -> None:
+        self.store.drop(key)
+
+
+def _token_cls_head(model, inputs, mask, positions, cache):
+    out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    return out.logits[:, -1]
+
+
+def _value_head(v_head: torch.nn.Linear):
+    def head(model, inputs, mask, positions, cache):
+        out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True)
+        return v_head(out.last_hidden_state[:, -1].to(v_head.weight.dtype))
+    return head
+
+
+def _load_value_head(path: str, hidden: int, device, dtype) -> torch.nn.Linear:
+    """Skywork-style `v_head.summary` weights, from the checkpoint's safetensors or .bin files."""
+    from safetensors import safe_open
+
+    weights = {}
+    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        with safe_open(f, framework="pt") as sf:
+            for k in sf.keys():
+                if "v_head" in k:
+                    weights[k.split("v_head.")[-1]] = sf.get_tensor(k)
+    for f in sorted(glob.glob(os.path.join(path, "*.bin"))):
+        if not weights:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            weights = {k.split("v_head.")[-1]: v for k, v in state.items() if "v_head" in k}
+    if "summary.weight" not in weights:
+        raise ModelLoadError(f"{path!r} has no value head (expected tensors 'v_head.summary.weight/bias' as in "
+                             f"Skywork-o1-Open-PRM); use --prm-kind token-cls for a token-classification PRM")
+    head = torch.nn.Linear(hidden, 1, bias="summary.bias" in weights)
+    head.weight.data.copy_(weights["summary.weight"].reshape(1, hidden))
+    if "summary.bias" in weights:
+        head.bias.data.copy_(weights["summary.bias"].reshape(1))
+    return head.to(device=device, dtype=dtype).eval()
+
+
+def _local_dir(path_or_id: str) -> str:
+    if os.path.isdir(os.path.expanduser(path_or_id)):
+        return os.path.expanduser(path_or_id)
+    from huggingface_hub import snapshot_download  # hub ids: fetch (or find in the local cache) the files
+
+    return snapshot_download(path_or_id)
+
+
+class HFPRM:
+    """A process reward model: `value-head` (Skywork-o1-Open-PRM layout, sigmoid of the value at the step-end
+    token) or `token-cls` (2-label token classification, softmax[1] at the step-end token)."""
+
+    def __init__(self, scorer: _CachedScorer, fmt: PRMFormat, kind: str):
+        self.scorer, self.fmt, self.kind = scorer, fmt, kind
+        self.name = scorer.name
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, *, kind: str = "auto", fmt: str | PRMFormat = "skywork",
+                        device: str | None = "auto", dtype: str | None = "auto", reuse_cache: bool = True,
+                        name: str = "prm") -> "HFPRM":
+        tokenizer = load_tokenizer(path_or_id)
+        if kind == "auto":
+            kind = _detect_prm_kind(path_or_id)
+        if kind == "value-head":
+            model = load_model(path_or_id, "AutoModel", device=device, dtype=dtype)
+            p = next(model.parameters())
+            head = _value_head(_load_value_head(_local_dir(path_or_id), model.config.hidden_size, p.device, p.dtype))
+        elif kind == "token-cls":
+            model = load_model(path_or_id, "AutoModelForTokenClassification", device=device, dtype=dtype)
+            head = _token_cls_head
+        else:
+            raise ModelLoadError(f"unknown PRM kind {kind!r}; use value-head, token-cls or auto")
+        fmt = fmt if isinstance(fmt, PRMFormat) else PRMFormat.named(fmt)
+        return cls(_CachedScorer(model, tokenizer, head, name, reuse_cache), fmt, kind)
+
+    def row_ids(self, question: str, steps: Sequence[Step], candidate: Step) -> list[int]:
+        enc = self.scorer.encode
+        ids = list(enc(self.fmt.prefix.format(question=question), self.fmt.bos))
+        for s in (*steps, candidate):
+            ids += enc(s.text) + enc(self.fmt.step_suffix)
+        return ids
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        rows = [(r.key, self.row_ids(r.question, r.steps, c)) for r in requests for c in r.candidates]
+        out = self.scorer.run(rows)
+        flat = torch.sigmoid(out[:, 0]) if self.kind == "value-head" else torch.softmax(out, -1)[:, 1]
+        flat = flat.tolist()
+        scores, i = [], 0
+        for r in requests:
+            scores.append(flat[i:i + len(r.candidates)])
+            i += len(r.candidates)
+        return scores
+
+    def release(self, key: str) -> None:
+        self.scorer.release(key)
+
+
+def _detect_prm_kind(path_or_id: str) -> str:
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(os.path.expanduser(path_or_id))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the config of PRM {path_or_id!r}: {exc}") from exc
+    archs = " ".join(getattr(cfg, "architectures", None) or [])
+    return "token-cls" if "TokenClassification" in archs else "value-head"
+
+
+class HFRouter:
+    """A 2-label token-classification router over the annotated input of method.md; y_hat = softmax[1]."""
+
+    def __init__(self, scorer: _CachedScorer, separator: str = "\n\n", author_tags: bool = True):
+        self.scorer, self.separator, self.author_tags = scorer, separator, author_tags
+        self.name = scorer.name
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, *, device: str | None = "auto", dtype: str | None = "auto",
+                        reuse_cache: bool = True, name: str = "router", separator: str | None = None) -> "HFRouter":
+        tokenizer = load_tokenizer(path_or_id)
+        model = load_model(path_or_id, "AutoModelForTokenClassification", device=device, dtype=dtype)
+        meta = {}
+        meta_path = os.path.join(os.path.expanduser(path_or_id), ROUTER_META)
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+        sep = separator if separator is not None else meta.get("separator", "\n\n")
+        return cls(_CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), sep,
+                   meta.get("author_tags", True))
+
+    def row_ids(self, request: RouteRequest) -> list[int]:
+        segs = router_segments(request.question, request.steps, request.draft, self.separator, self.author_tags)
+        ids = list(self.scorer.encode(segs[0], True))
+        for seg in segs[1:]:
+            ids += self.scorer.encode(seg)
+        return ids
+
+    def predict(self, requests: Sequence[RouteRequest]) -> list[float]:
+        out = self.scorer.run([(r.key, self.row_ids(r)) for r in requests])
+        return torch.softmax(out, -1)[:, 1].tolist()
+
+    def release(self, key: str) -> None:
+        self.scorer.release(key)
