@@ -1,0 +1,287 @@
+"""Loading math problems (built-in benchmark copies, a user's JSON-lines file, or a hub dataset) as `Problem`s.
+
+Every problem gets its prompt here, from one of the templates below, so the generators only ever continue
+`Problem.prompt`. Malformed input fails early with a one-line `DataError` naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import ConfigError, DataError
+from .grading import gold_answer
+from .types import Problem
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+TEMPLATES = {
+    # Qwen2.5-Math's chain-of-thought prompt, written out as raw text (no tokenizer needed).
+    "qwen-math-cot": ("<|im_start|>system\n" + INSTRUCTION + "<|im_end|>\n"
+                      "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"),
+    "plain": "{question}\n" + INSTRUCTION + "\n\n",
+}
+
+# Built-in sets: file layout NAME/test.jsonl. A question spec "A+B" joins fields A and B (the Qwen2.5-Math
+# evaluation does the same for SVAMP/ASDiv: body, a full stop if it lacks one, the question).
+# id None: the line number (college_math's question_number repeats).
+BUILTIN: dict[str, dict[str, str | None]] = {
+    "math500": {"question": "problem", "answer": "answer", "id": "unique_id"},
+    "olympiadbench": {"question": "question", "answer": "final_answer", "id": "id"},
+    "gsm8k": {"question": "question", "answer": "answer", "id": "idx"},
+    "aime24": {"question": "problem", "answer": "answer", "id": "id"},
+    "svamp": {"question": "Body+Question", "answer": "Answer", "id": "ID"},
+    "asdiv": {"question": "body+question", "answer": "answer", "id": "idx"},
+    "mawps": {"question": "input", "answer": "target", "id": "idx"},
+    "college_math": {"question": "question", "answer": "answer", "id": None},
+}
+
+# Hub datasets whose layout matches a built-in one: (built-in name, config).
+HUB_ALIASES = {
+    "HuggingFaceH4/MATH-500": ("math500", None),
+    "openai/gsm8k": ("gsm8k", "main"),
+    "gsm8k": ("gsm8k", "main"),
+}
+
+# Tried in order when a user file or hub dataset does not name its fields.
+_QUESTION_GUESSES = ("question", "problem", "Problem", "input", "query", "prompt")
+_ANSWER_GUESSES = ("answer", "final_answer", "Answer", "target", "gold", "label")
+
+
+# ---------------------------------------------------------------- locating files
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]  # src/arbitrage/data.py -> repository root
+
+
+def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where built-in sets are looked for, in order (an explicit `data_dir` is the only place looked)."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    out: list[Path] = []
+    if os.environ.get("ARBITRAGE_DATA_DIR"):
+        out.append(Path(os.environ["ARBITRAGE_DATA_DIR"]))
+    out += [Path("shared/data"), Path("../shared/data"), _repo_root() / "shared/data",
+            _repo_root().parent / "shared/data"]
+    return out
+
+
+def builtin_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    tried = []
+    for d in data_dir_candidates(data_dir):
+        for p in (d / name / "test.jsonl", d / f"{name}.jsonl"):
+            if p.is_file():
+                return p
+        tried.append(str(d / name / "test.jsonl"))
+    raise DataError(f"built-in dataset {name!r} not found; looked in: {', '.join(tried)} "
+                    "(pass data_dir=... or set ARBITRAGE_DATA_DIR)")
+
+
+# ---------------------------------------------------------------- reading records
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; a file holding one JSON array is accepted too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (built-in names: {', '.join(BUILTIN)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError:
+            rows = None  # fall through: report line by line
+        if isinstance(rows, list):
+            for i, rec in enumerate(rows, 1):
+                if not isinstance(rec, dict):
+                    raise DataError(f"{path}: item {i}: expected a JSON object, got {type(rec).__name__}")
+                yield i, rec
+            return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: line {n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
+
+
+def _read_hub(spec: str) -> tuple[str, Iterator[tuple[int, dict]], str | None]:
+    """`hf:org/name[:split]` or `hf:org/name:config:split` -> (label, rows, built-in layout name)."""
+    parts = spec[3:].split(":")
+    name, config, split = parts[0], None, "test"
+    if len(parts) == 2:
+        split = parts[1] or "test"
+    elif len(parts) == 3:
+        config, split = parts[1] or None, parts[2] or "test"
+    elif len(parts) > 3 or not name:
+        raise DataError(f"{spec}: expected hf:org/name[:split] or hf:org/name:config:split")
+    layout, alias_config = HUB_ALIASES.get(name, (None, None))
+    config = config or alias_config
+    try:
+        import datasets  # noqa: PLC0415  (optional dependency)
+    except ImportError:
+        raise DataError(f"{spec}: loading hub datasets needs the `datasets` library "
+                        "(pip install datasets, or pip install 'arbitrage[hub]') and network access to the "
+                        "Hugging Face hub; or download the file and pass its path") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001  network, auth, unknown split: all one line for the user
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{spec}: could not load from the hub: {msg}") from None
+    return spec, ((i, dict(row)) for i, row in enumerate(ds, 1)), layout
+
+
+def _pick(rec: dict, guesses: Iterable[str]) -> str | None:
+    return next((g for g in guesses if g in rec), None)
+
+
+def _join_fields(parts: list[str]) -> str:
+    out = ""
+    for p in (x.strip() for x in parts):
+        if not p:
+            continue
+        if out and out[-1] not in ".?!:;":
+            out += "."
+        out = f"{out} {p}" if out else p
+    return out
+
+
+def _field(rec: dict, spec: str, what: str, where: str) -> Any:
+    names = spec.split("+") if "+" in spec and spec not in rec else [spec]
+    missing = [n for n in names if n not in rec]
+    if missing:
+        have = ", ".join(rec) or "none"
+        raise DataError(f"{where}: missing {what} field {missing[0]!r} (fields on this line: {have})")
+    values = [rec[n] for n in names]
+    for n, v in zip(names, values):
+        if v is None:
+            raise DataError(f"{where}: {what} field {n!r} is null")
+    if len(names) == 1:
+        return values[0]
+    return _join_fields([str(v) for v in values])
+
+
+# ---------------------------------------------------------------- prompts
+
+def resolve_template(template: str) -> str:
+    """A template name, an `@file`, or a literal string with "{question}"; returns the literal ("chat" as is)."""
+    if template == "chat" or template in TEMPLATES:
+        return TEMPLATES.get(template, template)
+    if template.startswith("@"):
+        try:
+            template = Path(template[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"prompt template file {template[1:]}: {exc.strerror or exc}") from None
+    if "{question}" not in template:
+        raise ConfigError(f"unknown prompt template {template[:60]!r}: use one of "
+                          f"{', '.join(list(TEMPLATES) + ['chat'])}, a string containing {{question}}, "
+                          "or @path/to/template.txt")
+    return template
+
+
+def format_prompt(question: str, template: str = "qwen-math-cot", tokenizer: Any = None) -> str:
+    """The text the generators continue for `question` (see module constants for the templates)."""
+    template = resolve_template(template)
+    if template != "chat":
+        # str.replace, not str.format: questions and templates are full of LaTeX braces.
+        return template.replace("{question}", question)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("prompt template 'chat' needs a tokenizer with a chat template "
+                          "(use 'qwen-math-cot' or 'plain' for models without one)")
+    messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question}]
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001  e.g. Gemma/Mistral templates raise on a system role
+        messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
+        try:
+            out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"the tokenizer's chat template failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, str):
+        raise ConfigError(f"the tokenizer's chat template returned {type(out).__name__}, expected text")
+    return out
+
+
+# ---------------------------------------------------------------- public entry
+
+def load_problems(source: str | os.PathLike, *, question_field: str | None = None,
+                  answer_field: str | None = None, id_field: str | None = None, limit: int | None = None,
+                  offset: int = 0, template: str = "qwen-math-cot", tokenizer: Any = None,
+                  data_dir: str | os.PathLike | None = None) -> list[Problem]:
+    """Load problems from a built-in name (see BUILTIN), a JSON-lines path, or `hf:org/name[:split]`.
+
+    Field names default to the built-in mapping, else to the first of the usual names present
+    ("question"/"problem", "answer"/"final_answer"/...); "A+B" joins two fields. The id defaults to the line
+    number. All records are validated (ids unique), then `offset`/`limit` select a slice.
+    """
+    if offset < 0 or (limit is not None and limit < 0):
+        raise ConfigError(f"offset and limit must be >= 0 (got offset={offset}, limit={limit})")
+    resolve_template(template)  # fail on a bad template before reading anything
+    src = str(source)
+    layout: str | None = None
+    if src.startswith("hf:"):
+        label, rows, layout = _read_hub(src)
+    elif src in BUILTIN and not Path(src).is_file():
+        layout = src
+        path = builtin_path(src, data_dir)
+        label, rows = str(path), _read_jsonl(path)
+    else:
+        path = Path(src)
+        label, rows = str(path), _read_jsonl(path)
+    mapping = BUILTIN.get(layout or "", {})
+    q_spec = question_field or mapping.get("question")
+    a_spec = answer_field or mapping.get("answer")
+    id_spec = id_field if id_field is not None else mapping.get("id")
+    unit = "row" if src.startswith("hf:") else "line"
+    guess_id = id_field is None and src.startswith("hf:")  # hub copies of a built-in set may lack its id field
+
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for n, rec in rows:
+        where = f"{label}: {unit} {n}"
+        if q_spec is None:
+            q_spec = _pick(rec, _QUESTION_GUESSES)
+            if q_spec is None:
+                raise DataError(f"{where}: no question field (looked for {', '.join(_QUESTION_GUESSES)}; "
+                                f"fields on this line: {', '.join(rec) or 'none'}); pass question_field=...")
+        if a_spec is None:
+            a_spec = _pick(rec, _ANSWER_GUESSES)
+            if a_spec is None:
+                raise DataError(f"{where}: no answer field (looked for {', '.join(_ANSWER_GUESSES)}; "
+                                f"fields on this line: {', '.join(rec) or 'none'}); pass answer_field=...")
+        if guess_id:
+            id_spec, guess_id = (id_spec if id_spec in rec else None), False
+        question = str(_field(rec, q_spec, "question", where)).strip()
+        if not question:
+            raise DataError(f"{where}: question field {q_spec!r} is empty")
+        raw_gold = _field(rec, a_spec, "answer", where)
+        pid = str(n) if not id_spec else str(_field(rec, id_spec, "id", where))
+        if pid in seen:
+            raise DataError(f"{where}: duplicate id {pid!r} in field {id_spec or '(line number)'!r} "
+                            f"(first on {unit} {seen[pid]}); pass id_field=... naming a unique field")
+        seen[pid] = n
+        used = set(q_spec.split("+")) | set(a_spec.split("+")) | ({id_spec} if id_spec else set())
+        meta = {k: v for k, v in rec.items() if k not in used and _small(v)}
+        meta.update(source=layout or label, line=n)
+        problems.append(Problem(id=pid, question=question, prompt="", gold=gold_answer(raw_gold, layout),
+                                meta=meta))
+    if not problems:
+        raise DataError(f"{label}: no records")
+    selected = problems[offset: None if limit is None else offset + limit]
+    for p in selected:  # prompts only for what is used ("chat" templates are not free)
+        p.prompt = format_prompt(p.question, template, tokenizer)
+    return selected
+
+
+def _small(v: Any) -> bool:
+    """Metadata worth carrying into result files: short scalars (not solutions or long texts)."""
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 200)
