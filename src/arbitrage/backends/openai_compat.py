@@ -1,0 +1,249 @@
+"""Draft and target models on a server: vLLM or SGLang over /v1/completions, llama.cpp over /completion.
+
+Each request continues a raw prompt (no chat template) and stops at the separator. Servers report why they
+stopped in different fields; `normalize_finish` turns each into the project's "separator" / "eos" / "length".
+Servers cache prefixes themselves (start vLLM with --enable-prefix-caching; SGLang does it by default), so
+`release` has nothing to drop.
+
+With a local `tokenizer`, prompts go as token ids built exactly as the in-process backend builds them (the
+prompt tokenized with special tokens, then each step: this generator's own ids if it wrote the step, else
+the step's text re-tokenized), so a served model and the same model in-process see the same tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import lru_cache
+from typing import Any, Sequence
+
+from ..errors import BackendError
+from ..types import Generation, GenerationRequest, StopReason, context_text
+from .http_common import HttpClient, load_tokenizer
+
+log = logging.getLogger(__name__)
+APIS = ("completions", "llamacpp")
+
+
+def is_server_url(spec: str) -> bool:
+    """Whether a model argument names a server rather than a local directory or hub id."""
+    return spec.startswith(("http://", "https://"))
+
+
+# --- why did the server stop? -----------------------------------------------------------------------------
+
+_warned_ambiguous = False
+
+
+def normalize_finish(resp: dict, separator: str) -> tuple[str, StopReason]:
+    """(step text without the separator, why it stopped) from one completion as a server returns it.
+
+    Accepts a /v1/completions choice (vLLM: finish_reason + stop_reason; SGLang: finish_reason + matched_stop;
+    llama.cpp and others: finish_reason alone), a llama.cpp /completion body (stop_type + stopping_word, or
+    the older stopped_eos / stopped_word / stopped_limit flags) and an SGLang /generate body (meta_info).
+    Raises ValueError for an aborted or unknown finish.
+    """
+    text = resp.get("text")
+    if text is None:
+        text = resp.get("content") or ""
+    stop = _classify(resp, separator)
+    cut = text.find(separator)
+    if cut >= 0:  # a server that kept the stop string (or a partial match): the step ends there regardless
+        return text[:cut], "separator"
+    return text, stop
+
+
+def _classify(resp: dict, separator: str) -> StopReason:
+    if "stop_type" in resp:  # llama.cpp /completion: "eos" | "word" | "limit" | "none"
+        kind = resp["stop_type"]
+        if kind == "eos":
+            return "eos"
+        if kind == "word":
+            return "separator"
+        if kind in ("limit", "none"):
+            return "length"
+        raise ValueError(f"unknown llama.cpp stop_type {kind!r}")
+    if any(k in resp for k in ("stopped_eos", "stopped_word", "stopped_limit")):  # older llama.cpp
+        if resp.get("stopped_word"):
+            return "separator"
+        if resp.get("stopped_eos"):
+            return "eos"
+        return "length"
+    meta = resp.get("meta_info")
+    if isinstance(meta, dict) and "finish_reason" in meta:  # SGLang /generate
+        fr = meta["finish_reason"] or {}
+        kind = fr.get("type")
+        if kind == "length":
+            return "length"
+        if kind == "stop":
+            return "separator" if isinstance(fr.get("matched"), str) else "eos"
+        raise ValueError(f"SGLang finished with {fr!r}")
+    reason = resp.get("finish_reason")
+    if reason == "length":
+        return "length"
+    if reason != "stop":
+        raise ValueError(f"finish_reason {reason!r} (expected 'stop' or 'length')")
+    for field in ("stop_reason", "matched_stop"):  # vLLM, SGLang: the stop string, a stop token id, or null
+        if field in resp:
+            return "separator" if isinstance(resp[field], str) else "eos"
+    global _warned_ambiguous
+    if not _warned_ambiguous:
+        _warned_ambiguous = True
+        log.warning("the server does not say whether it stopped at the separator or at end-of-sequence "
+                    "(no stop_reason / matched_stop); assuming the separator. For llama.cpp use api='llamacpp'.")
+    return "separator"
+
+
+def _logprobs(resp: dict) -> list[float] | None:
+    lp = resp.get("logprobs")
+    if isinstance(lp, dict):
+        if lp.get("token_logprobs") is not None:  # legacy completions format (vLLM, SGLang)
+            return [float(x) if x is not None else 0.0 for x in lp["token_logprobs"]]
+        if isinstance(lp.get("content"), list):  # chat-style entries (llama.cpp's /v1/completions)
+            return [float(e["logprob"]) for e in lp["content"]]
+    probs = resp.get("completion_probabilities")  # llama.cpp /completion with n_probs
+    if isinstance(probs, list) and probs and "logprob" in probs[0]:
+        return [float(e["logprob"]) for e in probs]
+    return None
+
+
+def seed_for(seed: int, key: str, step_index: int) -> int:
+    """A per-request sampling seed: the same problem and step always get the same seed (31 bits, which every
+    server accepts)."""
+    digest = hashlib.sha256(f"{seed}:{key}:{step_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF
+
+
+# --- the generator ----------------------------------------------------------------------------------------
+
+class OpenAICompletionsGenerator:
+    """A StepGenerator on an OpenAI-compatible server (vLLM, SGLang) or llama.cpp's server.
+
+    `model`: the served model name (None: the first one the server lists). `tokenizer`: a local path, hub id
+    or tokenizer object to send prompts as token ids; "auto" (default): the served directory's tokenizer when
+    that directory is on this machine, else none; None: send text. `api`: "completions" (POST
+    /v1/completions) or "llamacpp" (POST /completion, whose stop_type tells eos from the separator).
+    `check`: probe the server now, failing with the URL if it does not answer.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, *, separator: str = "\n\n",
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, concurrency: int = 16,
+                 timeout: float = 600.0, max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None,
+                 name: str | None = None, api: str = "completions", tokenizer: Any = "auto",
+                 logprobs: bool = True, extra_body: dict | None = None, check: bool = True, transport=None):
+        if api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, not {api!r}")
+        self.separator, self.temperature, self.top_p, self.seed = separator, temperature, top_p, seed
+        self.api, self.want_logprobs, self.extra_body = api, logprobs, dict(extra_body or {})
+        self.http = HttpClient(base_url, kind=f"{name or 'generation'} server", concurrency=concurrency,
+                               timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
+                               transport=transport)
+        self.model, root = model, None
+        if check:
+            self.model, root = self._check_model(self.http.probe())
+        self.name = name or self.model or self.http.root
+        if isinstance(tokenizer, str) and tokenizer == "auto":
+            # vLLM lists the served directory as `root`: when it is on this machine, use its tokenizer
+            tokenizer = root if root and os.path.isdir(root) else None
+        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
+
+    @property
+    def base_url(self) -> str:
+        return self.http.root
+
+    def _check_model(self, listing: Any) -> tuple[str | None, str | None]:
+        """(model name, its directory on the server) from a /v1/models listing."""
+        served = {m.get("id"): m.get("root") for m in (listing or {}).get("data", []) if isinstance(m, dict)}
+        if self.model is None:
+            return next(iter(served.items()), (None, None))
+        if served and self.model not in served:
+            raise BackendError(f"{self.http.kind} at {self.http.root} does not serve {self.model!r}; "
+                               f"it serves {', '.join(map(repr, served))}")
+        return self.model, served.get(self.model)
+
+    # --- prompts --------------------------------------------------------------------------------------
+    def _encode_uncached(self, text: str, special: bool) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def prompt_for(self, req: GenerationRequest) -> str | list[int]:
+        if self.tokenizer is None:
+            return context_text(req.prompt, req.steps, self.separator)
+        ids = list(self._encode(req.prompt, True))
+        for step in req.steps:
+            own = step.token_ids is not None and step.extras.get("generator") == self.name
+            ids += step.token_ids if own else self._encode(step.context_text(self.separator), False)
+        return ids
+
+    def payload(self, req: GenerationRequest) -> dict:
+        sampling = self.temperature > 0
+        body: dict[str, Any] = {"prompt": self.prompt_for(req), "temperature": self.temperature,
+                                "top_p": self.top_p if sampling else 1.0, "stop": [self.separator]}
+        if sampling and self.seed is not None:
+            body["seed"] = seed_for(self.seed, req.key, req.step_index)
+        if self.api == "completions":
+            body.update(max_tokens=req.max_new_tokens, return_token_ids=True)
+            if self.model is not None:
+                body["model"] = self.model
+            if self.want_logprobs:
+                body["logprobs"] = 1
+        else:  # llama.cpp /completion
+            body.update(n_predict=req.max_new_tokens, return_tokens=True, cache_prompt=True)
+            if self.want_logprobs:
+                body["n_probs"] = 1
+        body.update(self.extra_body)
+        return body
+
+    # --- calls ----------------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return self.http.gather([self._one(r) for r in requests])
+
+    async def _one(self, req: GenerationRequest) -> Generation:
+        if req.max_new_tokens <= 0:
+            return Generation(text="", stop="length", token_ids=[], logprobs=[], extras={"generator": self.name})
+        path = "/v1/completions" if self.api == "completions" else "/completion"
+        resp = await self.http.post(path, self.payload(req))
+        return self.parse(resp, path)
+
+    def parse(self, resp: dict, path: str = "/v1/completions") -> Generation:
+        """A Generation from one server answer (a /v1/completions body or a llama.cpp /completion body)."""
+        where = self.http.url(path)
+        try:
+            choice = resp["choices"][0] if "choices" in resp else resp
+            text, stop = normalize_finish(choice, self.separator)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BackendError(f"{self.http.kind} at {where} answered an unexpected completion: {exc}; "
+                               f"body starts {str(resp)[:200]}") from exc
+        ids = choice.get("token_ids") or choice.get("tokens") or []
+        ids = [int(t) for t in ids] if all(isinstance(t, int) for t in ids) else []
+        extras: dict[str, Any] = {"generator": self.name}
+        usage = resp.get("usage") or {}
+        if "completion_tokens" in usage:
+            extras["completion_tokens"] = usage["completion_tokens"]
+        return Generation(text=text, stop=stop, token_ids=self._step_ids(ids, text, stop),
+                          logprobs=_logprobs(choice), n_prefill=0, extras=extras)
+
+    def _step_ids(self, ids: list[int], text: str, stop: StopReason) -> list[int]:
+        """The ids of the step as the in-process backend keeps them: text + separator at a separator stop,
+        the text without the end-of-sequence token at eos, everything at the length limit."""
+        if not ids:
+            return []
+        if stop == "eos":
+            return ids[:-1]  # servers include the token that ended the sequence
+        if stop == "separator":
+            if self.tokenizer is None:
+                return ids  # cannot check: kept as the server gave them
+            if self.tokenizer.decode(ids, skip_special_tokens=False) != text + self.separator:
+                return list(self._encode(text + self.separator, False))  # the last token ran past it
+        return ids
+
+    def release(self, key: str) -> None:
+        """Nothing to drop: the server's prefix cache does this work."""
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAICompletionsGenerator({self.http.root!r}, model={self.model!r}, name={self.name!r})"
+
