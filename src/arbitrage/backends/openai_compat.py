@@ -18,7 +18,7 @@ import os
 from functools import lru_cache
 from typing import Any, Sequence
 
-from ..errors import BackendError
+from ..errors import BackendError, ModelLoadError
 from ..types import Generation, GenerationRequest, StopReason, context_text
 from .http_common import HttpClient, load_tokenizer
 
@@ -144,9 +144,10 @@ class OpenAICompletionsGenerator:
             self.model, root = self._check_model(self.http.probe())
         self.name = name or self.model or self.http.root
         if isinstance(tokenizer, str) and tokenizer == "auto":
-            # vLLM lists the served directory as `root`: when it is on this machine, use its tokenizer
-            tokenizer = root if root and os.path.isdir(root) else None
-        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+            tokenizer = _served_tokenizer(root)
+        elif isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
         self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
 
     @property
@@ -247,3 +248,15 @@ class OpenAICompletionsGenerator:
     def __repr__(self) -> str:
         return f"OpenAICompletionsGenerator({self.http.root!r}, model={self.model!r}, name={self.name!r})"
 
+
+
+def _served_tokenizer(root: str | None):
+    """vLLM lists the served directory as `root`: when it is on this machine, its tokenizer (else None, and
+    prompts go as text)."""
+    if not root or not os.path.isdir(root):
+        return None
+    try:
+        return load_tokenizer(root)
+    except ModelLoadError as exc:
+        log.warning("sending text prompts: %s", exc)
+        return None
