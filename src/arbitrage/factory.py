@@ -47,7 +47,7 @@ def make_generator(spec: str, role: str, opts: ModelOptions):
 
 def make_prm(spec: str, opts: ModelOptions):
     if spec.startswith("testbed-checker"):
-        from .testbed.checker import ArithmeticCheckerPRM
+        from .testbed.prm import ArithmeticCheckerPRM
 
         noise = float(spec.split(":", 1)[1]) if ":" in spec else 0.0
         return ArithmeticCheckerPRM(noise=noise)

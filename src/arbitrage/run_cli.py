@@ -1,0 +1,116 @@
+"""`arbitrage run`: one policy over one dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from .engine import EngineConfig
+from .errors import ConfigError
+from .factory import ModelOptions
+from .policies import policy_names
+from .run import RunConfig, run
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (local directory, Hugging Face id, or http://HOST:PORT/v1 of a server)")
+    g.add_argument("--draft", help="draft model")
+    g.add_argument("--target", help="target model")
+    g.add_argument("--prm", help="process reward model (or testbed-checker[:NOISE] for the testbed)")
+    g.add_argument("--router", help="router checkpoint (arbitrage router train writes one)")
+    g.add_argument("--prm-kind", default="auto", choices=["auto", "value-head", "token-cls"],
+                   help="PRM layout: Skywork-style value head or 2-label token classification (default: detect)")
+    g.add_argument("--prm-format", default="skywork", choices=["skywork", "separator"],
+                   help="how steps are laid out for the PRM (default: skywork: problem + newline, each step + newline)")
+    g.add_argument("--served-model-name", action="append", default=[], metavar="ROLE=NAME",
+                   help="model name on a server for ROLE (draft, target, prm, router); default: the server's first")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--no-cache-reuse", action="store_true", help="recompute every step's prefix (for comparison)")
+
+
+def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--separator", default="\\n\\n", help="step separator, with escapes (default: \\n\\n)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-steps", type=int, default=64)
+    g.add_argument("--max-step-tokens", type=int, default=512)
+    g.add_argument("--max-total-tokens", type=int, default=4096)
+    g.add_argument("--concurrency", type=int, default=8, help="problems in flight at once (1 = paper's batch size 1)")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True,
+                   help="math500 | olympiadbench | gsm8k | aime24 | ... | PATH.jsonl | hf:org/name[:split]")
+    g.add_argument("--limit", type=int, help="first N problems")
+    g.add_argument("--offset", type=int, default=0, help="skip the first N problems")
+    g.add_argument("--template", default="qwen-math-cot",
+                   help="qwen-math-cot | chat (the tokenizer's chat template) | plain | a string with {question} | @FILE")
+    g.add_argument("--question-field")
+    g.add_argument("--answer-field")
+    g.add_argument("--id-field")
+
+
+def _unescape(s: str) -> str:
+    return s.encode("utf-8").decode("unicode_escape")
+
+
+def config_from_args(args, policy: str | None = None, threshold: float | None = None, out: str | None = None):
+    for name in ("max_steps", "max_step_tokens", "max_total_tokens", "concurrency"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise ConfigError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    served = {}
+    for item in args.served_model_name:
+        role, sep, name = item.partition("=")
+        if not sep or role not in ("draft", "target", "prm", "router"):
+            raise ConfigError(f"--served-model-name {item!r}: expected ROLE=NAME with ROLE draft|target|prm|router")
+        served[role] = name
+    separator = _unescape(args.separator)
+    if not separator:
+        raise ConfigError("--separator must not be empty")
+    thr = args.threshold if threshold is None else threshold
+    if thr is not None and not math.isfinite(thr):
+        raise ConfigError("--threshold must be a finite number")
+    return RunConfig(
+        policy=policy or args.policy, threshold=thr, out=out or args.out, data=args.data,
+        models={"draft": args.draft, "target": args.target, "prm": args.prm, "router": args.router},
+        limit=args.limit, offset=args.offset, template=args.template, question_field=args.question_field,
+        answer_field=args.answer_field, id_field=args.id_field,
+        engine=EngineConfig(max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
+                            max_total_tokens=args.max_total_tokens, concurrency=args.concurrency,
+                            separator=separator),
+        model_options=ModelOptions(separator=separator, temperature=args.temperature, top_p=args.top_p,
+                                   seed=args.seed, device=args.device, dtype=args.dtype,
+                                   reuse_cache=not args.no_cache_reuse, prm_kind=args.prm_kind,
+                                   prm_format=args.prm_format, served_names=served or None),
+        progress=not getattr(args, "quiet", False))
+
+
+def cmd_run(args) -> int:
+    metrics = run(config_from_args(args))
+    keys = ("policy", "threshold", "n", "accuracy", "escalation_rate", "target_calls", "latency_s_mean",
+            "latency_s_p50")
+    print(json.dumps({k: metrics[k] for k in keys}))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run one policy over a dataset",
+                       description="Run one policy over a dataset; writes OUT/results.jsonl and OUT/metrics.json. "
+                                   "Re-running the same command resumes.")
+    p.add_argument("--policy", required=True, choices=policy_names())
+    p.add_argument("--threshold", type=float, help="tau: rsd/router in [0, 1], oracle in [-1, 1]")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(p)
+    add_data_arguments(p)
+    add_decoding_arguments(p)
+    p.set_defaults(func=cmd_run)
