@@ -51,6 +51,12 @@ def make_prm(spec: str, opts: ModelOptions):
 
         noise = float(spec.split(":", 1)[1]) if ":" in spec else 0.0
         return ArithmeticCheckerPRM(noise=noise)
+    if spec.startswith("judge:"):  # judge:URL -- a served causal LM reads P(yes) for "is this step correct?"
+        from .scoring.judge import JudgePRM
+
+        return JudgePRM(spec.split(":", 1)[1], model=(opts.served_names or {}).get("prm"),
+                        separator=opts.separator, api=getattr(opts, "server_api", "completions"),
+                        concurrency=opts.server_concurrency)
     if is_url(spec):
         from .backends.pooling import PoolingPRM
 
