@@ -23,7 +23,9 @@ class ModelOptions:
     prm_format: str = "skywork"     # skywork | separator
     return_hidden: bool = False     # expose the draft's last hidden state (probe routers)
     server_concurrency: int = 16
-    served_names: dict | None = None  # role -> model name on its server
+    served_names: dict | None = None  # role -> model name on its server; "prm_tokenizer"/"router_tokenizer" too
+    server_api: str = "completions"   # completions (vLLM, SGLang, llama.cpp /v1) | llamacpp (llama.cpp /completion)
+    pooling_route: str = "pooling"    # pooling (vLLM POST /pooling) | embeddings (the paper's served plugins)
 
 
 def is_url(spec: str) -> bool:
@@ -36,7 +38,8 @@ def make_generator(spec: str, role: str, opts: ModelOptions):
 
         return OpenAICompletionsGenerator(spec, model=(opts.served_names or {}).get(role), name=role,
                                           separator=opts.separator, temperature=opts.temperature,
-                                          top_p=opts.top_p, seed=opts.seed, concurrency=opts.server_concurrency)
+                                          top_p=opts.top_p, seed=opts.seed, concurrency=opts.server_concurrency,
+                                          api=opts.server_api)
     from .backends.hf import HFGenerator
 
     return HFGenerator.from_pretrained(spec, name=role, separator=opts.separator, temperature=opts.temperature,
@@ -60,8 +63,11 @@ def make_prm(spec: str, opts: ModelOptions):
     if is_url(spec):
         from .backends.pooling import PoolingPRM
 
-        return PoolingPRM(spec, model=(opts.served_names or {}).get("prm"), tokenizer=(opts.served_names or {})
-                          .get("prm_tokenizer"), concurrency=opts.server_concurrency)
+        names = opts.served_names or {}
+        # A value-head PRM (Skywork layout) is served through the embeddings route by the paper's plugins.
+        route = "embeddings" if opts.prm_kind == "value-head" else opts.pooling_route
+        return PoolingPRM(spec, model=names.get("prm"), tokenizer=names.get("prm_tokenizer"), fmt=opts.prm_format,
+                          separator=opts.separator, route=route, concurrency=opts.server_concurrency)
     from .scoring.hf import HFPRM
 
     return HFPRM.from_pretrained(spec, kind=opts.prm_kind, fmt=opts.prm_format, device=opts.device,
@@ -72,9 +78,10 @@ def make_router(spec: str, opts: ModelOptions):
     if is_url(spec):
         from .backends.pooling import PoolingRouter
 
-        return PoolingRouter(spec, model=(opts.served_names or {}).get("router"), tokenizer=(opts.served_names or {})
-                             .get("router_tokenizer"), separator=opts.separator,
-                             concurrency=opts.server_concurrency)
+        names = opts.served_names or {}
+        # separator and author tags come from the router's own arbitrage_router.json, not from the run
+        return PoolingRouter(spec, model=names.get("router"), tokenizer=names.get("router_tokenizer"),
+                             route=opts.pooling_route, concurrency=opts.server_concurrency)
     from .scoring.hf import HFRouter
 
     try:  # a probe router (trained on draft features) is a directory with its own marker file
@@ -84,8 +91,7 @@ def make_router(spec: str, opts: ModelOptions):
             return load_probe_router(spec)
     except ImportError:
         pass
-    return HFRouter.from_pretrained(spec, device=opts.device, dtype=opts.dtype, reuse_cache=opts.reuse_cache,
-                                    separator=opts.separator)
+    return HFRouter.from_pretrained(spec, device=opts.device, dtype=opts.dtype, reuse_cache=opts.reuse_cache)
 
 
 def build_models(policy: Policy, specs: dict, opts: ModelOptions) -> Models:

@@ -25,6 +25,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="how steps are laid out for the PRM (default: skywork: problem + newline, each step + newline)")
     g.add_argument("--served-model-name", action="append", default=[], metavar="ROLE=NAME",
                    help="model name on a server for ROLE (draft, target, prm, router); default: the server's first")
+    g.add_argument("--prm-tokenizer", help="tokenizer (path or id) for a served PRM (default: ask the server)")
+    g.add_argument("--router-tokenizer", help="tokenizer (path or id) for a served router (default: ask the server)")
+    g.add_argument("--server-api", default="completions", choices=["completions", "llamacpp"],
+                   help="generation API of draft/target servers: OpenAI /v1/completions (vLLM, SGLang, llama.cpp) "
+                        "or llama.cpp's native /completion")
+    g.add_argument("--pooling-route", default="pooling", choices=["pooling", "embeddings"],
+                   help="how served PRM/router are read: vLLM POST /pooling, or /v1/embeddings (paper's plugins)")
+    g.add_argument("--server-concurrency", type=int, default=16, help="requests in flight per server")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--no-cache-reuse", action="store_true", help="recompute every step's prefix (for comparison)")
@@ -60,7 +68,7 @@ def _unescape(s: str) -> str:
 
 
 def config_from_args(args, policy: str | None = None, threshold: float | None = None, out: str | None = None):
-    for name in ("max_steps", "max_step_tokens", "max_total_tokens", "concurrency"):
+    for name in ("max_steps", "max_step_tokens", "max_total_tokens", "concurrency", "server_concurrency"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
@@ -73,6 +81,9 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
         if not sep or role not in ("draft", "target", "prm", "router"):
             raise ConfigError(f"--served-model-name {item!r}: expected ROLE=NAME with ROLE draft|target|prm|router")
         served[role] = name
+    for role in ("prm", "router"):
+        if getattr(args, f"{role}_tokenizer", None):
+            served[f"{role}_tokenizer"] = getattr(args, f"{role}_tokenizer")
     separator = _unescape(args.separator)
     if not separator:
         raise ConfigError("--separator must not be empty")
@@ -90,7 +101,9 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
         model_options=ModelOptions(separator=separator, temperature=args.temperature, top_p=args.top_p,
                                    seed=args.seed, device=args.device, dtype=args.dtype,
                                    reuse_cache=not args.no_cache_reuse, prm_kind=args.prm_kind,
-                                   prm_format=args.prm_format, served_names=served or None),
+                                   prm_format=args.prm_format, served_names=served or None,
+                                   server_api=args.server_api, pooling_route=args.pooling_route,
+                                   server_concurrency=args.server_concurrency),
         progress=not getattr(args, "quiet", False))
 
 

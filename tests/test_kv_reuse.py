@@ -1,0 +1,137 @@
+"""In-process backend: a problem's KV cache survives between its steps, and only new tokens are prefilled.
+
+The checks run a real policy (draft and target alternating, so each model must append steps written by the
+other) on tiny random Qwen2 models, once with cache reuse and once without, and compare.
+"""
+
+import pytest
+import torch
+
+from arbitrage.backends.hf import HFGenerator
+from arbitrage.engine import Engine, EngineConfig, Models
+from arbitrage.policies import make_policy
+from arbitrage.scoring.hf import HFPRM, HFRouter
+from arbitrage.types import Problem, RouteRequest, ScoreRequest, Step
+
+QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]
+
+
+def problems():
+    return [Problem(id=f"p{i}", question=q, prompt=f"Question: {q}\n\n", gold="1") for i, q in enumerate(QUESTIONS)]
+
+
+def generators(tiny_dir, reuse, **kw):
+    d = HFGenerator.from_pretrained(str(tiny_dir / "draft"), name="draft", reuse_cache=reuse, device="cpu", **kw)
+    t = HFGenerator.from_pretrained(str(tiny_dir / "target"), name="target", reuse_cache=reuse, device="cpu", **kw)
+    return d, t
+
+
+def run_alternating(tiny_dir, reuse, concurrency=4, **kw):
+    """The router policy with a router that escalates every other step: both models extend each context."""
+
+    class EveryOther:
+        name = "router"
+
+        def predict(self, reqs):
+            return [1.0 if len(r.steps) % 2 else 0.0 for r in reqs]
+
+        def release(self, key):
+            pass
+
+    d, t = generators(tiny_dir, reuse, **kw)
+    done = []
+    Engine(make_policy("router", 0.5), Models(draft=d, target=t, router=EveryOther()),
+           EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency)).run(problems(), done.append)
+    return {r.problem.id: [(s.author, s.text, s.stop) for s in r.steps] for r in done}, d, t
+
+
+def test_greedy_output_with_reuse_equals_output_without(tiny_dir):
+    with_reuse, _, _ = run_alternating(tiny_dir, True)
+    without, _, _ = run_alternating(tiny_dir, False)
+    assert with_reuse == without
+    assert any(a == "target" for steps in with_reuse.values() for a, _, _ in steps)  # both models wrote steps
+    assert sum(len(v) for v in with_reuse.values()) > len(QUESTIONS)  # more than one step per problem
+
+
+def test_batched_greedy_equals_one_problem_at_a_time(tiny_dir):
+    batched, _, _ = run_alternating(tiny_dir, True, concurrency=4)
+    single, _, _ = run_alternating(tiny_dir, True, concurrency=1)
+    assert batched == single
+
+
+def test_each_step_prefills_only_the_new_tokens(tiny_dir):
+    _, d, t = run_alternating(tiny_dir, True, concurrency=1)
+    for gen, other in ((d, t), (t, d)):
+        seen: dict[str, int] = {}  # key -> context length this model has cached
+        for s in gen.stats:
+            full = s.n_prefill + s.n_reused
+            if s.key in seen:
+                # everything this model computed before is reused; only the new tokens are prefilled
+                assert s.n_reused == seen[s.key], (gen.name, s)
+                # so the tokens prefilled are exactly the new ones: this model's last generated token (never
+                # fed back) plus the other model's step when it wrote the last one (at most 12 + 1 tokens here)
+                assert 1 <= s.n_prefill <= 1 + 12 + 1, (gen.name, s)
+            else:
+                assert s.n_reused == 0
+            # after this call the cache holds the context plus the step's tokens but the last one
+            seen[s.key] = full + s.n_generated - 1
+    _, d_plain, t_plain = run_alternating(tiny_dir, False, concurrency=1)
+    for gen, plain in ((d, d_plain), (t, t_plain)):
+        assert [s.n_prefill + s.n_reused for s in gen.stats] == [s.n_prefill for s in plain.stats]
+    assert sum(s.n_prefill for s in d.stats) < sum(s.n_prefill for s in d_plain.stats)
+
+
+def test_without_reuse_every_step_prefills_the_whole_context(tiny_dir):
+    _, d, _ = run_alternating(tiny_dir, False, concurrency=1)
+    assert all(s.n_reused == 0 for s in d.stats)
+    assert max(s.n_prefill for s in d.stats) > 20
+
+
+def test_sampled_generation_is_seeded_per_problem_and_step(tiny_dir):
+    a, _, _ = run_alternating(tiny_dir, True, temperature=1.0, seed=7)
+    b, _, _ = run_alternating(tiny_dir, True, temperature=1.0, seed=7, concurrency=1)
+    c, _, _ = run_alternating(tiny_dir, True, temperature=1.0, seed=8)
+    assert a == b  # the same seed gives the same steps whatever the batching
+    assert a != c
+
+
+def _steps():
+    return [Step("draft", "Let x = 3 + 4 = 7.", "separator", 8), Step("target", "Then 2 * 7 = 14.", "separator", 8)]
+
+
+@pytest.mark.parametrize("prm", ["prm", "prm_cls"])
+def test_prm_scores_with_cache_equal_scores_without(tiny_dir, prm):
+    cached = HFPRM.from_pretrained(str(tiny_dir / prm), device="cpu", reuse_cache=True)
+    plain = HFPRM.from_pretrained(str(tiny_dir / prm), device="cpu", reuse_cache=False)
+    assert cached.kind == ("value-head" if prm == "prm" else "token-cls")
+    steps = _steps()
+    cands = (Step("draft", "So the answer is 14.", "separator", 6), Step("target", "\\boxed{14}", "eos", 4))
+    for k in range(len(steps) + 1):  # score step k's candidates after steps[:k], as the engine does
+        reqs = [ScoreRequest("a", "What is 2 * (3 + 4)?", steps[:k], cands),
+                ScoreRequest("b", "What is 12 * 12?", steps[:k], cands[:1])]
+        got, want = cached.score(reqs), plain.score(reqs)
+        assert [len(x) for x in got] == [2, 1]
+        for g, w in zip(got, want):
+            assert g == pytest.approx(w, abs=1e-5)
+            assert all(0.0 <= x <= 1.0 for x in g)
+    # later steps prefill only what is new: far fewer tokens than the whole row
+    assert cached.scorer.prefill_tokens[-1] < plain.scorer.prefill_tokens[-1] / 2
+
+
+def test_router_scores_with_cache_equal_scores_without(tiny_dir):
+    cached = HFRouter.from_pretrained(str(tiny_dir / "router"), device="cpu", reuse_cache=True)
+    plain = HFRouter.from_pretrained(str(tiny_dir / "router"), device="cpu", reuse_cache=False)
+    steps = _steps()
+    for k in range(len(steps) + 1):
+        reqs = [RouteRequest("a", "What is 2 * (3 + 4)?", steps[:k], Step("draft", "So 14.", "separator", 3))]
+        assert cached.predict(reqs) == pytest.approx(plain.predict(reqs), abs=1e-5)
+    assert cached.scorer.prefill_tokens[-1] < plain.scorer.prefill_tokens[-1] / 2
+
+
+def test_bfloat16_runs_on_cpu(tiny_dir):
+    g = HFGenerator.from_pretrained(str(tiny_dir / "draft"), name="draft", device="cpu", dtype="bfloat16")
+    assert next(g.model.parameters()).dtype == torch.bfloat16
+    from arbitrage.types import GenerationRequest
+
+    (out,) = g.generate([GenerationRequest("k", "Question: 1 + 1?\n\n", [], 8)])
+    assert out.stop in ("separator", "eos", "length") and len(out.logprobs) >= 1
