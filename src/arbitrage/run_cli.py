@@ -35,6 +35,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-concurrency", type=int, default=16, help="requests in flight per server")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice; 1 is fastest for "
+                                              "tiny models on a busy machine)")
     g.add_argument("--no-cache-reuse", action="store_true", help="recompute every step's prefix (for comparison)")
 
 
@@ -107,7 +109,17 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
         progress=not getattr(args, "quiet", False))
 
 
+def apply_threads(args) -> None:
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def cmd_run(args) -> int:
+    apply_threads(args)
     metrics = run(config_from_args(args))
     keys = ("policy", "threshold", "n", "accuracy", "escalation_rate", "target_calls", "latency_s_mean",
             "latency_s_p50")
