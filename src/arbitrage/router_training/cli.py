@@ -1,0 +1,127 @@
+"""`arbitrage router build-data | train | eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import ConfigError
+from . import KINDS, build_data, evaluate_router, train_router
+
+
+def _unescape(s: str) -> str:
+    return s.encode("utf-8").decode("unicode_escape")
+
+
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"{s} is not in [0, 1)")
+    return v
+
+
+def cmd_build_data(args) -> int:
+    sep = _unescape(args.separator) if args.separator is not None else None
+    counts = build_data(args.results, args.out, margin=args.margin, balance=not args.no_balance,
+                        val_fraction=args.val_fraction, seed=args.seed, separator=sep,
+                        author_tags=not args.no_author_tags)
+    print(f"{'split':<22}{'examples':>10}{'escalate':>10}{'keep':>10}{'escalate %':>12}")
+    for name in ("all", "train_before_balance", "train", "validation"):
+        c = counts[name]
+        pct = f"{100 * c['escalate'] / c['n']:.1f}" if c["n"] else "-"
+        print(f"{name:<22}{c['n']:>10}{c['escalate']:>10}{c['keep']:>10}{pct:>12}")
+    p = counts["problems"]
+    print(f"problems: {p['train']} train, {p['validation']} validation -> {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    log = (lambda s: print(s, file=sys.stderr))
+    if args.kind == "probe":
+        unused = [f for f in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
+                  if getattr(args, f) is not None]
+        if unused:
+            raise ConfigError(f"--{unused[0].replace('_', '-')} is for --kind classifier, not probe")
+        hyper = {"features": args.probe_features.split(",") if args.probe_features else None, "C": args.C}
+    else:
+        if args.probe_features or args.C is not None:
+            raise ConfigError("--probe-features and --C are for --kind probe")
+        hyper = {k: getattr(args, k) for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
+                 if getattr(args, k) is not None}
+        hyper.update(weight_decay=args.weight_decay, device=args.device,
+                     gradient_checkpointing=args.gradient_checkpointing)
+        if args.no_bf16:
+            hyper["bf16"] = False
+    out = train_router(args.data, args.out, kind=args.kind, base=args.base, seed=args.seed,
+                       shuffle_labels=args.shuffle_labels, log=log, **hyper)
+    print(out)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import print_table
+
+    m = evaluate_router(args.router, args.data, tau=args.tau, out_json=args.out_json, oracle_tau=args.oracle_tau,
+                        device=args.device, batch_size=args.batch_size)
+    print_table(m, f"router {args.router} on {m['data']}")
+    if args.out_json:
+        print(f"figures -> {args.out_json}")
+    else:
+        print(json.dumps({k: m[k] for k in ("n", "spearman", "roc_auc", "balanced_accuracy", "oracle_agreement")}))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("router", help="train and evaluate routers from `generate` results",
+                       description="Router training: build-data -> train -> eval (method.md, 'Router training').")
+    rs = p.add_subparsers(dest="router_command", metavar="STEP")
+    rs.required = True
+
+    b = rs.add_parser("build-data", help="labelled router examples from `arbitrage run --policy generate` results")
+    b.add_argument("results", nargs="+", help="results.jsonl files (or their run directories)")
+    b.add_argument("--out", required=True, help="directory for train.jsonl, validation.jsonl and meta.json")
+    b.add_argument("--margin", type=float, default=0.0, help="label = 1 iff A > margin (default 0)")
+    b.add_argument("--no-balance", action="store_true",
+                   help="keep the training split's class mix (default: downsample the majority class)")
+    b.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of problems held out (default 0.2)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--separator", help="step separator with escapes (default: the one the run recorded, else \\n\\n)")
+    b.add_argument("--no-author-tags", action="store_true", help="leave out the 'Model 0: '/'Model 1: ' tags")
+    b.set_defaults(func=cmd_build_data)
+
+    t = rs.add_parser("train", help="train a router on build-data's output")
+    t.add_argument("--data", required=True, help="directory written by `arbitrage router build-data`")
+    t.add_argument("--out", required=True, help="router directory to write")
+    t.add_argument("--kind", choices=KINDS, default="classifier",
+                   help="classifier: fine-tune --base as a token classifier (the paper); probe: logistic regression "
+                        "on the draft's log-probs/entropies/length (no model call at run time)")
+    t.add_argument("--base", help="classifier: causal LM or PRM to start from (local path or Hugging Face id)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--shuffle-labels", action="store_true", help="control: train on randomly permuted labels")
+    g = t.add_argument_group("classifier")
+    g.add_argument("--lr", type=float, help="peak learning rate (default 1e-5, the paper's for a 1.5B base)")
+    g.add_argument("--epochs", type=float, help="default 3")
+    g.add_argument("--batch-size", type=int, help="per device (default 8)")
+    g.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    g.add_argument("--warmup", type=float, help="warmup as a fraction of the steps (default 0.1)")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--max-length", type=int, help="tokens per input; longer ones lose their oldest (default 4096)")
+    g.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    g.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    q = t.add_argument_group("probe")
+    q.add_argument("--probe-features", help="comma-separated groups from logprobs,entropies,shape,hidden "
+                                            "(default: logprobs,entropies,shape as the data has them)")
+    q.add_argument("--C", type=float, help="inverse L2 strength (default: chosen by grouped cross-validation)")
+    t.set_defaults(func=cmd_train)
+
+    e = rs.add_parser("eval", help="Spearman, ROC-AUC, per-class accuracy and oracle agreement on held-out steps")
+    e.add_argument("--router", required=True, help="router directory (either kind)")
+    e.add_argument("--data", required=True, help="build-data directory (its validation split) or an examples file")
+    e.add_argument("--tau", type=float, default=0.5, help="escalate iff y_hat > tau (default 0.5)")
+    e.add_argument("--oracle-tau", type=float, default=0.0, help="the oracle escalates iff A > this (default 0)")
+    e.add_argument("--out-json", help="write the figures here")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.set_defaults(func=cmd_eval)

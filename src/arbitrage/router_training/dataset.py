@@ -1,0 +1,286 @@
+"""Router training data from `arbitrage run --policy generate` results (method.md, "Router training").
+
+One example per recorded step: the context (question and the earlier accepted steps, with their authors), the
+draft's proposal with the features the draft computed while writing it, the advantage
+A = PRM(target step) - PRM(draft step) and the label 1[A > margin]. Problems are split into train and
+validation as a whole (no problem on both sides); the training split can be balanced by seeded downsampling of
+its majority class. The validation split keeps its natural class mix, so its Spearman/accuracy figures describe
+the steps a router will actually see.
+
+Files written to OUT: `train.jsonl`, `validation.jsonl` and `meta.json` (separator, author tags, margin, counts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+from ..errors import DataError
+from ..formats import router_text
+from ..results import RESULTS
+from ..types import AUTHORS, STOP_REASONS, Step
+
+TRAIN, VALIDATION, META = "train.jsonl", "validation.jsonl", "meta.json"
+DRAFT_FEATURES = ("logprobs", "entropies", "last_hidden")
+
+
+@dataclass
+class Example:
+    """One step of one problem, as the router sees it at run time, with its advantage and label."""
+
+    problem_id: str
+    index: int
+    question: str
+    history: list[dict]           # earlier accepted steps: {"author", "text", "stop"}
+    draft: dict                   # the draft's proposal: text, stop, n_tokens and per-token features
+    advantage: float
+    label: int
+    prm_draft: float
+    prm_target: float
+    source: str = ""              # FILE:LINE it came from
+    extra: dict = field(default_factory=dict)
+
+    def steps(self) -> list[Step]:
+        return [Step(author=h["author"], text=h["text"], stop=h["stop"], n_tokens=0) for h in self.history]
+
+    def draft_step(self) -> Step:
+        return draft_step_from_record(self.draft)
+
+    def to_json(self, separator: str, author_tags: bool) -> dict:
+        return {"problem_id": self.problem_id, "index": self.index, "label": self.label,
+                "advantage": self.advantage, "prm_draft": self.prm_draft, "prm_target": self.prm_target,
+                "input": router_text(self.question, self.steps(), self.draft["text"], separator, author_tags),
+                "question": self.question, "history": self.history, "draft": self.draft, "source": self.source}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "") -> "Example":
+        try:
+            return cls(problem_id=str(d["problem_id"]), index=int(d["index"]), question=d["question"],
+                       history=list(d["history"]), draft=dict(d["draft"]), advantage=float(d["advantage"]),
+                       label=int(d["label"]), prm_draft=float(d["prm_draft"]), prm_target=float(d["prm_target"]),
+                       source=d.get("source", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: not a router training example ({type(exc).__name__}: {exc}); "
+                            f"make it with `arbitrage router build-data`") from exc
+
+
+def draft_step_from_record(rec: dict) -> Step:
+    """The draft's Step as the engine handed it to the router at run time (features in `extras`)."""
+    extras = {k: rec[k] for k in ("entropies", "last_hidden") if rec.get(k) is not None}
+    return Step(author="draft", text=rec["text"], stop=rec.get("stop", "separator"),
+                n_tokens=int(rec.get("n_tokens", len(rec.get("logprobs") or []))),
+                logprobs=rec.get("logprobs"), extras=extras)
+
+
+# --- reading results --------------------------------------------------------------------------------------
+def _results_path(path: str) -> str:
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, RESULTS)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such results file (give OUT/results.jsonl of `arbitrage run --policy "
+                        f"generate`, or its OUT directory)")
+    return path
+
+
+def run_separator(results_path: str) -> str | None:
+    """The step separator recorded in the run's manifest (run.json beside results.jsonl), if there is one."""
+    manifest = os.path.join(os.path.dirname(results_path), "run.json")
+    try:
+        with open(manifest) as f:
+            sep = json.load(f).get("separator")
+    except (OSError, ValueError):
+        return None
+    return sep if isinstance(sep, str) and sep else None
+
+
+def _need(cond: bool, where: str, fld: str, msg: str) -> None:
+    if not cond:
+        raise DataError(f"{where}: {fld}: {msg}")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_sub(rec, where: str, fld: str) -> None:
+    _need(isinstance(rec, dict), where, fld, "expected an object with the step's text")
+    _need(isinstance(rec.get("text"), str), where, f"{fld}.text", "missing or not a string")
+    if "stop" in rec:
+        _need(rec["stop"] in STOP_REASONS, where, f"{fld}.stop", f"{rec['stop']!r} is not one of {STOP_REASONS}")
+    for k in DRAFT_FEATURES:
+        v = rec.get(k)
+        _need(v is None or (isinstance(v, list) and all(_number(x) for x in v)), where, f"{fld}.{k}",
+              "expected a list of finite numbers")
+
+
+def examples_from_record(rec: dict, where: str, margin: float) -> Iterator[Example]:
+    """The examples of one results line (one problem). Raises DataError naming FILE:LINE and the field."""
+    _need(isinstance(rec, dict), where, "(line)", "expected a JSON object (one problem)")
+    for fld in ("id", "question", "steps"):
+        _need(fld in rec, where, fld, "missing (is this a results.jsonl of `arbitrage run`?)")
+    _need(isinstance(rec["question"], str), where, "question", "not a string")
+    _need(isinstance(rec["steps"], list), where, "steps", "not a list")
+    history: list[dict] = []
+    for k, s in enumerate(rec["steps"]):
+        f = f"steps[{k}]"
+        _need(isinstance(s, dict), where, f, "expected an object")
+        _need(s.get("author") in AUTHORS, where, f"{f}.author", f"{s.get('author')!r} is not one of {AUTHORS}")
+        _need(isinstance(s.get("text"), str), where, f"{f}.text", "missing or not a string")
+        stop = s.get("stop", "separator")
+        _need(stop in STOP_REASONS, where, f"{f}.stop", f"{stop!r} is not one of {STOP_REASONS}")
+        scores = s.get("scores")
+        _need(isinstance(scores, dict), where, f"{f}.scores", "missing or not an object")
+        pd, pt = scores.get("prm_draft"), scores.get("prm_target")
+        _need(_number(pd) and _number(pt), where, f"{f}.scores",
+              "needs numbers prm_draft and prm_target (record the data with `arbitrage run --policy generate`)")
+        adv = scores.get("advantage", pt - pd)
+        _need(_number(adv), where, f"{f}.scores.advantage", "not a finite number")
+        draft = s.get("draft")
+        if draft is None:  # the draft's proposal was kept and recorded as the step itself
+            _need(s["author"] == "draft", where, f"{f}.draft",
+                  "missing, and the step is the target's, so the draft's proposal is unknown")
+            draft = {"text": s["text"], "stop": stop, "n_tokens": s.get("n_tokens", 0)}
+        else:
+            _check_sub(draft, where, f"{f}.draft")
+        keep = {"text": draft["text"], "stop": draft.get("stop", "separator"),
+                "n_tokens": int(draft.get("n_tokens") or len(draft.get("logprobs") or []))}
+        keep.update({k: draft[k] for k in DRAFT_FEATURES if draft.get(k) is not None})
+        yield Example(problem_id=str(rec["id"]), index=k, question=rec["question"], history=list(history),
+                      draft=keep, advantage=float(adv), label=int(adv > margin), prm_draft=float(pd),
+                      prm_target=float(pt), source=where)
+        history.append({"author": s["author"], "text": s["text"], "stop": stop})
+
+
+def read_results(paths: Sequence[str], margin: float = 0.0) -> tuple[list[Example], str | None]:
+    """Every step of every problem in the results files, and the separator their runs used (if recorded)."""
+    examples: list[Example] = []
+    seps = set()
+    for p in paths:
+        path = _results_path(p)
+        sep = run_separator(path)
+        if sep is not None:
+            seps.add(sep)
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"{path}:{n}: (line): not valid JSON ({exc})") from exc
+                examples.extend(examples_from_record(rec, f"{path}:{n}", margin))
+    if len(seps) > 1:
+        raise DataError(f"the results files come from runs with different step separators {sorted(seps)!r}; "
+                        f"build the data from runs with one separator")
+    return examples, next(iter(seps), None)
+
+
+# --- splitting and balancing ------------------------------------------------------------------------------
+def split_by_problem(examples: Sequence[Example], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Train/validation by problem id: a problem's steps all land on one side. At least one problem goes to
+    each side when val_fraction > 0 and there are two or more problems."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    ids = sorted({e.problem_id for e in examples})
+    random.Random(seed).shuffle(ids)
+    n_val = round(len(ids) * val_fraction)
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    val_ids = set(ids[:n_val])
+    return [e for e in examples if e.problem_id not in val_ids], [e for e in examples if e.problem_id in val_ids]
+
+
+def balance(examples: Sequence[Example], seed: int) -> list[Example]:
+    """Downsample the majority class at random (seeded) to the minority's size; order is kept."""
+    by = {0: [i for i, e in enumerate(examples) if e.label == 0], 1: [i for i, e in enumerate(examples) if e.label]}
+    n = min(len(by[0]), len(by[1]))
+    if n == 0:
+        return list(examples)
+    rng = random.Random(seed)
+    keep = set(by[0] if len(by[0]) == n else rng.sample(by[0], n))
+    keep |= set(by[1] if len(by[1]) == n else rng.sample(by[1], n))
+    return [e for i, e in enumerate(examples) if i in keep]
+
+
+def class_counts(examples: Iterable[Example]) -> dict:
+    labels = [e.label for e in examples]
+    return {"n": len(labels), "escalate": sum(labels), "keep": len(labels) - sum(labels)}
+
+
+# --- files ------------------------------------------------------------------------------------------------
+def write_jsonl(path: str, examples: Iterable[Example], separator: str, author_tags: bool) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps(e.to_json(separator, author_tags), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_meta(data_dir: str) -> dict:
+    path = os.path.join(os.path.expanduser(data_dir), META)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def data_file(data_dir_or_file: str, split: str) -> str:
+    """`DIR/split.jsonl` for a data directory, or the file itself."""
+    p = os.path.expanduser(data_dir_or_file)
+    if os.path.isdir(p):
+        p = os.path.join(p, TRAIN if split == "train" else VALIDATION)
+    if not os.path.isfile(p):
+        raise DataError(f"{p}: no such file (make router data with `arbitrage router build-data`)")
+    return p
+
+
+def load_examples(path: str) -> list[Example]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    d = json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"{path}:{n}: not valid JSON ({exc})") from exc
+                out.append(Example.from_json(d, f"{path}:{n}"))
+    return out
+
+
+def build_data(results: Sequence[str] | str, out_dir: str, margin: float = 0.0, balance_train: bool = True,
+               val_fraction: float = 0.2, seed: int = 0, separator: str | None = None,
+               author_tags: bool = True) -> dict:
+    """Read `generate` results, label, split by problem, balance the training split, write OUT/*.jsonl.
+
+    Returns the class counts: {"all", "train_before_balance", "train", "validation"} each {n, escalate, keep},
+    plus the numbers of problems on each side."""
+    if isinstance(results, str):
+        results = [results]
+    if not results:
+        raise DataError("no results files given")
+    if not math.isfinite(margin):
+        raise DataError(f"margin must be a finite number, not {margin}")
+    examples, run_sep = read_results(results, margin)
+    if not examples:
+        raise DataError(f"no steps in {', '.join(results)}: nothing to train on")
+    sep = separator if separator is not None else (run_sep or "\n\n")
+    train, val = split_by_problem(examples, val_fraction, seed)
+    train_bal = balance(train, seed) if balance_train else train
+    os.makedirs(out_dir, exist_ok=True)
+    write_jsonl(os.path.join(out_dir, TRAIN), train_bal, sep, author_tags)
+    write_jsonl(os.path.join(out_dir, VALIDATION), val, sep, author_tags)
+    counts = {"all": class_counts(examples), "train_before_balance": class_counts(train),
+              "train": class_counts(train_bal), "validation": class_counts(val),
+              "problems": {"train": len({e.problem_id for e in train}), "validation": len({e.problem_id for e in val})}}
+    features = [k for k in DRAFT_FEATURES if all(k in e.draft for e in examples)]
+    meta = {"separator": sep, "author_tags": author_tags, "margin": margin, "balanced": balance_train,
+            "val_fraction": val_fraction, "seed": seed, "sources": [os.path.abspath(_results_path(p)) for p in results],
+            "draft_features": features, "counts": counts}
+    with open(os.path.join(out_dir, META), "w") as f:
+        json.dump(meta, f, indent=2)
+    return counts

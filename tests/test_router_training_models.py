@@ -1,0 +1,194 @@
+"""Training, saving, loading and judging routers: the token classifier (the paper's router) on a tiny random
+base, the probe router on draft features, and `arbitrage run --policy router` with each."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from arbitrage.cli import main
+from arbitrage.errors import ConfigError
+from arbitrage.factory import ModelOptions, make_router
+from arbitrage.router_training import build_data, evaluate_router, train_router
+from arbitrage.router_training.dataset import load_examples
+from arbitrage.router_training.evaluate import metrics, router_requests
+from arbitrage.router_training.probe import ProbeRouter, is_probe_router, probe_needs_hidden
+from arbitrage.router_training.train import LastTokenCollator, encode_example
+from arbitrage.scoring.hf import HFRouter
+from arbitrage.types import RouteRequest, Step
+
+QUESTION = "Question: what is 12 * 12?"
+
+
+def _sub(text, lps, ents, hidden=None):
+    d = {"text": text, "stop": "separator", "n_tokens": len(lps), "logprobs": lps, "entropies": ents}
+    if hidden is not None:
+        d["last_hidden"] = hidden
+    return d
+
+
+def synthetic_results(path, n_problems=40, seed=0, hidden=False):
+    """`generate`-style results where the advantage follows the draft: a step the draft was unsure of (low
+    log-probs) and that ends "= 150" is one the target improves on; sure steps ending "= 144" are kept."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_problems):
+        steps = []
+        for k in range(rng.randint(2, 5)):
+            bad = rng.random() < 0.4
+            n = rng.randint(3, 8)
+            lps = [round(rng.gauss(-2.0 if bad else -0.3, 0.4), 4) for _ in range(n)]
+            ents = [round(abs(rng.gauss(2.0 if bad else 0.6, 0.3)), 4) for _ in range(n)]
+            text = f"12 * 12 = {150 if bad else 144}."
+            pd = 0.2 if bad else 0.9
+            pt = pd + (rng.uniform(0.1, 0.7) if bad else -rng.uniform(0.0, 0.3))
+            h = [rng.gauss(1.0 if bad else -1.0, 1.0) for _ in range(4)] if hidden else None
+            steps.append({"index": k, "author": "target" if bad else "draft",
+                          "text": "12 * 12 = 144." if bad else text, "stop": "separator", "n_tokens": n,
+                          "escalated": bad, "scores": {"prm_draft": pd, "prm_target": pt, "advantage": pt - pd},
+                          "draft": _sub(text, lps, ents, h), "target": None, "seconds": {}})
+        rows.append({"id": f"p{i}", "question": QUESTION, "gold": "144", "steps": steps})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    res = synthetic_results(tmp_path / "results.jsonl")
+    build_data([res], str(tmp_path / "data"), val_fraction=0.25, seed=0)
+    return tmp_path / "data"
+
+
+def test_training_tokenization_equals_the_serving_routers(tiny_dir, data_dir):
+    from transformers import AutoTokenizer
+
+    router = HFRouter.from_pretrained(str(tiny_dir / "router"), device="cpu", reuse_cache=False)
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir / "router"))
+    examples = load_examples(str(data_dir / "train.jsonl"))
+    for ex, req in zip(examples, router_requests(examples)):
+        assert encode_example(tok, ex, "\n\n", True) == router.row_ids(req)
+    ids = encode_example(tok, examples[-1], "\n\n", True)
+    assert encode_example(tok, examples[-1], "\n\n", True, max_length=5) == ids[-5:]
+
+
+def test_collator_puts_the_label_on_the_last_real_token_only():
+    batch = LastTokenCollator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, -100, 1]},
+                                         {"input_ids": [8], "labels": [0]}])
+    assert batch["labels"].tolist() == [[-100, -100, 1], [0, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_classifier_router_trains_saves_and_runs(tiny_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "router"
+    assert main(["router", "train", "--data", str(data_dir), "--out", str(out), "--base", str(tiny_dir / "draft"),
+                 "--lr", "5e-3", "--epochs", "8", "--batch-size", "8", "--device", "cpu"]) == 0
+    meta = json.loads((out / "arbitrage_router.json").read_text())
+    assert meta["kind"] == "classifier" and meta["separator"] == "\n\n" and meta["author_tags"] is True
+    assert meta["train_counts"]["escalate"] == meta["train_counts"]["keep"]
+    assert json.loads((out / "config.json").read_text())["architectures"][0].endswith("ForTokenClassification")
+    router = make_router(str(out), ModelOptions(device="cpu"))
+    assert isinstance(router, HFRouter)
+    # the label is a function of the draft step's text: the fine-tuned classifier must have learnt it
+    m = evaluate_router(str(out), str(data_dir), out_json=str(tmp_path / "eval.json"), device="cpu")
+    assert m["roc_auc"] > 0.9 and m["spearman"] > 0.5, m
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == m["n"]
+    # ... and `arbitrage run --policy router --router DIR` loads and uses it
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"id": "a", "question": "What is 2+2?", "answer": "4"}) + "\n")
+    run_out = tmp_path / "run"
+    assert main(["run", "--policy", "router", "--router", str(out), "--draft", str(tiny_dir / "draft"), "--target",
+                 str(tiny_dir / "target"), "--data", str(data), "--out", str(run_out), "--max-steps", "3",
+                 "--max-step-tokens", "6", "--quiet", "--device", "cpu"]) == 0
+    rec = json.loads((run_out / "results.jsonl").read_text().splitlines()[0])
+    assert all(0.0 <= s["scores"]["router"] <= 1.0 for s in rec["steps"])
+    assert all(s["escalated"] == (s["scores"]["router"] > 0.5) for s in rec["steps"])
+
+
+def test_classifier_needs_a_base(data_dir, tmp_path, capsys):
+    assert main(["router", "train", "--data", str(data_dir), "--out", str(tmp_path / "r")]) == 2
+    assert "needs --base" in capsys.readouterr().err
+
+
+def test_probe_router_learns_from_draft_features(data_dir, tmp_path):
+    out, ctl = str(tmp_path / "probe"), str(tmp_path / "control")
+    train_router(str(data_dir), out, kind="probe", log=lambda s: None)
+    train_router(str(data_dir), ctl, kind="probe", shuffle_labels=True, log=lambda s: None)
+    assert is_probe_router(out) and not probe_needs_hidden(out)
+    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == ["arbitrage_router.json"]  # JSON, no pickle
+    m = evaluate_router(out, str(data_dir))
+    assert m["roc_auc"] > 0.95 and m["spearman"] > 0.6 and m["balanced_accuracy"] > 0.9, m
+    # grouped cross-validation (by problem) chose C: near-perfect on the real labels, chance on permuted ones
+    real, control = (json.loads((tmp_path / d / "arbitrage_router.json").read_text()) for d in ("probe", "control"))
+    assert max(real["cv_auc"].values()) > 0.95 and max(control["cv_auc"].values()) < 0.75
+    assert control["shuffled_labels"] and control["train_counts"] == real["train_counts"]
+
+
+def test_probe_router_predicts_through_the_router_protocol(data_dir, tmp_path):
+    out = train_router(str(data_dir), str(tmp_path / "probe"), kind="probe", C=1.0, log=lambda s: None)
+    router = make_router(out, ModelOptions())
+    assert isinstance(router, ProbeRouter) and router.name == "router"
+    unsure = Step("draft", "12 * 12 = 150.", "separator", 4, logprobs=[-2.1, -1.8, -2.5, -1.9],
+                  extras={"entropies": [2.0, 2.2, 1.9, 2.1]})
+    sure = Step("draft", "12 * 12 = 144.", "separator", 4, logprobs=[-0.2, -0.3, -0.1, -0.4],
+                extras={"entropies": [0.5, 0.6, 0.7, 0.5]})
+    p_unsure, p_sure = router.predict([RouteRequest("a", QUESTION, [], unsure), RouteRequest("b", QUESTION, [], sure)])
+    assert p_unsure > 0.5 > p_sure
+    meta = json.loads((tmp_path / "probe" / "arbitrage_router.json").read_text())
+    assert meta["C"] == 1.0 and len(meta["coef"]) == len(meta["features"])
+    with pytest.raises(ConfigError, match="entropies"):
+        router.predict([RouteRequest("c", QUESTION, [], Step("draft", "x", "separator", 1, logprobs=[-1.0]))])
+
+
+def test_probe_on_hidden_states(tmp_path):
+    res = synthetic_results(tmp_path / "r.jsonl", hidden=True)
+    build_data([res], str(tmp_path / "d"), val_fraction=0.25)
+    out = train_router(str(tmp_path / "d"), str(tmp_path / "p"), kind="probe", features=["hidden", "shape"],
+                       log=lambda s: None)
+    assert probe_needs_hidden(out)
+    assert evaluate_router(out, str(tmp_path / "d"))["roc_auc"] > 0.8
+    with pytest.raises(ConfigError, match="hidden state"):
+        make_router(out, ModelOptions()).predict([RouteRequest("a", QUESTION, [], Step("draft", "x", "separator", 1))])
+
+
+def test_metrics_on_known_predictions():
+    adv = [-0.5, -0.1, 0.0, 0.2, 0.6]
+    labels = [0, 0, 0, 1, 1]
+    m = metrics([0.1, 0.2, 0.3, 0.7, 0.9], adv, labels, tau=0.5)
+    assert m["spearman"] == pytest.approx(1.0) and m["roc_auc"] == 1.0
+    assert m["accuracy_escalate"] == m["accuracy_keep"] == m["oracle_agreement"] == 1.0
+    assert m["escalation_rate"] == 0.4
+    r = metrics([0.9, 0.8, 0.7, 0.3, 0.1], adv, labels, tau=0.5, oracle_tau=-0.2)
+    assert r["spearman"] == pytest.approx(-1.0) and r["roc_auc"] == 0.0
+    assert r["accuracy_escalate"] == 0.0 and r["accuracy_keep"] == 0.0 and r["escalation_rate"] == 0.6
+    assert r["oracle_escalation_rate"] == 0.8 and r["oracle_agreement"] == pytest.approx(0.4)
+    assert math.isnan(metrics([0.5] * 5, adv, labels)["spearman"])
+
+
+def test_probe_end_to_end_from_a_real_generate_run(tiny_dir, tmp_path, capsys):
+    """generate (tiny random models) -> build-data -> train probe -> eval -> run --policy router with it."""
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i}?", "answer": str(3 * i)})
+                            + "\n" for i in range(6)))
+    common = ["--draft", str(tiny_dir / "draft"), "--target", str(tiny_dir / "target"), "--data", str(data),
+              "--max-steps", "3", "--max-step-tokens", "6", "--quiet", "--device", "cpu", "--temperature", "1.0"]
+    assert main(["run", "--policy", "generate", "--prm", str(tiny_dir / "prm"), "--out", str(tmp_path / "gen"),
+                 *common]) == 0
+    assert main(["router", "build-data", str(tmp_path / "gen"), "--out", str(tmp_path / "d"),
+                 "--val-fraction", "0.3"]) == 0
+    assert main(["router", "train", "--kind", "probe", "--data", str(tmp_path / "d"), "--out",
+                 str(tmp_path / "p"), "--C", "1"]) == 0
+    assert main(["router", "eval", "--router", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--out-json",
+                 str(tmp_path / "e.json")]) == 0
+    assert "Spearman" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["n"] > 0
+    assert main(["run", "--policy", "router", "--router", str(tmp_path / "p"), "--threshold", "0.5",
+                 "--out", str(tmp_path / "run"), *common]) == 0
+    steps = [s for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+             for s in json.loads(line)["steps"]]
+    assert steps and all(s["escalated"] == (s["scores"]["router"] > 0.5) for s in steps)
+    assert np.isfinite([s["scores"]["router"] for s in steps]).all()
