@@ -1,0 +1,158 @@
+"""Engine overhead: wall time of a run against the time spent inside model forward passes.
+
+Everything the engine and the in-process backend do besides the forward pass (scheduling the policies,
+assembling batched KV caches, sampling, log-probs and entropies, detokenising to find the separator,
+bookkeeping) shows up as the ratio wall / forward; the goal is <= 1.10.
+
+The workload is fixed so every configuration does the same work: random-weight Qwen2 models, steps of
+exactly `--step-tokens` tokens (the random models never write the separator, so each step stops at the
+length limit), `--steps` steps per problem, the router policy with a synthetic router that escalates a fixed,
+seeded share of the steps. Forward time is measured with hooks on each model's top-level module (with a CUDA
+synchronise around it on a GPU), so it includes every forward of the draft and the target, nothing else.
+
+    python bench/engine_overhead.py                 # CPU, a few sizes, prints a table, writes JSON
+    python bench/engine_overhead.py --device cuda --sizes 1024x8,2048x16
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import torch
+
+from arbitrage.backends.hf import HFGenerator
+from arbitrage.engine import Engine, EngineConfig, Models
+from arbitrage.policies import make_policy
+from arbitrage.testing import make_causal_lm
+from arbitrage.types import Problem
+
+
+class ForwardTimer:
+    """Sums the wall time of every top-level forward call of the models it is attached to."""
+
+    def __init__(self, device: torch.device):
+        self.seconds, self.calls, self._t0, self.cuda = 0.0, 0, 0.0, device.type == "cuda"
+
+    def attach(self, model: torch.nn.Module) -> None:
+        model.register_forward_pre_hook(self._pre)
+        model.register_forward_hook(self._post)
+
+    def _pre(self, *_):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+
+class FixedShareRouter:
+    """Escalates a seeded `share` of the steps, whatever the text (no model call)."""
+
+    name = "router"
+
+    def __init__(self, share: float):
+        self.share = share
+
+    def predict(self, requests):
+        def u(r):
+            h = hashlib.sha256(f"{r.key}:{len(r.steps)}".encode()).digest()
+            return int.from_bytes(h[:4], "little") / 2 ** 32
+        return [1.0 if u(r) < self.share else 0.0 for r in requests]
+
+    def release(self, key):
+        pass
+
+
+def build(root: str, hidden: int, layers: int) -> tuple[str, str]:
+    draft, target = os.path.join(root, f"d{hidden}x{layers}"), os.path.join(root, f"t{hidden}x{layers}")
+    heads = max(2, hidden // 64)
+    if not os.path.exists(draft):
+        make_causal_lm(draft, hidden=max(32, hidden // 2), layers=max(1, layers // 2), heads=max(2, heads // 2))
+        make_causal_lm(target, hidden=hidden, layers=layers, heads=heads, seed=1)
+    return draft, target
+
+
+def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
+    dev = torch.device(args.device)
+    timer = ForwardTimer(dev)
+    gens = {}
+    for role, path in (("draft", draft_dir), ("target", target_dir)):
+        g = HFGenerator.from_pretrained(path, name=role, device=args.device, dtype=args.dtype)
+        timer.attach(g.model)
+        gens[role] = g
+    pol = make_policy(policy, 0.5 if policy == "router" else None)
+    models = Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs})
+    if policy == "router":
+        models.router = FixedShareRouter(args.escalate)
+    problems = [Problem(id=f"p{i}", question=f"q{i}", prompt=f"Question {i}: what is {i} * {i + 3}?\n\n")
+                for i in range(args.problems)]
+    cfg = EngineConfig(max_steps=args.steps, max_step_tokens=args.step_tokens, concurrency=concurrency,
+                       max_total_tokens=10 ** 6)
+    Engine(pol, Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs} |
+                       ({"router": models.router} if models.router else {})), cfg).run(problems[:2], lambda r: None)
+    timer.seconds, timer.calls = 0.0, 0  # the warm-up above is not counted
+    for g in gens.values():
+        g.stats.clear()
+    done = []
+    t0 = time.perf_counter()
+    Engine(pol, models, cfg).run(problems, done.append)
+    wall = time.perf_counter() - t0
+    tokens = sum(r.counts["draft_tokens_accepted"] + r.counts["draft_tokens_discarded"] + r.counts["target_tokens"]
+                 for r in done)
+    return {"policy": policy, "concurrency": concurrency, "wall_s": wall, "forward_s": timer.seconds,
+            "overhead": wall / timer.seconds, "forward_calls": timer.calls, "tokens": tokens,
+            "ms_per_token": 1000 * wall / tokens}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="256x4,512x8", help="target HIDDENxLAYERS list (draft: half of each)")
+    p.add_argument("--concurrency", default="1,8")
+    p.add_argument("--policies", default="target,router")
+    p.add_argument("--problems", type=int, default=16)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--step-tokens", type=int, default=32)
+    p.add_argument("--escalate", type=float, default=0.3, help="share of steps the synthetic router escalates")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models-dir", default=os.path.join(tempfile.gettempdir(), "arbitrage-bench-models"))
+    p.add_argument("--json", default="bench/results/engine_overhead.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for size in args.sizes.split(","):
+        hidden, layers = (int(x) for x in size.split("x"))
+        d, t = build(args.models_dir, hidden, layers)
+        for policy in args.policies.split(","):
+            for conc in (int(c) for c in args.concurrency.split(",")):
+                r = measure(d, t, policy, conc, args) | {"size": size}
+                rows.append(r)
+                print(f"{size:>9} {policy:>7} batch {conc:>2}: wall {r['wall_s']:7.2f}s  forward "
+                      f"{r['forward_s']:7.2f}s  overhead x{r['overhead']:.3f}  {r['ms_per_token']:.2f} ms/token",
+                      file=sys.stderr)
+    print(f"\n| target size | policy | batch | wall s | forward s | wall / forward | ms/token |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['policy']} | {r['concurrency']} | {r['wall_s']:.2f} | {r['forward_s']:.2f} | "
+              f"{r['overhead']:.3f} | {r['ms_per_token']:.2f} |")
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"args": vars(args), "device": args.device, "torch": torch.__version__,
+                   "machine": platform.platform(), "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
