@@ -241,6 +241,11 @@ class HFGenerator:
             text = self.tokenizer.decode(body, skip_special_tokens=False)
             if self.separator not in text:
                 return Generation(text=text, stop="eos", token_ids=body, logprobs=list(logps), extras=extras)
+        # The separator can first appear only around the newest token: look at a short tail of the step
+        # before decoding all of it (decoding the whole step at every token is quadratic in its length).
+        tail = self.tokenizer.decode(ids[-(2 * len(self.separator) + 4):], skip_special_tokens=False)
+        if self.separator not in tail and len(ids) < req.max_new_tokens:
+            return None
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         cut = text.find(self.separator)
         if cut >= 0:
@@ -251,6 +256,37 @@ class HFGenerator:
         if len(ids) >= req.max_new_tokens:
             return Generation(text=text, stop="length", token_ids=list(ids), logprobs=list(logps), extras=extras)
         return None
+
+    # --- judging (SpecReason-style baseline, arbitrage/judge.py) ------------------------------------------
+    @torch.no_grad()
+    def judge(self, requests) -> list[float]:
+        """A 0-9 score per JudgeRequest: one forward pass over context + draft step + question (only the tokens
+        past this problem's cached prefix are computed), read as the expected digit of the next token. The
+        judged row is cached like a step, so a following generation or judgement reuses its prefix."""
+        from ..judge import digit_token_ids, expected_digit
+
+        if not requests:
+            return []
+        if getattr(self, "_digit_ids", None) is None:
+            self._digit_ids = digit_token_ids(self.tokenizer)
+        pasts, news, rows = [], [], []
+        for req in requests:
+            ids = self.context_ids(req.prompt, [*req.steps, req.draft]) + list(self._encode(req.question, False))
+            entry, n = self.store.best(req.key, ids) if self.reuse_cache else (None, 0)
+            pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
+            news.append(ids[n:])
+            rows.append(req.key)
+            self.stats.append(CallStats(req.key, len(ids) - n, n, 0))
+        batch = KVBatch(lambda *a, **k: self._forward(*a, **k), pasts, news, self.pad_id, self.device)
+        logits, _ = batch.prefill()
+        logp = torch.log_softmax(logits.float(), -1)
+        scores = []
+        for r, key in enumerate(rows):
+            per_digit = {d: float(torch.logsumexp(logp[r, ids], 0)) for d, ids in self._digit_ids.items() if ids}
+            scores.append(expected_digit(per_digit))
+            if self.reuse_cache:
+                self.store.put(key, batch.row(r))
+        return scores
 
     def release(self, key: str) -> None:
         self.store.drop(key)
