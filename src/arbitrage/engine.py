@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .errors import ConfigError
+from .judge import Judge, JudgeRequest
 from .policies import Action, Decision, Draft, Policy, Route, Score, Target
 from .protocols import Router, StepGenerator, StepScorer
 from .types import Generation, GenerationRequest, Problem, RouteRequest, ScoreRequest, Step
@@ -80,7 +81,7 @@ class _State:
 def _resource(action: Action) -> str:
     if isinstance(action, Draft):
         return "draft"
-    if isinstance(action, Target):
+    if isinstance(action, (Target, Judge)):  # a Judge is a target forward pass (baselines/specreason.py)
         return "target"
     if isinstance(action, Score):
         return "prm"
@@ -134,6 +135,7 @@ class Engine:
                     turn = (turn + k + 1) % len(RESOURCES)
                     break
             batch = waiting[resource]
+            batch = [s for s in batch if type(s.pending) is type(batch[0].pending)]  # Target and Judge apart
             t0 = self.clock()
             results = self._call(resource, batch)
             dt = self.clock() - t0
@@ -201,6 +203,8 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------------------
     def _call(self, resource: str, batch: list[_State]) -> list:
+        if isinstance(batch[0].pending, Judge):
+            return self._judge(batch)
         if resource in ("draft", "target"):
             model: StepGenerator = getattr(self.models, resource)
             reqs = [GenerationRequest(st.problem.id, st.problem.prompt, list(st.steps),
@@ -213,6 +217,16 @@ class Engine:
             return self.models.prm.score(reqs)
         reqs = [RouteRequest(st.problem.id, st.problem.question, list(st.steps), st.pending.draft) for st in batch]
         return self.models.router.predict(reqs)
+
+    def _judge(self, batch: list[_State]) -> list[float]:
+        """The target scores each draft step (0-9); counted as `judge_calls`, timed as target time."""
+        target = self.models.target
+        if not hasattr(target, "judge"):
+            raise ConfigError(f"the target backend {type(target).__name__} cannot judge steps (no judge())")
+        for st in batch:
+            st.counts["judge_calls"] = st.counts.get("judge_calls", 0) + 1
+        return target.judge([JudgeRequest(st.problem.id, st.problem.prompt, list(st.steps), st.pending.draft,
+                                          st.pending.question) for st in batch])
 
     @staticmethod
     def _to_step(author: str, g: Generation) -> Step:

@@ -155,6 +155,13 @@ POLICIES = {"draft": DraftOnly, "target": TargetOnly, "rsd": RSD, "router": Rout
 THRESHOLD_RANGES = {"rsd": (0.0, 1.0), "router": (0.0, 1.0), "oracle": (-1.0, 1.0)}
 DEFAULT_THRESHOLDS = {"rsd": 0.7, "router": 0.5, "oracle": 0.0}
 
+# Outside baseline: SpecReason-style target-as-judge (a 0-9 score); its module imports this one's classes above.
+from .baselines.specreason import SpecReason  # noqa: E402
+
+POLICIES["specreason"] = SpecReason
+THRESHOLD_RANGES["specreason"] = (0.0, 9.0)
+DEFAULT_THRESHOLDS["specreason"] = 7.0
+
 
 def make_policy(name: str, threshold: float | None = None) -> Policy:
     """Build a policy by name, checking its threshold: PRM scores and y_hat lie in [0, 1], advantages in [-1, 1]."""

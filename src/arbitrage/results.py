@@ -111,6 +111,7 @@ def compute_metrics(records: Iterable[dict], policy: str, threshold: float | Non
         "target_tokens": total("target_tokens"),
         "target_calls": total("target_calls"),
         "draft_calls": total("draft_calls"),
+        "judge_calls": sum(r["counts"].get("judge_calls", 0) for r in records),  # specreason: target judge passes
         "latency_s_mean": statistics.fmean(lat) if lat else 0.0,
         "latency_s_p50": _percentile(lat, 0.5),
         "latency_s_p90": _percentile(lat, 0.9),

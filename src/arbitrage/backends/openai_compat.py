@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from functools import lru_cache
 from typing import Any, Sequence
@@ -106,6 +107,22 @@ def _logprobs(resp: dict) -> list[float] | None:
     if isinstance(probs, list) and probs and "logprob" in probs[0]:
         return [float(e["logprob"]) for e in probs]
     return None
+
+
+def _top_logprobs(resp: dict) -> list[tuple[str, float]]:
+    """(token text, log-prob) of the alternatives for the first generated token, in any of the layouts:
+    legacy completions (vLLM, SGLang: logprobs.top_logprobs[0] is {token: logprob}), chat-style entries
+    (llama.cpp's /v1/completions: logprobs.content[0].top_logprobs), llama.cpp /completion
+    (completion_probabilities[0].top_logprobs, or .probs with probabilities in older releases)."""
+    lp = resp.get("logprobs")
+    if isinstance(lp, dict) and lp.get("top_logprobs"):
+        return [(t, float(v)) for t, v in lp["top_logprobs"][0].items()]
+    if isinstance(lp, dict) and isinstance(lp.get("content"), list) and lp["content"]:
+        return [(e["token"], float(e["logprob"])) for e in lp["content"][0]["top_logprobs"]]
+    first = resp["completion_probabilities"][0]
+    if "top_logprobs" in first:
+        return [(e["token"], float(e["logprob"])) for e in first["top_logprobs"]]
+    return [(e["tok_str"], math.log(e["prob"]) if e["prob"] > 0 else -math.inf) for e in first["probs"]]
 
 
 def seed_for(seed: int, key: str, step_index: int) -> int:
@@ -238,6 +255,38 @@ class OpenAICompletionsGenerator:
             if self.tokenizer.decode(ids, skip_special_tokens=False) != text + self.separator:
                 return list(self._encode(text + self.separator, False))  # the last token ran past it
         return ids
+
+    # --- judging (SpecReason-style baseline, arbitrage/judge.py) ------------------------------------------
+    JUDGE_TOP_LOGPROBS = 20  # vLLM's default cap on logprobs per token
+
+    def judge(self, requests) -> list[float]:
+        """A 0-9 score per JudgeRequest from the top log-probs of a one-token greedy completion of
+        context + draft step + question (digits outside the top 20 count as improbable)."""
+        return self.http.gather([self._judge_one(r) for r in requests])
+
+    def judge_payload(self, req) -> dict:
+        ctx = self.prompt_for(GenerationRequest(req.key, req.prompt, [*req.steps, req.draft], 1))
+        prompt = ctx + req.question if isinstance(ctx, str) else ctx + list(self._encode(req.question, False))
+        body: dict[str, Any] = {"prompt": prompt, "temperature": 0.0}
+        if self.api == "completions":
+            body.update(max_tokens=1, logprobs=self.JUDGE_TOP_LOGPROBS)
+            if self.model is not None:
+                body["model"] = self.model
+        else:
+            body.update(n_predict=1, n_probs=self.JUDGE_TOP_LOGPROBS, cache_prompt=True)
+        return body
+
+    async def _judge_one(self, req) -> float:
+        from ..judge import expected_digit, merge_digit_logprobs
+
+        path = "/v1/completions" if self.api == "completions" else "/completion"
+        resp = await self.http.post(path, self.judge_payload(req))
+        try:
+            pairs = _top_logprobs(resp["choices"][0] if "choices" in resp else resp)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BackendError(f"{self.http.kind} at {self.http.url(path)} answered a judge request without top "
+                               f"log-probs ({exc}); body starts {str(resp)[:200]}") from exc
+        return expected_digit(merge_digit_logprobs(pairs))
 
     def release(self, key: str) -> None:
         """Nothing to drop: the server's prefix cache does this work."""
