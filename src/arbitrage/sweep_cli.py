@@ -1,0 +1,56 @@
+"""`arbitrage sweep`: several policies and thresholds over one dataset with the same models."""
+
+from __future__ import annotations
+
+import os
+
+from .run_cli import add_data_arguments, add_decoding_arguments, add_model_arguments, config_from_args
+from .sweep import SWEEP_POLICIES, parse_thresholds, point_dir, run_sweep, sweep_points
+
+EPILOG = """\
+examples:
+  arbitrage sweep --policies draft,target,rsd,router,oracle,specreason,assisted \\
+      --thresholds rsd=0.3,0.5,0.7,0.9 --thresholds router=0.1:0.9:0.2 --thresholds specreason=5,7,8 \\
+      --draft D --target T --prm P --router R --data math500 --limit 100 --concurrency 1 --out runs/sweep
+
+Each point runs into OUT/POLICY-TAU/ (OUT/POLICY/ without a threshold) and resumes like `arbitrage run`.
+Thresholds: POLICY=V1,V2,... or POLICY=START:STOP:STEP (STOP included); a thresholded policy in --policies
+without --thresholds runs at its default. Writes OUT/sweep.json, OUT/sweep.txt, OUT/accuracy_vs_latency.png
+and OUT/accuracy_vs_escalation.png.
+"""
+
+
+def cmd_sweep(args) -> int:
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    points = sweep_points(policies, parse_thresholds(args.thresholds))
+    base = config_from_args(args, policy=points[0][0], out=args.out)
+    if not args.quiet:
+        print(f"sweep: {len(points)} points: {', '.join(point_dir(p, t) for p, t in points)}", flush=True)
+    run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)
+    with open(os.path.join(args.out, "sweep.txt")) as f:
+        print(f.read(), end="")
+    print(f"wrote {os.path.join(args.out, 'sweep.json')}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="policies x thresholds on one dataset; Pareto frontiers and matched-accuracy "
+                                     "speedups",
+                       description="Run several policies and thresholds over one dataset with the same models "
+                                   "(each model loaded once), then report each policy's accuracy/latency frontier "
+                                   "and the router's latency at matched accuracy against rsd, target-only and the "
+                                   "outside baselines.",
+                       epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--policies", required=True,
+                   help=f"comma-separated, from: {', '.join(SWEEP_POLICIES)} (assisted: transformers assisted "
+                        f"generation with the same draft and target; specreason: the target judges each draft step)")
+    p.add_argument("--thresholds", action="append", default=[], metavar="POLICY=VALUES",
+                   help="thresholds of one policy: 0.3,0.5,0.7 or 0.1:0.9:0.2 (repeat per policy); rsd/router in "
+                        "[0, 1], oracle in [-1, 1], specreason in [0, 9]")
+    p.add_argument("--out", required=True, help="output directory (one sub-directory per point)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_model_arguments(p)
+    add_data_arguments(p)
+    add_decoding_arguments(p)
+    p.set_defaults(func=cmd_sweep, threshold=None)

@@ -1,0 +1,197 @@
+"""What a sweep shows: the accuracy/latency Pareto frontier of each policy, latency at matched accuracy
+(router against the others), a table, a JSON file and two plots.
+
+Matched accuracy: on a policy's frontier (its points that no cheaper point beats in accuracy, sorted by
+latency) accuracy rises strictly with latency, so latency is a piecewise-linear function of accuracy between
+the frontier's points. Two policies are compared only on the accuracies *both* frontiers span (no
+extrapolation): at each frontier accuracy inside that overlap, speedup = latency_other / latency_router
+(> 1: the router is faster). The headline is the highest matched accuracy. When the spans do not overlap
+the comparison says so and gives no ratio.
+
+Accuracy on n problems moves in steps of 1/n with a binomial standard error of sqrt(p(1-p)/n); the table
+shows it, and matched-accuracy ratios between points closer than that are within noise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+from .results import write_json_atomic
+
+X, Y = "latency_s_mean", "accuracy"
+BASELINES = ("rsd", "target", "specreason", "assisted")  # what the router is compared against, if present
+EPS = 1e-9
+
+
+def pareto_frontier(points: Sequence[dict], x: str = X, y: str = Y) -> list[dict]:
+    """The points no other point beats (lower-or-equal x with higher y), sorted by x; y rises strictly."""
+    front: list[dict] = []
+    for p in sorted(points, key=lambda p: (p[x], -p[y])):
+        if not front or p[y] > front[-1][y] + EPS:
+            front.append(p)
+    return front
+
+
+def latency_at(front: Sequence[dict], accuracy: float, x: str = X, y: str = Y) -> float | None:
+    """Latency on a frontier at `accuracy`, linear between its points; None outside the frontier's span."""
+    if not front or accuracy < front[0][y] - EPS or accuracy > front[-1][y] + EPS:
+        return None
+    for a, b in zip(front, front[1:]):
+        if a[y] - EPS <= accuracy <= b[y] + EPS:
+            if abs(accuracy - a[y]) <= EPS:
+                return a[x]
+            return a[x] + (b[x] - a[x]) * (accuracy - a[y]) / (b[y] - a[y])
+    return front[-1][x]  # a single-point frontier at exactly this accuracy
+
+
+def compare(name_a: str, front_a: Sequence[dict], name_b: str, front_b: Sequence[dict]) -> dict:
+    """Latency of `name_a` against `name_b` at matched accuracy; speedup = latency_b / latency_a."""
+    out = {"a": name_a, "b": name_b, "span_a": None, "span_b": None, "status": "no_points", "at": [],
+           "headline": None, "note": ""}
+    if not front_a or not front_b:
+        missing = name_a if not front_a else name_b
+        out["note"] = f"{missing} has no points"
+        return out
+    span_a, span_b = (front_a[0][Y], front_a[-1][Y]), (front_b[0][Y], front_b[-1][Y])
+    out.update(span_a=list(span_a), span_b=list(span_b))
+    lo, hi = max(span_a[0], span_b[0]), min(span_a[1], span_b[1])
+    if lo > hi + EPS:
+        out["status"] = "no_overlap"
+        if span_a[1] < span_b[0]:
+            below, sb, above, sa = name_a, span_a, name_b, span_b
+        else:
+            below, sb, above, sa = name_b, span_b, name_a, span_a
+        out["note"] = (f"accuracies do not overlap: {below} spans {_span(sb)}, all below {above}'s {_span(sa)}; "
+                       f"no latency at matched accuracy")
+        return out
+    levels = sorted({p[Y] for p in (*front_a, *front_b) if lo - EPS <= p[Y] <= hi + EPS} | {lo, hi})
+    rows = []
+    for acc in levels:
+        la, lb = latency_at(front_a, acc), latency_at(front_b, acc)
+        if la is None or lb is None:
+            continue
+        rows.append({"accuracy": acc, f"latency_{name_a}": la, f"latency_{name_b}": lb,
+                     "speedup": lb / la if la > 0 else math.inf})
+    rows = _dedupe(rows)
+    out.update(status="matched", at=rows, headline=rows[-1] if rows else None,
+               note=f"matched on accuracy {_span((lo, hi))}")
+    return out
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for r in rows:
+        if not out or abs(r["accuracy"] - out[-1]["accuracy"]) > EPS:
+            out.append(r)
+    return out
+
+
+def _span(s) -> str:
+    return f"[{s[0]:.3f}, {s[1]:.3f}]" if abs(s[1] - s[0]) > EPS else f"{s[0]:.3f}"
+
+
+def label(m: dict) -> str:
+    return m["policy"] if m.get("threshold") is None else f"{m['policy']}@{m['threshold']:g}"
+
+
+def summarize(points: Sequence[dict]) -> dict:
+    """Frontier per policy and the router's matched-accuracy comparisons, from the points' metrics."""
+    by_policy: dict[str, list[dict]] = {}
+    for m in points:
+        m.setdefault("accuracy_se", math.sqrt(m[Y] * (1 - m[Y]) / m["n"]) if m.get("n") else 0.0)
+        by_policy.setdefault(m["policy"], []).append(m)
+    fronts = {name: pareto_frontier(ms) for name, ms in by_policy.items()}
+    comparisons = [compare("router", fronts["router"], b, fronts[b]) for b in BASELINES
+                   if "router" in fronts and b in fronts]
+    notes = []
+    if "router" not in fronts:
+        notes.append("no router points: no matched-accuracy comparison")
+    ns = sorted({m.get("n") for m in points})
+    if len(ns) > 1:
+        notes.append(f"points have different numbers of problems {ns}: finish the sweep before comparing")
+    return {"points": list(points),
+            "frontiers": {name: [{"label": label(p), "threshold": p.get("threshold"), Y: p[Y], X: p[X],
+                                  "dir": p.get("dir")} for p in f] for name, f in fronts.items()},
+            "comparisons": comparisons, "notes": notes}
+
+
+def format_table(summary: dict) -> str:
+    on_front = {(f["label"]) for fs in summary["frontiers"].values() for f in fs}
+    head = (f"{'point':<18} {'n':>4} {'acc':>6} {'±se':>5} {'esc':>5} {'lat_mean':>9} {'lat_p50':>8} "
+            f"{'tgt_calls':>9} {'judge':>6} {'tgt_tok':>8} {'drf_acc':>8} front")
+    lines = [head, "-" * len(head)]
+    for m in summary["points"]:
+        esc = m.get("escalation_rate")
+        lines.append(f"{label(m):<18} {m['n']:>4} {m[Y]:>6.3f} {m['accuracy_se']:>5.3f} "
+                     f"{'  -  ' if esc is None else format(esc, '5.3f')} {m[X]:>9.3f} {m['latency_s_p50']:>8.3f} "
+                     f"{m['target_calls']:>9} {m.get('judge_calls', 0):>6} {m['target_tokens']:>8} "
+                     f"{m['draft_tokens_accepted']:>8} {'*' if label(m) in on_front else ''}")
+    lines.append("")
+    lines.append("latency at matched accuracy (speedup = other's latency / router's; > 1: router faster):")
+    for c in summary["comparisons"]:
+        h = c["headline"]
+        if c["status"] == "matched" and h is not None:
+            lines.append(f"  router vs {c['b']:<10} at acc {h['accuracy']:.3f}: {h['speedup']:.2f}x "
+                         f"({h['latency_' + c['b']]:.3f} s vs {h['latency_router']:.3f} s); {c['note']}")
+        else:
+            lines.append(f"  router vs {c['b']:<10} {c['note']}")
+    if not summary["comparisons"]:
+        lines.append("  (none)")
+    lines += [f"note: {n}" for n in summary["notes"]]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, out_dir: str) -> list[str]:
+    """accuracy_vs_latency.png and accuracy_vs_escalation.png (frontiers drawn as lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_policy: dict[str, list[dict]] = {}
+    for m in summary["points"]:
+        by_policy.setdefault(m["policy"], []).append(m)
+    paths = []
+    for fname, xkey, xlabel in (("accuracy_vs_latency.png", X, "mean latency per problem (s)"),
+                                ("accuracy_vs_escalation.png", "escalation_rate", "escalation rate (steps)")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+        for name, ms in by_policy.items():
+            ms = [m for m in ms if m.get(xkey) is not None]
+            if not ms:
+                continue
+            ms = sorted(ms, key=lambda m: m[xkey])
+            (line,) = ax.plot([m[xkey] for m in ms], [m[Y] for m in ms], "o", label=name)
+            if xkey == X and len(ms) > 1:
+                front = pareto_frontier(ms)
+                ax.plot([m[X] for m in front], [m[Y] for m in front], "-", color=line.get_color(), alpha=0.7)
+            elif len(ms) > 1:
+                ax.plot([m[xkey] for m in ms], [m[Y] for m in ms], "-", color=line.get_color(), alpha=0.4)
+            for m in ms:
+                if m.get("threshold") is not None:
+                    ax.annotate(f"{m['threshold']:g}", (m[xkey], m[Y]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, fname)
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(points: Sequence[dict], out_dir: str, plots: bool = True, echo: bool = False) -> dict:
+    """OUT/sweep.json (points, frontiers, comparisons), OUT/sweep.txt (the table) and the plots."""
+    summary = summarize(points)
+    table = format_table(summary)
+    summary["plots"] = [os.path.basename(p) for p in plot(summary, out_dir)] if plots else []
+    write_json_atomic(os.path.join(out_dir, "sweep.json"), summary)
+    with open(os.path.join(out_dir, "sweep.txt"), "w") as f:
+        f.write(table + "\n")
+    if echo:
+        print(table)
+    return summary

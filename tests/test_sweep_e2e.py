@@ -1,0 +1,116 @@
+"""A tiny end-to-end sweep on local random models: every policy and both outside baselines in one
+invocation, each model loaded once, outputs per point, report and plots, and resume."""
+
+import json
+import os
+
+import pytest
+
+from arbitrage import factory
+from arbitrage.cli import main
+from arbitrage.errors import ConfigError
+from arbitrage.run import RunConfig
+from arbitrage.sweep import run_sweep
+from arbitrage.testing import make_causal_lm, make_token_classifier, make_value_head_prm
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep_models")
+    make_causal_lm(str(root / "draft"), hidden=32, layers=1, seed=1, separator_bias=4.0, eos_bias=1.5)
+    make_causal_lm(str(root / "target"), hidden=48, layers=2, seed=2, separator_bias=4.0, eos_bias=1.5)
+    make_value_head_prm(str(root / "prm"))
+    make_token_classifier(str(root / "router"))
+    with open(root / "data.jsonl", "w") as f:
+        for i in range(2):
+            f.write(json.dumps({"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
+    return root
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Counts model loads per role through the factory the sweep uses."""
+    counts = {}
+
+    def counting(name, role_of):
+        real = getattr(factory, name)
+
+        def wrapper(spec, *args, **kw):
+            role = role_of(args)
+            counts[role] = counts.get(role, 0) + 1
+            return real(spec, *args, **kw)
+        monkeypatch.setattr(factory, name, wrapper)
+
+    counting("make_generator", lambda a: a[0])
+    counting("make_prm", lambda a: "prm")
+    counting("make_router", lambda a: "router")
+    return counts
+
+
+def sweep_args(assets, out, policies, *thresholds):
+    args = ["sweep", "--policies", policies, "--draft", str(assets / "draft"), "--target", str(assets / "target"),
+            "--prm", str(assets / "prm"), "--router", str(assets / "router"), "--data", str(assets / "data.jsonl"),
+            "--max-steps", "3", "--max-step-tokens", "6", "--max-total-tokens", "18", "--out", str(out), "--quiet",
+            "--id-field", "id",
+            "--device", "cpu"]
+    for t in thresholds:
+        args += ["--thresholds", t]
+    return args
+
+
+def lines(path):
+    with open(path) as f:
+        return [json.loads(x) for x in f]
+
+
+def test_sweep_end_to_end_loads_each_model_once_and_resumes(assets, tmp_path, builds, capsys):
+    out = tmp_path / "sweep"
+    rc = main(sweep_args(assets, out, "draft,target,rsd,router,oracle,specreason,assisted",
+                         "rsd=0.3,0.7", "specreason=4.5"))
+    assert rc == 0
+    assert builds == {"draft": 1, "target": 1, "prm": 1, "router": 1}
+    dirs = ["draft", "target", "rsd-0.3", "rsd-0.7", "router-0.5", "oracle-0", "specreason-4.5", "assisted"]
+    summary = json.load(open(out / "sweep.json"))
+    assert [p["dir"] for p in summary["points"]] == dirs
+    for d, m in zip(dirs, summary["points"]):
+        recs = lines(out / d / "results.jsonl")
+        assert sorted(r["id"] for r in recs) == ["q0", "q1"] and m["n"] == 2
+        assert json.load(open(out / d / "metrics.json"))["accuracy"] == m["accuracy"]
+    by = {p["dir"]: p for p in summary["points"]}
+    assert by["draft"]["target_calls"] == 0 and by["target"]["draft_calls"] == 0
+    for d in ("rsd-0.3", "rsd-0.7", "router-0.5", "specreason-4.5"):
+        assert by[d]["target_calls"] == by[d]["escalated_steps"], d  # the target ran only when escalated
+    assert by["specreason-4.5"]["judge_calls"] == by["specreason-4.5"]["steps"] > 0
+    assert by["assisted"]["escalation_rate"] is None and by["assisted"]["target_tokens"] > 0
+    assert {c["b"] for c in summary["comparisons"]} == {"rsd", "target", "specreason", "assisted"}
+    assert all(c["status"] in ("matched", "no_overlap") for c in summary["comparisons"])
+    for png in ("accuracy_vs_latency.png", "accuracy_vs_escalation.png"):
+        assert open(out / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "router vs rsd" in printed and "specreason@4.5" in printed
+
+    # Re-run with one more point: finished points load and recompute nothing; the new rsd point loads only
+    # what rsd needs, once.
+    builds.clear()
+    assert main(sweep_args(assets, out, "draft,target,rsd,router,oracle,specreason,assisted",
+                           "rsd=0.3,0.5,0.7", "specreason=4.5")) == 0
+    assert builds == {"draft": 1, "target": 1, "prm": 1}
+    for d in dirs + ["rsd-0.5"]:
+        assert sorted(r["id"] for r in lines(out / d / "results.jsonl")) == ["q0", "q1"], d
+    builds.clear()
+    assert main(sweep_args(assets, out, "rsd", "rsd=0.5")) == 0
+    assert builds == {}  # everything finished: nothing loaded
+
+
+def test_sweep_checks_every_point_before_loading(assets, tmp_path, builds):
+    base = RunConfig(policy="draft", out="", data=str(assets / "data.jsonl"),
+                     models={"draft": str(assets / "draft"), "target": str(assets / "target")})
+    with pytest.raises(ConfigError, match="out of range"):
+        run_sweep(base, [("draft", None), ("rsd", 1.5)], str(tmp_path / "s"), progress=False)
+    with pytest.raises(ConfigError, match="needs --prm"):
+        run_sweep(base, [("draft", None), ("rsd", 0.5)], str(tmp_path / "s"), progress=False)
+    with pytest.raises(ConfigError, match="servers"):
+        run_sweep(RunConfig(policy="draft", out="", data=str(assets / "data.jsonl"),
+                            models={"draft": "http://127.0.0.1:9/v1", "target": str(assets / "target")}),
+                  [("assisted", None)], str(tmp_path / "s"), progress=False)
+    assert builds == {} and not os.path.exists(tmp_path / "s" / "draft")
