@@ -51,7 +51,7 @@ def sweep_args(assets, out, policies, *thresholds):
     args = ["sweep", "--policies", policies, "--draft", str(assets / "draft"), "--target", str(assets / "target"),
             "--prm", str(assets / "prm"), "--router", str(assets / "router"), "--data", str(assets / "data.jsonl"),
             "--max-steps", "3", "--max-step-tokens", "6", "--max-total-tokens", "18", "--out", str(out), "--quiet",
-            "--id-field", "id",
+            "--id-field", "id", "--threads", "1",
             "--device", "cpu"]
     for t in thresholds:
         args += ["--thresholds", t]

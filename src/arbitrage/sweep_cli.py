@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .run_cli import add_data_arguments, add_decoding_arguments, add_model_arguments, config_from_args
+from .run_cli import add_data_arguments, add_decoding_arguments, add_model_arguments, apply_threads, config_from_args
 from .sweep import SWEEP_POLICIES, parse_thresholds, point_dir, run_sweep, sweep_points
 
 EPILOG = """\
@@ -24,6 +24,7 @@ def cmd_sweep(args) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     points = sweep_points(policies, parse_thresholds(args.thresholds))
     base = config_from_args(args, policy=points[0][0], out=args.out)
+    apply_threads(args)
     if not args.quiet:
         print(f"sweep: {len(points)} points: {', '.join(point_dir(p, t) for p, t in points)}", flush=True)
     run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)
