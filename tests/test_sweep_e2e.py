@@ -88,6 +88,7 @@ def test_sweep_end_to_end_loads_each_model_once_and_resumes(assets, tmp_path, bu
         assert open(out / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "router vs rsd" in printed and "specreason@4.5" in printed
+    assert "not comparable" in printed  # default --concurrency 8 against assisted's batch size 1
 
     # Re-run with one more point: finished points load and recompute nothing; the new rsd point loads only
     # what rsd needs, once.

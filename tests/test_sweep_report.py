@@ -68,6 +68,8 @@ def test_summary_and_table_mark_frontier_and_comparisons():
     assert "router vs rsd" in table and "2.00x" in table and "do not overlap" in table
     assert pts[0]["accuracy_se"] == pytest.approx((0.25 / 100) ** 0.5)
     assert "no router points" in summarize([pt(1, 0.5, "rsd", 0.5)])["notes"][0]
+    mixed = [dict(pt(1, 0.5, "router", 0.5), concurrency=8), dict(pt(2, 0.5, "assisted"), concurrency=1)]
+    assert any("not comparable" in n for n in summarize(mixed)["notes"])
 
 
 def test_threshold_syntax():

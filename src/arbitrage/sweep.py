@@ -183,6 +183,7 @@ def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: 
             else:
                 metrics = run(cfg, models=subset if id(cfg) in pending else None, problems=problems, grader=grader)
             metrics["dir"] = os.path.relpath(cfg.out, out_dir)
+            metrics["concurrency"] = 1 if policy == ASSISTED else cfg.engine.concurrency
             results.append(metrics)
     finally:
         grader.close()

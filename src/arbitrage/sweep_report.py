@@ -108,6 +108,10 @@ def summarize(points: Sequence[dict]) -> dict:
     notes = []
     if "router" not in fronts:
         notes.append("no router points: no matched-accuracy comparison")
+    conc = sorted({m["concurrency"] for m in points if m.get("concurrency")})
+    if len(conc) > 1:
+        notes.append(f"points ran with different numbers of problems in flight {conc} (assisted runs one at a "
+                     f"time): their latencies are not comparable; use --concurrency 1")
     ns = sorted({m.get("n") for m in points})
     if len(ns) > 1:
         notes.append(f"points have different numbers of problems {ns}: finish the sweep before comparing")
