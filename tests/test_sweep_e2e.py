@@ -11,20 +11,16 @@ from arbitrage.cli import main
 from arbitrage.errors import ConfigError
 from arbitrage.run import RunConfig
 from arbitrage.sweep import run_sweep
-from arbitrage.testing import make_causal_lm, make_token_classifier, make_value_head_prm
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep_models")
-    make_causal_lm(str(root / "draft"), hidden=32, layers=1, seed=1, separator_bias=4.0, eos_bias=1.5)
-    make_causal_lm(str(root / "target"), hidden=48, layers=2, seed=2, separator_bias=4.0, eos_bias=1.5)
-    make_value_head_prm(str(root / "prm"))
-    make_token_classifier(str(root / "router"))
-    with open(root / "data.jsonl", "w") as f:
+def assets(tiny_dir, tmp_path_factory):
+    """The session's tiny models (conftest.tiny_dir) and a two-problem JSON-lines file."""
+    data = tmp_path_factory.mktemp("sweep_data") / "data.jsonl"
+    with open(data, "w") as f:
         for i in range(2):
             f.write(json.dumps({"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
-    return root
+    return tiny_dir, data
 
 
 @pytest.fixture
@@ -48,8 +44,9 @@ def builds(monkeypatch):
 
 
 def sweep_args(assets, out, policies, *thresholds):
-    args = ["sweep", "--policies", policies, "--draft", str(assets / "draft"), "--target", str(assets / "target"),
-            "--prm", str(assets / "prm"), "--router", str(assets / "router"), "--data", str(assets / "data.jsonl"),
+    root, data = assets
+    args = ["sweep", "--policies", policies, "--draft", str(root / "draft"), "--target", str(root / "target"),
+            "--prm", str(root / "prm"), "--router", str(root / "router"), "--data", str(data),
             "--max-steps", "3", "--max-step-tokens", "6", "--max-total-tokens", "18", "--out", str(out), "--quiet",
             "--id-field", "id", "--threads", "1",
             "--device", "cpu"]
@@ -104,14 +101,15 @@ def test_sweep_end_to_end_loads_each_model_once_and_resumes(assets, tmp_path, bu
 
 
 def test_sweep_checks_every_point_before_loading(assets, tmp_path, builds):
-    base = RunConfig(policy="draft", out="", data=str(assets / "data.jsonl"),
-                     models={"draft": str(assets / "draft"), "target": str(assets / "target")})
+    root, data = assets
+    base = RunConfig(policy="draft", out="", data=str(data),
+                     models={"draft": str(root / "draft"), "target": str(root / "target")})
     with pytest.raises(ConfigError, match="out of range"):
         run_sweep(base, [("draft", None), ("rsd", 1.5)], str(tmp_path / "s"), progress=False)
     with pytest.raises(ConfigError, match="needs --prm"):
         run_sweep(base, [("draft", None), ("rsd", 0.5)], str(tmp_path / "s"), progress=False)
     with pytest.raises(ConfigError, match="servers"):
-        run_sweep(RunConfig(policy="draft", out="", data=str(assets / "data.jsonl"),
-                            models={"draft": "http://127.0.0.1:9/v1", "target": str(assets / "target")}),
+        run_sweep(RunConfig(policy="draft", out="", data=str(data),
+                            models={"draft": "http://127.0.0.1:9/v1", "target": str(root / "target")}),
                   [("assisted", None)], str(tmp_path / "s"), progress=False)
     assert builds == {} and not os.path.exists(tmp_path / "s" / "draft")
