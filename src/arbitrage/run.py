@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from dataclasses import dataclass, field
 
@@ -88,8 +89,13 @@ def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem]
         grader = grader or Grader(timeout=cfg.grade_timeout)
         bar = _progress(len(problems), len(problems) - len(todo), policy.describe(), cfg.progress)
         correct = 0
+        # Grading runs on its own thread (the grader itself waits on a worker process), so a problem being
+        # graded never holds up the problems still in flight, nor adds to their latency. One thread keeps the
+        # appends in order; a failure there is re-raised here.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arbitrage-grade")
+        futures = []
 
-        def on_done(res: ProblemResult) -> None:
+        def save(res: ProblemResult) -> None:
             nonlocal correct
             grade = grader.grade(res.solution, res.problem.gold)
             store.append(result_record(res, grade, policy.name, policy.threshold))
@@ -98,13 +104,21 @@ def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem]
                 bar.update(1)
                 bar.set_postfix(acc=f"{correct}/{bar.n - (len(problems) - len(todo))}")
 
+        def on_done(res: ProblemResult) -> None:
+            futures.append(pool.submit(save, res))
+            if futures[0].done():  # surface a grading or disk error early
+                futures.pop(0).result()
+
         try:
             Engine(policy, models, cfg.engine).run(todo, on_done)
         finally:
+            pool.shutdown(wait=True)  # everything finished is graded and saved, even on an error or Ctrl-C
             if bar is not None:
                 bar.close()
             if own_grader:
                 grader.close()
+        for f in futures:
+            f.result()
     wanted = {p.id for p in problems}
     records = [r for r in store.load() if r["id"] in wanted]
     metrics = compute_metrics(records, policy.name, policy.threshold)
