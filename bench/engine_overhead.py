@@ -31,29 +31,8 @@ from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.testing import make_causal_lm
+from arbitrage.timing import ForwardTimer
 from arbitrage.types import Problem
-
-
-class ForwardTimer:
-    """Sums the wall time of every top-level forward call of the models it is attached to."""
-
-    def __init__(self, device: torch.device):
-        self.seconds, self.calls, self._t0, self.cuda = 0.0, 0, 0.0, device.type == "cuda"
-
-    def attach(self, model: torch.nn.Module) -> None:
-        model.register_forward_pre_hook(self._pre)
-        model.register_forward_hook(self._post)
-
-    def _pre(self, *_):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self._t0 = time.perf_counter()
-
-    def _post(self, *_):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - self._t0
-        self.calls += 1
 
 
 class FixedShareRouter:
@@ -84,12 +63,10 @@ def build(root: str, hidden: int, layers: int) -> tuple[str, str]:
 
 
 def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
-    dev = torch.device(args.device)
-    timer = ForwardTimer(dev)
-    gens = {}
+    gens, timers = {}, []
     for role, path in (("draft", draft_dir), ("target", target_dir)):
         g = HFGenerator.from_pretrained(path, name=role, device=args.device, dtype=args.dtype)
-        timer.attach(g.model)
+        timers.append(ForwardTimer(g.model))
         gens[role] = g
     pol = make_policy(policy, 0.5 if policy == "router" else None)
     models = Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs})
@@ -101,7 +78,8 @@ def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
                        max_total_tokens=10 ** 6)
     Engine(pol, Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs} |
                        ({"router": models.router} if models.router else {})), cfg).run(problems[:2], lambda r: None)
-    timer.seconds, timer.calls = 0.0, 0  # the warm-up above is not counted
+    for t in timers:  # the warm-up above is not counted
+        t.reset()
     for g in gens.values():
         g.stats.clear()
     done = []
@@ -110,8 +88,9 @@ def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
     wall = time.perf_counter() - t0
     tokens = sum(r.counts["draft_tokens_accepted"] + r.counts["draft_tokens_discarded"] + r.counts["target_tokens"]
                  for r in done)
-    return {"policy": policy, "concurrency": concurrency, "wall_s": wall, "forward_s": timer.seconds,
-            "overhead": wall / timer.seconds, "forward_calls": timer.calls, "tokens": tokens,
+    forward = sum(t.seconds for t in timers)
+    return {"policy": policy, "concurrency": concurrency, "wall_s": wall, "forward_s": forward,
+            "overhead": wall / forward, "forward_calls": sum(t.calls for t in timers), "tokens": tokens,
             "ms_per_token": 1000 * wall / tokens}
 
 

@@ -39,6 +39,7 @@ import torch
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import RouterPolicy, TargetOnly
+from arbitrage.timing import ForwardTimer
 from arbitrage.types import Problem
 
 QWEN25 = {  # from the published config.json files of Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B
@@ -76,27 +77,6 @@ class SyntheticTokenizer:
 
     def __len__(self) -> int:
         return self.vocab_size
-
-
-class ForwardClock:
-    """Wall time inside a module's forward passes (CUDA synchronised at both ends)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.seconds, self.calls, self._t0 = 0.0, 0, 0.0
-        self.cuda = next(module.parameters()).device.type == "cuda"
-        module.register_forward_pre_hook(self._pre)
-        module.register_forward_hook(self._post)
-
-    def _pre(self, *_):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self._t0 = time.perf_counter()
-
-    def _post(self, *_):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - self._t0
-        self.calls += 1
 
 
 class FixedRateRouter:
@@ -180,7 +160,7 @@ def run_one(policy, gens: dict, router, clocks: dict, probs, cfg: EngineConfig, 
     for g in gens.values():
         g.stats.clear()
     for c in clocks.values():
-        c.seconds, c.calls = 0.0, 0
+        c.reset()
     results = []
     models = Models(draft=gens["draft"], target=gens["target"], router=router)
     engine = Engine(policy, models, cfg)
@@ -233,13 +213,13 @@ def main(argv=None) -> dict:
     tok = SyntheticTokenizer(min(s["vocab_size"] for s in shapes.values()))
     gens = {"draft": HFGenerator(build(shapes["1.5b"], "lm", device, dtype, a.seed + 1), tok, name="draft"),
             "target": HFGenerator(build(shapes["7b"], "lm", device, dtype, a.seed + 2), tok, name="target")}
-    clocks = {role: ForwardClock(g.model) for role, g in gens.items()}
+    clocks = {role: ForwardTimer(g.model) for role, g in gens.items()}
     inner = None
     if not a.no_router_forward:
         from arbitrage.scoring.hf import HFRouter, _CachedScorer, _token_cls_head
 
         rmodel = build(shapes["1.5b"], "cls", device, dtype, a.seed + 3)
-        clocks["router"] = ForwardClock(rmodel)
+        clocks["router"] = ForwardTimer(rmodel)
         inner = HFRouter(_CachedScorer(rmodel, tok, _token_cls_head, "router"))
     load_s = time.perf_counter() - t_load
 

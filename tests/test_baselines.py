@@ -11,7 +11,8 @@ import torch
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
-from arbitrage.baselines.assisted import generate_one, _ForwardTimer, run_assisted, split_steps
+from arbitrage.baselines.assisted import generate_one, run_assisted, split_steps
+from arbitrage.timing import ForwardTimer
 from arbitrage.baselines.specreason import SpecReason
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.errors import ConfigError
@@ -47,7 +48,7 @@ def load(root, role):
 
 def test_assisted_output_equals_target_greedy(pair):
     draft, target = load(pair, "draft"), load(pair, "target")
-    timers = (_ForwardTimer(draft.model), _ForwardTimer(target.model))
+    timers = (ForwardTimer(draft.model), ForwardTimer(target.model))
     accepted = discarded = 0
     for i, q in enumerate(["Question: what is 12 * 12?\n\n", "We compute \\frac{1}{2} + 3 =", "Let x = 3 + 4"]):
         p = Problem(f"p{i}", q, q)

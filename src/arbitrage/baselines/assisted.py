@@ -25,38 +25,10 @@ import torch
 
 from ..errors import ConfigError
 from ..results import METRICS, ResultsFile, check_manifest, compute_metrics, write_json_atomic
+from ..timing import ForwardTimer
 from ..types import Problem
 
 NAME = "assisted"
-
-
-class _ForwardTimer:
-    """Counts a module's forward calls and the wall time inside them (synchronising CUDA at both ends)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.calls, self.seconds, self._t0 = 0, 0.0, 0.0
-        self.cuda = next(module.parameters()).device.type == "cuda"
-        self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
-
-    def _sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def _pre(self, *_):
-        self._sync()
-        self._t0 = time.perf_counter()
-
-    def _post(self, *_):
-        self._sync()
-        self.seconds += time.perf_counter() - self._t0
-        self.calls += 1
-
-    def reset(self):
-        self.calls, self.seconds = 0, 0.0
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
 
 
 class _MaxSeparators:
@@ -97,7 +69,7 @@ def split_steps(text: str, separator: str, max_steps: int) -> tuple[list[tuple[s
 
 
 def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens: int, max_steps: int,
-                 timers: tuple[_ForwardTimer, _ForwardTimer]) -> dict:
+                 timers: tuple[ForwardTimer, ForwardTimer]) -> dict:
     """Assisted generation of one solution; returns the pieces of its results line."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -162,7 +134,7 @@ def run_assisted(cfg, draft, target, problems: list[Problem], grader, progress: 
     e = cfg.engine
     if todo:
         check_in_process(draft, target)
-        timers = (_ForwardTimer(draft.model), _ForwardTimer(target.model))
+        timers = (ForwardTimer(draft.model), ForwardTimer(target.model))
         bar = _progress(len(problems), len(problems) - len(todo), NAME, progress)
         try:
             for p in todo:
