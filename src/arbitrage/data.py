@@ -217,7 +217,8 @@ def load_problems(source: str | os.PathLike, *, question_field: str | None = Non
                   answer_field: str | None = None, id_field: str | None = None, limit: int | None = None,
                   offset: int = 0, template: str = "qwen-math-cot", tokenizer: Any = None,
                   data_dir: str | os.PathLike | None = None) -> list[Problem]:
-    """Load problems from a built-in name (see BUILTIN), a JSON-lines path, or `hf:org/name[:split]`.
+    """Load problems from a built-in name (see BUILTIN), a JSON-lines path, `hf:org/name[:split]`, or the
+    synthetic testbed task, `testbed:SPLIT[:N[:SEED]]` (which keeps its own prompt whatever `template` says).
 
     Field names default to the built-in mapping, else to the first of the usual names present
     ("question"/"problem", "answer"/"final_answer"/...); "A+B" joins two fields. The id defaults to the line
@@ -227,6 +228,10 @@ def load_problems(source: str | os.PathLike, *, question_field: str | None = Non
         raise ConfigError(f"offset and limit must be >= 0 (got offset={offset}, limit={limit})")
     resolve_template(template)  # fail on a bad template before reading anything
     src = str(source)
+    if src.startswith("testbed:") and not Path(src).is_file():
+        from .testbed.task import problems_from_spec  # the synthetic task: its own prompts, no template
+
+        return problems_from_spec(src)[offset: None if limit is None else offset + limit]
     layout: str | None = None
     if src.startswith("hf:"):
         label, rows, layout = _read_hub(src)

@@ -52,8 +52,7 @@ def make_prm(spec: str, opts: ModelOptions):
     if spec.startswith("testbed-checker"):
         from .testbed.prm import ArithmeticCheckerPRM
 
-        noise = float(spec.split(":", 1)[1]) if ":" in spec else 0.0
-        return ArithmeticCheckerPRM(noise=noise)
+        return ArithmeticCheckerPRM.from_spec(spec, seed=opts.seed)
     if spec.startswith("judge:"):  # judge:URL -- a served causal LM reads P(yes) for "is this step correct?"
         from .scoring.judge import JudgePRM
 

@@ -1,0 +1,44 @@
+"""A small fixed-vocabulary tokenizer for the testbed task.
+
+Every character of printable ASCII is a token, plus a few multi-character pieces the task repeats
+(" = ", " mod ", the separator "\\n\\n", ...), so sequences stay short and the step separator is one token.
+Digits are always single tokens. Built with the `tokenizers` library and wrapped in
+`PreTrainedTokenizerFast`, so `AutoTokenizer.from_pretrained(dir)` loads it like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+# Longest first: the pre-tokenizer regex tries the alternatives in this order.
+PIECES = ("The answer is ", "What is ", "\\boxed{", " mod ", "Let ", " = ", " + ", " - ", " * ", ". ", "\n\n")
+CHARS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
+
+
+def build_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    vocab: dict[str, int] = {}
+    for tok in (*SPECIAL.values(), *PIECES, *CHARS):
+        vocab.setdefault(tok, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk_token"]))
+    pattern = "|".join(re.escape(p) for p in PIECES) + r"|[\s\S]"
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    bos = SPECIAL["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
+                                   padding_side="left", **SPECIAL)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> None:
+    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` so older transformers (and vLLM) load it too."""
+    tokenizer.save_pretrained(directory)
+    path = Path(directory) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
