@@ -55,7 +55,7 @@ def test_generator_protocol_and_request_body():
     path, body = seen[0]
     assert path == "/v1/completions"
     assert body["prompt"] == "Q: 1+1?\na = 1\n\n" and body["max_tokens"] == 7 and body["stop"] == ["\n\n"]
-    assert body["model"] == "m" and body["logprobs"] == 1 and body["temperature"] == 0.0 and "seed" not in body
+    assert body["model"] == "m" and body["logprobs"] == 5 and body["temperature"] == 0.0 and "seed" not in body
     gen = out[0]
     assert (gen.text, gen.stop, gen.token_ids, gen.logprobs, gen.n_prefill) == ("x", "separator", [5, 4],
                                                                               [-0.5, -0.25], 0)
@@ -123,7 +123,7 @@ def test_llamacpp_native_api():
     g = generator(handler, api="llamacpp")
     (gen,) = g.generate([req(n=5)])
     path, body = bodies[0]
-    assert path == "/completion" and body["n_predict"] == 5 and body["stop"] == ["\n\n"] and body["n_probs"] == 1
+    assert path == "/completion" and body["n_predict"] == 5 and body["stop"] == ["\n\n"] and body["n_probs"] == 5
     assert (gen.text, gen.stop, gen.token_ids, gen.logprobs) == ("7", "eos", [33], [-0.1, -0.2])
 
 

@@ -125,6 +125,30 @@ def _top_logprobs(resp: dict) -> list[tuple[str, float]]:
     return [(e["tok_str"], math.log(e["prob"]) if e["prob"] > 0 else -math.inf) for e in first["probs"]]
 
 
+def _entropies(resp: dict) -> list[float] | None:
+    """Per-token entropy estimates from the top-k alternatives a server returned with each generated token
+    (k >= 2; None when it returned fewer). The tail beyond the top k is counted as one outcome of the
+    remaining mass, so this is a lower bound on the true entropy; it is what probe routers read from a served
+    draft, and it is computed the same way at training and at run time."""
+    lp = resp.get("logprobs")
+    per_token: list | None = None
+    if isinstance(lp, dict):
+        if isinstance(lp.get("top_logprobs"), list):  # legacy completions: [{token: logprob}, ...]
+            per_token = [list(t.values()) if isinstance(t, dict) else None for t in lp["top_logprobs"]]
+        elif isinstance(lp.get("content"), list):  # chat-style entries (llama.cpp's /v1/completions)
+            per_token = [[e["logprob"] for e in t.get("top_logprobs") or []] for t in lp["content"]]
+    elif isinstance(resp.get("completion_probabilities"), list):  # llama.cpp /completion with n_probs
+        per_token = [[e["logprob"] for e in t.get("top_logprobs") or []] for t in resp["completion_probabilities"]]
+    if not per_token or any(t is None or len(t) < 2 for t in per_token):
+        return None
+    out = []
+    for values in per_token:
+        ps = [math.exp(float(v)) for v in values if v is not None]
+        rest = max(0.0, 1.0 - sum(ps))
+        out.append(-sum(p * math.log(p) for p in ps if p > 0) - (rest * math.log(rest) if rest > 0 else 0.0))
+    return out
+
+
 def seed_for(seed: int, key: str, step_index: int) -> int:
     """A per-request sampling seed: the same problem and step always get the same seed (31 bits, which every
     server accepts)."""
@@ -148,11 +172,14 @@ class OpenAICompletionsGenerator:
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, concurrency: int = 16,
                  timeout: float = 600.0, max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None,
                  name: str | None = None, api: str = "completions", tokenizer: Any = "auto",
-                 logprobs: bool = True, extra_body: dict | None = None, check: bool = True, transport=None):
+                 logprobs: bool = True, top_logprobs: int = 5, extra_body: dict | None = None, check: bool = True,
+                 transport=None):
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, not {api!r}")
         self.separator, self.temperature, self.top_p, self.seed = separator, temperature, top_p, seed
         self.api, self.want_logprobs, self.extra_body = api, logprobs, dict(extra_body or {})
+        # top-k alternatives per token: k >= 2 gives per-token entropy estimates (extras["entropies"])
+        self.top_logprobs = max(1, int(top_logprobs))
         self.http = HttpClient(base_url, kind=f"{name or 'generation'} server", concurrency=concurrency,
                                timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
                                transport=transport)
@@ -205,11 +232,11 @@ class OpenAICompletionsGenerator:
             if self.model is not None:
                 body["model"] = self.model
             if self.want_logprobs:
-                body["logprobs"] = 1
+                body["logprobs"] = self.top_logprobs
         else:  # llama.cpp /completion
             body.update(n_predict=req.max_new_tokens, return_tokens=True, cache_prompt=True)
             if self.want_logprobs:
-                body["n_probs"] = 1
+                body["n_probs"] = self.top_logprobs
         body.update(self.extra_body)
         return body
 
@@ -239,6 +266,9 @@ class OpenAICompletionsGenerator:
         usage = resp.get("usage") or {}
         if "completion_tokens" in usage:
             extras["completion_tokens"] = usage["completion_tokens"]
+        entropies = _entropies(choice)
+        if entropies is not None:
+            extras["entropies"] = entropies
         return Generation(text=text, stop=stop, token_ids=self._step_ids(ids, text, stop),
                           logprobs=_logprobs(choice), n_prefill=0, extras=extras)
 
