@@ -170,14 +170,19 @@ def test_metrics_on_known_predictions():
 
 
 def test_probe_end_to_end_from_a_real_generate_run(tiny_dir, tmp_path, capsys):
-    """generate (tiny random models) -> build-data -> train probe -> eval -> run --policy router with it."""
+    """generate (tiny random models, draft hidden states on) -> build-data -> train probe -> eval -> run --policy
+    router with it; and a probe on the draft's hidden state, run with hidden states on."""
+    from arbitrage.engine import EngineConfig
+    from arbitrage.run import RunConfig, run
+
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i}?", "answer": str(3 * i)})
                             + "\n" for i in range(6)))
-    common = ["--draft", str(tiny_dir / "draft"), "--target", str(tiny_dir / "target"), "--data", str(data),
-              "--max-steps", "3", "--max-step-tokens", "6", "--quiet", "--device", "cpu", "--temperature", "1.0"]
-    assert main(["run", "--policy", "generate", "--prm", str(tiny_dir / "prm"), "--out", str(tmp_path / "gen"),
-                 *common]) == 0
+    models = {"draft": str(tiny_dir / "draft"), "target": str(tiny_dir / "target"), "prm": str(tiny_dir / "prm")}
+    engine = EngineConfig(max_steps=3, max_step_tokens=6)
+    opts = ModelOptions(device="cpu", temperature=1.0, return_hidden=True)
+    run(RunConfig("generate", str(tmp_path / "gen"), str(data), models=models, engine=engine, model_options=opts,
+                  progress=False))
     assert main(["router", "build-data", str(tmp_path / "gen"), "--out", str(tmp_path / "d"),
                  "--val-fraction", "0.3"]) == 0
     assert main(["router", "train", "--kind", "probe", "--data", str(tmp_path / "d"), "--out",
@@ -187,8 +192,19 @@ def test_probe_end_to_end_from_a_real_generate_run(tiny_dir, tmp_path, capsys):
     assert "Spearman" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["n"] > 0
     assert main(["run", "--policy", "router", "--router", str(tmp_path / "p"), "--threshold", "0.5",
-                 "--out", str(tmp_path / "run"), *common]) == 0
+                 "--out", str(tmp_path / "run"), "--draft", models["draft"], "--target", models["target"],
+                 "--data", str(data), "--max-steps", "3", "--max-step-tokens", "6", "--quiet", "--device", "cpu",
+                 "--temperature", "1.0"]) == 0
     steps = [s for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
              for s in json.loads(line)["steps"]]
     assert steps and all(s["escalated"] == (s["scores"]["router"] > 0.5) for s in steps)
     assert np.isfinite([s["scores"]["router"] for s in steps]).all()
+    # the draft's hidden state (32 values for this draft) as probe features
+    assert "last_hidden" in json.loads((tmp_path / "d" / "meta.json").read_text())["draft_features"]
+    hidden = train_router(str(tmp_path / "d"), str(tmp_path / "ph"), kind="probe", features=["hidden", "logprobs"],
+                          C=1.0, log=lambda s: None)
+    assert probe_needs_hidden(hidden) and json.loads((tmp_path / "ph" / "arbitrage_router.json").read_text())[
+        "hidden_dim"] == 32
+    m = run(RunConfig("router", str(tmp_path / "run_h"), str(data), threshold=0.5,
+                      models={**models, "router": hidden}, engine=engine, model_options=opts, progress=False))
+    assert m["n"] == 6 and m["router_s"] > 0

@@ -12,6 +12,7 @@ Files written to OUT: `train.jsonl`, `validation.jsonl` and `meta.json` (separat
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -83,7 +84,7 @@ def _results_path(path: str) -> str:
         path = os.path.join(path, RESULTS)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such results file (give OUT/results.jsonl of `arbitrage run --policy "
-                        f"generate`, or its OUT directory)")
+                        f"generate`, or its OUT directory; .jsonl.gz is read too)")
     return path
 
 
@@ -165,7 +166,8 @@ def read_results(paths: Sequence[str], margin: float = 0.0) -> tuple[list[Exampl
         sep = run_separator(path)
         if sep is not None:
             seps.add(sep)
-        with open(path, encoding="utf-8") as f:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
