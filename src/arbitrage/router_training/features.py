@@ -45,8 +45,8 @@ def _stats(xs: np.ndarray) -> list[float]:
 def _per_token(draft: Step, what: str) -> np.ndarray:
     vals = draft.logprobs if what == "logprobs" else draft.extras.get(what)
     if vals is None:
-        hint = ("run the draft in-process (transformers) so it reports them" if what == "entropies"
-                else "the draft backend must return per-token log-probs")
+        hint = ("in-process drafts report them, served drafts when the server returns top log-probs"
+                if what == "entropies" else "the draft backend must return per-token log-probs")
         raise ConfigError(f"this probe router reads the draft's per-token {what}, and the draft step has none: "
                           f"{hint}, or train the probe without them (--probe-features)")
     return np.asarray(vals, dtype=np.float64)
