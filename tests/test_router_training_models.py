@@ -208,3 +208,15 @@ def test_probe_end_to_end_from_a_real_generate_run(tiny_dir, tmp_path, capsys):
     m = run(RunConfig("router", str(tmp_path / "run_h"), str(data), threshold=0.5,
                       models={**models, "router": hidden}, engine=engine, model_options=opts, progress=False))
     assert m["n"] == 6 and m["router_s"] > 0
+    # through the CLI the draft's hidden states are turned on by the router itself, with no flag
+    assert main(["run", "--policy", "router", "--router", hidden, "--threshold", "0.5", "--out",
+                 str(tmp_path / "run_hcli"), "--draft", models["draft"], "--target", models["target"],
+                 "--data", str(data), "--max-steps", "3", "--max-step-tokens", "6", "--quiet", "--device", "cpu",
+                 "--temperature", "1.0", "--limit", "2"]) == 0
+    # and `--draft-hidden-states` records them in generate runs for training
+    assert main(["run", "--policy", "generate", "--draft-hidden-states", "--out", str(tmp_path / "gen_cli"),
+                 "--draft", models["draft"], "--target", models["target"], "--prm", models["prm"],
+                 "--data", str(data), "--max-steps", "2", "--max-step-tokens", "6", "--quiet", "--device", "cpu",
+                 "--limit", "1"]) == 0
+    rec = json.loads((tmp_path / "gen_cli" / "results.jsonl").read_text().splitlines()[0])
+    assert len(rec["steps"][0]["draft"]["last_hidden"]) == 32

@@ -3,6 +3,7 @@ of an OpenAI-compatible server (http://HOST:PORT/v1). Only the models a policy n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .engine import Models
@@ -98,6 +99,12 @@ def build_models(policy: Policy, specs: dict, opts: ModelOptions) -> Models:
     missing = [role for role in sorted(policy.needs) if not specs.get(role)]
     if missing:
         raise ConfigError(f"policy {policy.name!r} needs " + ", ".join(f"--{m}" for m in missing))
+    router = specs.get("router")
+    if "router" in policy.needs and router and not is_url(router) and not opts.return_hidden:
+        from .router_training.probe import probe_needs_hidden
+
+        if probe_needs_hidden(router):  # a probe trained on the draft's last hidden state reads it at run time
+            opts = dataclasses.replace(opts, return_hidden=True)
     models = Models()
     for role in ("draft", "target"):
         if role in policy.needs:

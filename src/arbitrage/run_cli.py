@@ -37,6 +37,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice; 1 is fastest for "
                                               "tiny models on a busy machine)")
+    g.add_argument("--draft-hidden-states", action="store_true",
+                   help="record the draft's last hidden state per step (for probe routers trained on it)")
     g.add_argument("--no-cache-reuse", action="store_true", help="recompute every step's prefix (for comparison)")
 
 
@@ -105,7 +107,8 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
                                    reuse_cache=not args.no_cache_reuse, prm_kind=args.prm_kind,
                                    prm_format=args.prm_format, served_names=served or None,
                                    server_api=args.server_api, pooling_route=args.pooling_route,
-                                   server_concurrency=args.server_concurrency),
+                                   server_concurrency=args.server_concurrency,
+                                   return_hidden=getattr(args, "draft_hidden_states", False)),
         progress=not getattr(args, "quiet", False))
 
 
