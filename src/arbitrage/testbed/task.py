@@ -3,20 +3,21 @@
 A problem gives one constant and 2-5 operations; each defines a new variable from the one before it (and, for
 some additions and subtractions, from an earlier one as well)::
 
-    Let a = 37. b = a * 4. c = b - 58. d = c mod 7. e = d + b. What is e?
+    Let a = 37. b = a + 8. c = b - 29. d = c * 4. e = d mod 7. What is e?
 
 The reference solution writes one step per operation, restating the definition, substituting the values
 and giving the result, then boxes the answer; steps are separated by "\\n\\n"::
 
-    b = a * 4 = 37 * 4 = 148
+    b = a + 8 = 37 + 8 = 45
     ...
-    The answer is \\boxed{151}
+    The answer is \\boxed{1}
 
-Every value stays in [0, 999]. Step difficulty comes from the operation and the operand sizes, drawn per
-step: adding a one-digit number is easy, adding two 3-digit values needs carries, multiplying needs a
-multi-digit product, `mod` needs a division, and a variable operand needs a look-up further back. Which split
-a problem belongs to is a function of its question text (a hash), so train/validation/test never share a
-question whatever the seeds.
+Every value stays in [0, 99]. Step difficulty comes from the operation and the operands, drawn per step: adding
+a one-digit number without a carry is easy, carries and borrows are harder, multiplying needs a two-digit product,
+`mod` needs a division, and a variable operand needs a look-up further back. (Values up to 999 were tried
+first: neither tiny model learnt three-digit arithmetic in a quarter of an hour of CPU training, and both
+solved under 10% of the problems.) Which split a problem belongs to is a function of its question text (a
+hash), so train/validation/test never share a question whatever the seeds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..types import Problem
 
 SEPARATOR = "\n\n"
 SPLITS = ("train", "validation", "test")
-MAX_VALUE = 999
+MAX_VALUE = 99
 MIN_OPS, MAX_OPS = 2, 5
 OPS = ("+", "-", "*", "mod")
 # Share of the hash space per split (train 80%, validation 10%, test 10%).
@@ -169,9 +170,9 @@ def _sample_op(rng: random.Random, target: str, vals: dict[str, int]) -> tuple[O
         right: str | int = rng.choice(others)
         y = vals[right]
     elif op == "+":
-        y = right = _pick(rng, 1, MAX_VALUE - x, (0.6, 0.3, 0.1))
+        y = right = _pick(rng, 1, MAX_VALUE - x, (0.7, 0.3))
     elif op == "-":
-        y = right = _pick(rng, 1, x, (0.6, 0.3, 0.1))
+        y = right = _pick(rng, 1, x, (0.7, 0.3))
     elif op == "*":
         y = right = _pick(rng, 2, max(2, MAX_VALUE // x), (0.8, 0.2))
     else:
@@ -181,7 +182,7 @@ def _sample_op(rng: random.Random, target: str, vals: dict[str, int]) -> tuple[O
 
 def sample_chain(rng: random.Random) -> Chain:
     n_ops = rng.randint(MIN_OPS, MAX_OPS)
-    start = (_VARS[0], rng.randint(2, 99) if rng.random() < 0.5 else rng.randint(100, MAX_VALUE))
+    start = (_VARS[0], rng.randint(2, MAX_VALUE))
     vals = {start[0]: start[1]}
     ops = []
     for i in range(1, n_ops + 1):
