@@ -183,6 +183,11 @@ def run_one(policy, gens: dict, router, clocks: dict, probs, cfg: EngineConfig, 
 
 
 def main(argv=None) -> dict:
+    with torch.no_grad():  # not a global switch: tests call main() in-process
+        return _main(argv)
+
+
+def _main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: checks the script in seconds")
     ap.add_argument("--batch-sizes", default=None, help="problems in flight (default 1,32; tiny: 1,4)")
@@ -208,7 +213,6 @@ def main(argv=None) -> dict:
         8 if tiny else 128)
     rates = [float(x) for x in a.rates.split(",")]
 
-    torch.set_grad_enabled(False)
     t_load = time.perf_counter()
     tok = SyntheticTokenizer(min(s["vocab_size"] for s in shapes.values()))
     gens = {"draft": HFGenerator(build(shapes["1.5b"], "lm", device, dtype, a.seed + 1), tok, name="draft"),
