@@ -44,6 +44,8 @@ if has router; then
   arbitrage router build-data "$WORK/generate" --out "$WORK/router-data" --val-fraction 0.25
   arbitrage router train --kind probe --data "$WORK/router-data" --out "$WORK/router-probe"
   arbitrage router eval --router "$WORK/router-probe" --data "$WORK/router-data" --out-json "$RESULTS/router_eval.json"
+  cp "$WORK/router-probe/arbitrage_router.json" "$RESULTS/router_probe.json"   # the trained probe (plain JSON)
+  cp "$WORK/generate/metrics.json" "$RESULTS/generate_metrics.json"
 fi
 
 if has sweep; then
@@ -53,6 +55,9 @@ if has sweep; then
     --limit "$N_BENCH" --out "$WORK/sweep" --quiet
   cp "$WORK/sweep/sweep.json" "$WORK/sweep/sweep.txt" "$RESULTS/"
   cp "$WORK"/sweep/*.png "$RESULTS/" 2>/dev/null || true
+  for d in "$WORK"/sweep/*/; do   # per-problem records of every point (a few KB each)
+    mkdir -p "$RESULTS/points/$(basename "$d")"; cp "$d"results.jsonl "$d"metrics.json "$RESULTS/points/$(basename "$d")/"
+  done
   python "$HERE/summarize.py" "$WORK/sweep" --out "$RESULTS" --router-eval "$RESULTS/router_eval.json"
 fi
 

@@ -59,8 +59,9 @@ def main(argv=None) -> int:
         summary = json.load(f)
     parts = ["# Real LMs on CPU (llama.cpp): sweep results", "",
              "Draft Qwen2.5-Coder-0.5B-Instruct (AWQ Q4_K_M), target Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), both "
-             "served by llama-server (2 threads each) on a shared 2-core CPU; PRM = the target as a yes/no judge; "
-             "router = probe on the draft's log-probs/entropies. Produced by bench/real_lm/run.sh.", "",
+             f"served by llama-server ({os.environ.get('THREADS', '1')} thread(s) each) on a 2-core CPU shared with "
+             "other jobs; PRM = the target as a yes/no judge; router = probe on the draft's log-probs/entropies. "
+             "Batch size 1. Produced by bench/real_lm/run.sh; per-problem records in points/.", "",
              table(summary), "", "Latency at matched accuracy (speedup = other's latency / router's):", "",
              comparisons(summary)]
     if summary.get("notes"):
