@@ -87,7 +87,8 @@ def cmd_train(args) -> int:
     eval_chains = make_chains("test", args.eval_n, 0) if not args.no_eval else []
     for role in roles:
         info = train_model(role, out, cfg, specs[role], log=log)
-        info.update(command=_command_line(args, role, specs[role]), seed=cfg.seed, train_config=asdict(cfg), environment=environment(),
+        info.update(command=_command_line(args, role, specs[role]), seed=cfg.seed, train_config=asdict(cfg),
+                    environment=environment(),
                     trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if eval_chains:
             t0 = time.time()
@@ -166,7 +167,8 @@ def register(sub) -> None:
     p.add_argument("--roles", default="draft,target", help="which models to train (default: %(default)s)")
     defaults = TrainConfig()
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per model (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="problems per step (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="problems per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="linear warm-up steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data stream (default: %(default)s)")

@@ -85,6 +85,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             raise ConfigError(f"no {role} model in {models_dir / role}: pass --models DIR holding draft/ and target/ "
                               f"(`arbitrage testbed train --out DIR` makes them)")
     torch.set_num_threads(cfg.threads)
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the "Loading weights" bars
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -199,7 +203,8 @@ def format_report(s: dict) -> str:
     if s.get("pareto_png"):
         lines.append(f"Pareto plot: {s['pareto_png']}")
     if s.get("seconds"):
-        lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()))
+        lines.append("seconds (this invocation; finished points are not re-run): "
+                     + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()))
     return "\n".join(lines)
 
 
