@@ -17,7 +17,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (local directory, Hugging Face id, or http://HOST:PORT/v1 of a server)")
     g.add_argument("--draft", help="draft model")
     g.add_argument("--target", help="target model")
-    g.add_argument("--prm", help="process reward model (or testbed-checker[:NOISE] for the testbed)")
+    g.add_argument("--prm", help="process reward model (or testbed-checker[:FLIP[:SIGMA]] for the testbed)")
     g.add_argument("--router", help="router checkpoint (arbitrage router train writes one)")
     g.add_argument("--prm-kind", default="auto", choices=["auto", "value-head", "token-cls"],
                    help="PRM layout: Skywork-style value head or 2-label token classification (default: detect)")
