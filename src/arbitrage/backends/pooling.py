@@ -21,36 +21,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import BackendError, ConfigError
-from ..formats import router_segments
+from ..formats import PRMFormat, router_segments
 from ..types import RouteRequest, ScoreRequest, Step
 from .http_common import HttpClient, load_tokenizer
 
 ROUTES = ("pooling", "embeddings")
 ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
 ROUTER_META = "arbitrage_router.json"  # written beside a trained router (same name as scoring/hf.py)
-
-
-@dataclass(frozen=True)
-class PRMFormat:
-    """How a PRM sees a solution: `prefix` (with {question}) then each step followed by `step_suffix`; `bos`:
-    tokenize the prefix with the tokenizer's special tokens. The same named formats as scoring/hf.py."""
-
-    prefix: str = "{question}\n"
-    step_suffix: str = "\n"
-    bos: bool = True
-
-    @classmethod
-    def named(cls, name: str, separator: str = "\n\n") -> "PRMFormat":
-        if name == "skywork":  # Skywork-o1-Open-PRM: problem + "\n", each step + "\n"
-            return cls("{question}\n", "\n", True)
-        if name == "separator":  # problem and steps each followed by the run's step separator
-            return cls("{question}" + separator, separator, True)
-        raise ConfigError(f"unknown PRM format {name!r}; use 'skywork' or 'separator'")
 
 
 # --- reading server answers -------------------------------------------------------------------------------
@@ -192,11 +173,7 @@ class PoolingPRM:
                                      transport=transport)
 
     def row_ids(self, question: str, steps: Sequence[Step], candidate: Step) -> list[int]:
-        enc = self.client.encode
-        ids = list(enc(self.fmt.prefix.format(question=question), self.fmt.bos))
-        for s in (*steps, candidate):
-            ids += enc(s.text) + enc(self.fmt.step_suffix)
-        return ids
+        return self.fmt.row_ids(self.client.encode, question, steps, candidate)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         batches = [[self.row_ids(r.question, r.steps, c) for c in r.candidates] for r in requests]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -19,27 +18,10 @@ import torch
 from ..backends.hf import load_model, load_tokenizer
 from ..backends.kv import KVBatch, SlotStore
 from ..errors import ModelLoadError
-from ..formats import router_segments
+from ..formats import PRMFormat, router_segments
 from ..types import RouteRequest, ScoreRequest, Step
 
 ROUTER_META = "arbitrage_router.json"
-
-
-@dataclass(frozen=True)
-class PRMFormat:
-    """How a PRM sees a solution: `prefix` (with {question}) then each step followed by `step_suffix`."""
-
-    prefix: str = "{question}\n"
-    step_suffix: str = "\n"
-    bos: bool = True
-
-    @classmethod
-    def named(cls, name: str, separator: str = "\n\n") -> "PRMFormat":
-        if name == "skywork":  # Skywork-o1-Open-PRM: bos + problem + "\n", each step + "\n"
-            return cls("{question}\n", "\n", True)
-        if name == "separator":  # problem and steps each followed by the run's step separator
-            return cls("{question}" + separator, separator, True)
-        raise ModelLoadError(f"unknown PRM format {name!r}; use 'skywork' or 'separator'")
 
 
 class _CachedScorer:
@@ -156,11 +138,7 @@ class HFPRM:
         return cls(_CachedScorer(model, tokenizer, head, name, reuse_cache), fmt, kind)
 
     def row_ids(self, question: str, steps: Sequence[Step], candidate: Step) -> list[int]:
-        enc = self.scorer.encode
-        ids = list(enc(self.fmt.prefix.format(question=question), self.fmt.bos))
-        for s in (*steps, candidate):
-            ids += enc(s.text) + enc(self.fmt.step_suffix)
-        return ids
+        return self.fmt.row_ids(self.scorer.encode, question, steps, candidate)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         rows = [(r.key, self.row_ids(r.question, r.steps, c)) for r in requests for c in r.candidates]
