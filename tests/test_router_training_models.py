@@ -220,3 +220,40 @@ def test_probe_end_to_end_from_a_real_generate_run(tiny_dir, tmp_path, capsys):
                  "--limit", "1"]) == 0
     rec = json.loads((tmp_path / "gen_cli" / "results.jsonl").read_text().splitlines()[0])
     assert len(rec["steps"][0]["draft"]["last_hidden"]) == 32
+
+
+def test_thresholds_hit_the_asked_escalation_rates(data_dir, tmp_path, capsys):
+    """`router thresholds`: tau per escalation rate for the router (y_hat > tau) and RSD (PRM(draft) < tau), read
+    off every recorded step; a sweep at those taus escalates those shares of the steps."""
+    from arbitrage.router_training.thresholds import rate_thresholds
+
+    res = synthetic_results(tmp_path / "cal.jsonl", n_problems=60, seed=3)
+    out = train_router(str(data_dir), str(tmp_path / "probe"), kind="probe", log=lambda s: None)
+    found = rate_thresholds([res], [0.2, 0.5], out)
+    examples = [json.loads(line) for line in open(res)]
+    n_steps = sum(len(r["steps"]) for r in examples)
+    assert found["n_steps"] == n_steps and found["n_problems"] == 60
+    bad_share = np.mean([s["escalated"] for r in examples for s in r["steps"]])
+    assert found["oracle_rate"] == pytest.approx(bad_share)  # A > 0 exactly on the "bad" steps here
+    # the router's y_hat is continuous: its rates come out within a step of the asked ones
+    for p in found["router"]:
+        assert abs(p["achieved"] - p["rate"]) <= 1.5 / n_steps, p
+    # y_hat ranks the bad steps first, so at the oracle's own rate the router picks (almost) exactly them
+    router = make_router(out, ModelOptions())
+    tau_bad = rate_thresholds([res], [bad_share], out)["router"][0]["tau"]
+    picked = [router.predict([RouteRequest("k", QUESTION, [], Step("draft", s["draft"]["text"], "separator",
+                                                                  s["n_tokens"], logprobs=s["draft"]["logprobs"],
+                                                                  extras={"entropies": s["draft"]["entropies"]}))])[0]
+              > tau_bad for r in examples for s in r["steps"]]
+    truth = [s["escalated"] for r in examples for s in r["steps"]]
+    assert np.mean(np.array(picked) == np.array(truth)) > 0.95
+    # RSD: the PRM(draft) scores here take two values (0.2 and 0.9); ties make the achieved rate differ
+    rsd = {p["rate"]: p for p in found["rsd"]}
+    assert rsd[0.5]["tau"] == 0.9 and rsd[0.5]["achieved"] == pytest.approx(bad_share)
+    assert main(["router", "thresholds", res, "--router", out, "--rates", "0.5,0.2",
+                 "--out-json", str(tmp_path / "t.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "--thresholds rsd=" in printed and "--thresholds router=" in printed
+    assert json.loads((tmp_path / "t.json").read_text())["router"] == found["router"]
+    with pytest.raises(ConfigError, match="rates"):
+        rate_thresholds([res], [1.5])

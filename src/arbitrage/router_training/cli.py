@@ -1,4 +1,4 @@
-"""`arbitrage router build-data | train | eval`."""
+"""`arbitrage router build-data | train | eval | thresholds`."""
 
 from __future__ import annotations
 
@@ -72,9 +72,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _rate_list(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers") from None
+
+
+def cmd_thresholds(args) -> int:
+    from .thresholds import rate_thresholds, report
+
+    found = rate_thresholds(args.results, args.rates, args.router, device=args.device, batch_size=args.batch_size)
+    report(found, args.out_json)
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("router", help="train and evaluate routers from `generate` results",
-                       description="Router training: build-data -> train -> eval (method.md, 'Router training').")
+                       description="Router training: build-data -> train -> eval -> thresholds (method.md, 'Router training').")
     rs = p.add_subparsers(dest="router_command", metavar="STEP")
     rs.required = True
 
@@ -125,3 +140,14 @@ def register(sub) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=cmd_eval)
+
+    h = rs.add_parser("thresholds", help="the router and RSD thresholds that escalate given shares of the steps "
+                                         "of `generate` results (for sweep points at chosen escalation rates)")
+    h.add_argument("results", nargs="+", help="`generate` results.jsonl files (or their run directories)")
+    h.add_argument("--rates", type=_rate_list, default=[0.2, 0.4, 0.6],
+                   help="target escalation rates, comma-separated (default 0.2,0.4,0.6)")
+    h.add_argument("--router", help="router directory (either kind); without it only RSD thresholds")
+    h.add_argument("--out-json", help="write the thresholds here")
+    h.add_argument("--device", default="auto")
+    h.add_argument("--batch-size", type=int, default=16)
+    h.set_defaults(func=cmd_thresholds)

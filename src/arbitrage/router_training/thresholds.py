@@ -1,0 +1,87 @@
+"""Thresholds for target escalation rates, read off recorded steps (`arbitrage router thresholds`).
+
+A router's y_hat and a PRM's scores are on scales of their own (a probe trained on few steps may put every
+y_hat within 0.49-0.54), so "tau = 0.5" says little about how often the target will run. A sweep is more
+useful when its points sit at chosen escalation rates. From `generate` results (every step with the draft's
+proposal and its PRM score, unbalanced) this picks, for each rate r:
+
+* router: tau = the (1 - r) quantile of y_hat, since the router escalates iff y_hat > tau;
+* rsd: tau = the r quantile of PRM(draft), since RSD escalates iff PRM(draft) < tau;
+
+and reports the rate each tau gives on these steps (ties can move it) and the oracle's own rate (A > 0).
+The steps follow the `generate` trajectory, not the router's own, so the rates in a real run are close, not
+equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .dataset import read_results
+from .evaluate import predict
+
+
+def _rates(rates: Sequence[float]) -> list[float]:
+    out = [float(r) for r in rates]
+    bad = [r for r in out if not 0.0 < r < 1.0]
+    if not out or bad:
+        raise ConfigError(f"escalation rates must be in (0, 1), got {bad or 'none'}")
+    return sorted(set(out))
+
+
+def rate_thresholds(results: Sequence[str], rates: Sequence[float], router_dir: str | None = None, *,
+                    device: str = "auto", batch_size: int = 16, digits: int = 4) -> dict:
+    """{"n_steps", "oracle_rate", "rsd": [{rate, tau, achieved}], "router": [...] (with router_dir)}."""
+    rates = _rates(rates)
+    examples, sep = read_results(list(results))
+    if not examples:
+        raise DataError(f"no steps in {', '.join(results)}")
+    prm = np.array([e.prm_draft for e in examples])
+    out: dict = {"sources": [os.path.abspath(p) for p in results], "n_steps": len(examples),
+                 "n_problems": len({e.problem_id for e in examples}),
+                 "oracle_rate": float(np.mean([e.advantage > 0 for e in examples])), "rsd": []}
+    for r in rates:
+        tau = round(float(np.quantile(prm, r)), digits)
+        out["rsd"].append({"rate": r, "tau": tau, "achieved": float(np.mean(prm < tau))})
+    if router_dir is not None:
+        from ..factory import ModelOptions, make_router
+
+        router = make_router(router_dir, ModelOptions(separator=sep or "\n\n", device=device, reuse_cache=False))
+        y = np.array(predict(router, examples, batch_size))
+        out["router_dir"] = os.path.abspath(router_dir)
+        out["y_hat_range"] = [float(y.min()), float(y.max())]
+        out["router"] = []
+        for r in rates:
+            tau = round(float(np.quantile(y, 1.0 - r)), digits)
+            out["router"].append({"rate": r, "tau": tau, "achieved": float(np.mean(y > tau))})
+    return out
+
+
+def sweep_args(found: dict) -> str:
+    """The `--thresholds` options of `arbitrage sweep` for these points."""
+    parts = []
+    for policy in ("rsd", "router"):
+        if found.get(policy):
+            taus = sorted({p["tau"] for p in found[policy]})
+            parts.append(f"--thresholds {policy}={','.join(f'{t:g}' for t in taus)}")
+    return " ".join(parts)
+
+
+def report(found: dict, out_json: str | None = None, log: Callable[[str], None] = print) -> None:
+    log(f"{found['n_steps']} steps of {found['n_problems']} problems; the oracle (A > 0) escalates "
+        f"{found['oracle_rate']:.1%} of them")
+    log(f"{'policy':<8}{'rate':>8}{'tau':>10}{'achieved':>10}")
+    for policy in ("rsd", "router"):
+        for p in found.get(policy, []):
+            log(f"{policy:<8}{p['rate']:>8.2f}{p['tau']:>10g}{p['achieved']:>10.2f}")
+    log(f"sweep: {sweep_args(found)}")
+    if out_json:
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with open(out_json, "w") as f:
+            json.dump(found, f, indent=2)
+        log(f"-> {out_json}")
