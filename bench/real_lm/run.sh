@@ -15,11 +15,14 @@ HERE=bench/real_lm
 WORK=${WORK:-$HOME/.cache/arbitrage/real_lm_runs}   # raw runs (results.jsonl per point) live outside the repo
 RESULTS=${RESULTS:-bench/results/real_lm_cpu}
 N_BENCH=${N_BENCH:-5}            # benchmark problems: GSM8K test[0:N_BENCH]
+export THREADS=${THREADS:-2}   # llama-server threads per server (serve.sh): 2 on a quiet machine, 1 when other jobs share the cores
 TRAIN_OFFSET=${TRAIN_OFFSET:-1000}
 N_TRAIN=${N_TRAIN:-4}            # router-data problems: GSM8K test[TRAIN_OFFSET:TRAIN_OFFSET+N_TRAIN]
-RSD_TAUS=${RSD_TAUS:-0.75}
-ROUTER_TAUS=${ROUTER_TAUS:-0.5,0.503}   # the probe's y_hat spans only 0.49-0.54 (README)
-POLICIES=${POLICIES:-draft,target,router,rsd}
+# Router and RSD thresholds: by default those that escalate RATES of the `generate` steps (`arbitrage router
+# thresholds`: the probe's y_hat spans a narrow band, so fixed taus say little); RSD_TAUS / ROUTER_TAUS override.
+RATES=${RATES:-0.2,0.4,0.6}
+ORACLE_TAUS=${ORACLE_TAUS:-0}    # the oracle escalates iff PRM(target) - PRM(draft) > tau; empty: no oracle point
+POLICIES=${POLICIES:-draft,target,router,rsd,oracle}
 STAGES=${STAGES:-fetch build serve generate router sweep stop}
 DRAFT=http://127.0.0.1:${DRAFT_PORT:-8091}/v1
 TARGET=http://127.0.0.1:${TARGET_PORT:-8092}/v1
@@ -46,11 +49,16 @@ if has router; then
   arbitrage router eval --router "$WORK/router-probe" --data "$WORK/router-data" --out-json "$RESULTS/router_eval.json"
   cp "$WORK/router-probe/arbitrage_router.json" "$RESULTS/router_probe.json"   # the trained probe (plain JSON)
   cp "$WORK/generate/metrics.json" "$RESULTS/generate_metrics.json"
+  arbitrage router thresholds "$WORK/generate" --router "$WORK/router-probe" --rates "$RATES" \
+    --out-json "$RESULTS/thresholds.json"
 fi
 
 if has sweep; then
+  taus() { python -c "import json,sys; print(','.join(sorted({f\"{p['tau']:g}\" for p in json.load(open(sys.argv[1]))[sys.argv[2]]})))" "$RESULTS/thresholds.json" "$1"; }
+  RSD_TAUS=${RSD_TAUS:-$(taus rsd)}
+  ROUTER_TAUS=${ROUTER_TAUS:-$(taus router)}
   THR=(--thresholds "rsd=$RSD_TAUS" --thresholds "router=$ROUTER_TAUS")
-  [[ -n "${ORACLE_TAUS:-}" ]] && THR+=(--thresholds "oracle=$ORACLE_TAUS")
+  [[ -n "$ORACLE_TAUS" ]] && THR+=(--thresholds "oracle=$ORACLE_TAUS")
   arbitrage sweep --policies "$POLICIES" "${THR[@]}" "${COMMON[@]}" --router "$WORK/router-probe" \
     --limit "$N_BENCH" --out "$WORK/sweep" --quiet
   cp "$WORK/sweep/sweep.json" "$WORK/sweep/sweep.txt" "$RESULTS/"
@@ -58,7 +66,8 @@ if has sweep; then
   for d in "$WORK"/sweep/*/; do   # per-problem records of every point (a few KB each)
     mkdir -p "$RESULTS/points/$(basename "$d")"; cp "$d"results.jsonl "$d"metrics.json "$RESULTS/points/$(basename "$d")/"
   done
-  python "$HERE/summarize.py" "$WORK/sweep" --out "$RESULTS" --router-eval "$RESULTS/router_eval.json"
+  python "$HERE/summarize.py" "$WORK/sweep" --out "$RESULTS" --router-eval "$RESULTS/router_eval.json" \
+    --thresholds "$RESULTS/thresholds.json"
 fi
 
 has stop && "$HERE/serve.sh" stop
