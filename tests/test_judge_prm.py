@@ -73,12 +73,30 @@ def test_completions_api_request_and_layouts(layout):
     prompts = sorted(b["prompt"] for _, b in seen)
     first = next(p for p in prompts if "x = 2" in p)
     assert "What is x if x + 1 = 3?" in first
-    assert "Let x be the answer.\n\nThen x + 1 = 3." in first  # earlier steps joined by the separator
-    assert first.index("Then x + 1 = 3.") < first.index("So x = 2.")
+    # the solution as it grows, the candidate last, each step followed by the separator
+    assert "Solution:\nLet x be the answer.\n\nThen x + 1 = 3.\n\nSo x = 2.\n\nIs the last step" in first
     assert first.endswith("<|im_start|>assistant\n")
-    assert any("(nothing yet)" in p for p in prompts)
+    assert any("Solution:\nSo x = 5.\n\nIs the last step" in p for p in prompts)  # first step: no earlier ones
     prm.release("p1")
     assert prm.n_calls == 3 and prm.n_undecided == 0
+
+
+def test_judging_prompts_grow_by_prefix():
+    """Step k+1's prompt starts with step k's prompt up to the end of the kept step, so a prefix-caching server
+    computes only the new candidate and the question."""
+    prm = judge(lambda r: httpx.Response(200, json=legacy({"Yes": -0.1, "No": -2.0})))
+    steps = [Step("draft", f"Step {i}: compute {i} + {i}.", "separator", 6) for i in range(4)]
+    for k in range(1, 4):
+        before = prm.prompt("Q", steps[:k - 1], steps[k - 1])
+        after = prm.prompt("Q", steps[:k], steps[k])
+        shared = before[:before.index(steps[k - 1].text) + len(steps[k - 1].text) + 2]
+        assert after.startswith(shared), (before, after)
+    custom = judge(lambda r: None, template="{question}|{steps}|{step}")
+    assert custom.prompt("Q", steps[:2], steps[2]) == f"Q|{steps[0].text}\n\n{steps[1].text}|{steps[2].text}"
+    assert custom.prompt("Q", [], steps[0]) == f"Q|(nothing yet)|{steps[0].text}"
+    with pytest.raises(ConfigError, match="prefix"):
+        judge(lambda r: None, template="{question} {step}")
+
 
 
 def test_llamacpp_native_api():

@@ -12,9 +12,13 @@ given the probability of the least likely listed token (an upper bound on its ma
 never turns into an exact 0 or 1; when neither is listed the score is 0.5 and `n_undecided` counts it.
 
 The judging prompt is raw text (no server-side chat template), by default the Qwen ChatML layout; give
-`template` with {question}, {steps} and {step} for other models. Problem and earlier steps come first, so a
-server that caches prompt prefixes (vLLM --enable-prefix-caching, llama.cpp cache_prompt) computes only the
-candidate and the question each time.
+`template` with {question}, {step} and either {prefix} (the earlier steps, each followed by the separator;
+empty at the first step) or {steps} (the earlier steps joined by the separator, "(nothing yet)" at the first
+step) for other models. The default writes the solution as it grows, the candidate last: the judging prompt of
+step k+1 then starts with the judging prompt of step k's kept step, so a server that caches prompt prefixes
+(vLLM --enable-prefix-caching, llama.cpp cache_prompt) computes only the new candidate and the question.
+(A layout with the earlier steps and the candidate under separate headings recomputes the previous step too:
+about twice the tokens per call, the judge's main cost on a CPU.)
 
 Servers: `api="completions"` POSTs /v1/completions with max_tokens=1 and logprobs=k (vLLM, SGLang, llama.cpp's
 llama-server); `api="llamacpp"` POSTs llama-server's /completion with n_predict=1 and n_probs=k.
@@ -33,8 +37,8 @@ APIS = ("completions", "llamacpp")
 
 QWEN_JUDGE = (
     "<|im_start|>system\nYou are a careful math teacher. You check a student's solution one step at a time."
-    "<|im_end|>\n<|im_start|>user\nProblem:\n{question}\n\nSolution so far:\n{steps}\n\nNext step:\n{step}\n\n"
-    "Is the next step correct? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n"
+    "<|im_end|>\n<|im_start|>user\nProblem:\n{question}\n\nSolution:\n{prefix}{step}\n\n"
+    "Is the last step of this solution correct? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n"
 )
 NO_STEPS = "(nothing yet)"
 YES_WORDS = frozenset({"yes", "correct", "true"})
@@ -104,7 +108,7 @@ class JudgePRM:
 
     `base_url`: the server (http://HOST:PORT or .../v1). `model`: the served name (None: the server's first,
     or the server's only model). `template`: the judging prompt with {question}, {steps}, {step}.
-    `separator`: joins the earlier steps in the prompt. `top_k`: how many top log-probs to ask for.
+    `separator`: follows each earlier step in the prompt. `top_k`: how many top log-probs to ask for.
     """
 
     def __init__(self, base_url: str, model: str | None = None, *, template: str = QWEN_JUDGE,
@@ -113,9 +117,11 @@ class JudgePRM:
                  name: str | None = None, check: bool = True, transport=None):
         if api not in APIS:
             raise ConfigError(f"judge api must be one of {APIS}, not {api!r}")
-        for field in ("{question}", "{steps}", "{step}"):
+        for field in ("{question}", "{step}"):
             if field not in template:
                 raise ConfigError(f"the judge template must contain {field}")
+        if "{steps}" not in template and "{prefix}" not in template:
+            raise ConfigError("the judge template must contain {prefix} or {steps} (the earlier steps)")
         if top_k < 2:
             raise ConfigError("the judge needs top_k >= 2 log-probs")
         self.template, self.separator, self.api, self.top_k = template, separator, api, top_k
@@ -135,8 +141,10 @@ class JudgePRM:
         self.n_undecided = 0  # candidates where neither verdict was among the top-k (scored 0.5)
 
     def prompt(self, question: str, steps: Sequence[Step], candidate: Step) -> str:
-        body = self.separator.join(s.text for s in steps) if steps else NO_STEPS
-        return self.template.format(question=question.strip(), steps=body, step=candidate.text.strip())
+        texts = [s.text.strip() for s in steps]
+        return self.template.format(question=question.strip(), step=candidate.text.strip(),
+                                    steps=self.separator.join(texts) if texts else NO_STEPS,
+                                    prefix="".join(t + self.separator for t in texts))
 
     def payload(self, prompt: str) -> dict:
         if self.api == "completions":
