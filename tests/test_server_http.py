@@ -2,6 +2,7 @@
 requests the generator sends and how it reads the answers (httpx.MockTransport and a local flaky server)."""
 
 import asyncio
+import contextlib
 import http.server
 import json
 import threading
@@ -214,17 +215,20 @@ def test_model_discovery_and_wrong_model_name():
         OpenAICompletionsGenerator(URL, "other", transport=httpx.MockTransport(handler))
 
 
-class _Flaky(http.server.BaseHTTPRequestHandler):
-    """Answers 500 to the first `fail` POSTs, then a completion."""
-    fail = 2
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """A real HTTP server whose n-th POST (from 1) is answered by `answer(n) -> (status, body)`."""
     count = 0
+
+    @classmethod
+    def answer(cls, n: int) -> tuple[int, dict]:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def do_POST(self):
         type(self).count += 1
         self.rfile.read(int(self.headers["Content-Length"]))
-        ok = type(self).count > self.fail
-        body = json.dumps(completion() if ok else {"error": {"message": "engine restarting"}}).encode()
-        self.send_response(200 if ok else 500)
+        status, payload = self.answer(type(self).count)
+        body = json.dumps(payload).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -234,36 +238,41 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_real_flaky_http_server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+@contextlib.contextmanager
+def serving(handler):
+    """http://127.0.0.1:PORT/v1 of a threaded server running `handler`, shut down afterwards."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        g = OpenAICompletionsGenerator(f"http://127.0.0.1:{srv.server_port}/v1", "m", check=False, backoff=0.01)
-        assert g.generate([req()])[0].stop == "separator"
-        assert _Flaky.count == 3 and g.http.n_retries == 2
-        g.close()
+        yield f"http://127.0.0.1:{srv.server_port}/v1"
     finally:
         srv.shutdown()
 
 
-class _DiesAfter(http.server.BaseHTTPRequestHandler):
+class _Flaky(_Scripted):
+    """Answers 500 to the first `fail` POSTs, then a completion."""
+    fail = 2
+
+    @classmethod
+    def answer(cls, n):
+        return (200, completion()) if n > cls.fail else (500, {"error": {"message": "engine restarting"}})
+
+
+def test_real_flaky_http_server():
+    with serving(_Flaky) as url:
+        g = OpenAICompletionsGenerator(url, "m", check=False, backoff=0.01)
+        assert g.generate([req()])[0].stop == "separator"
+        assert _Flaky.count == 3 and g.http.n_retries == 2
+        g.close()
+
+
+class _DiesAfter(_Scripted):
     """Answers `ok` completions (each ends its problem at eos), then 503 for ever: a server that went down."""
     ok = 3
-    count = 0
 
-    def do_POST(self):
-        type(self).count += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
-        up = type(self).count <= self.ok
-        body = json.dumps(completion("The answer is 7.", "stop", None) if up else {"error": "down"}).encode()
-        self.send_response(200 if up else 503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    @classmethod
+    def answer(cls, n):
+        return (200, completion("The answer is 7.", "stop", None)) if n <= cls.ok else (503, {"error": "down"})
 
 
 def test_engine_keeps_finished_problems_when_the_server_stays_down():
@@ -271,16 +280,11 @@ def test_engine_keeps_finished_problems_when_the_server_stays_down():
     from arbitrage.policies import make_policy
     from arbitrage.types import Problem
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DiesAfter)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_port}/v1"
-    try:
+    with serving(_DiesAfter) as url:
         draft = OpenAICompletionsGenerator(url, "m", name="draft", check=False, max_retries=2, backoff=0.01)
         done = []
         engine = Engine(make_policy("draft"), Models(draft=draft), EngineConfig(concurrency=1))
-        with pytest.raises(BackendError, match=f"127.0.0.1:{srv.server_port}/v1/completions kept failing"):
+        with pytest.raises(BackendError, match=f"{url}/completions kept failing"):
             engine.run([Problem(f"q{i}", "Q", "Q\n") for i in range(6)], done.append)
         assert [r.problem.id for r in done] == ["q0", "q1", "q2"]
         assert all(r.finish == "eos" and r.solution == "The answer is 7." for r in done)
-    finally:
-        srv.shutdown()
