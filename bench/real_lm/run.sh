@@ -63,6 +63,7 @@ if has sweep; then
     --limit "$N_BENCH" --out "$WORK/sweep" --quiet
   cp "$WORK/sweep/sweep.json" "$WORK/sweep/sweep.txt" "$RESULTS/"
   cp "$WORK"/sweep/*.png "$RESULTS/" 2>/dev/null || true
+  rm -rf "$RESULTS/points"         # points of an earlier sweep would pose as this one's
   for d in "$WORK"/sweep/*/; do   # per-problem records of every point (a few KB each)
     mkdir -p "$RESULTS/points/$(basename "$d")"; cp "$d"results.jsonl "$d"metrics.json "$RESULTS/points/$(basename "$d")/"
   done
