@@ -109,20 +109,40 @@ def _logprobs(resp: dict) -> list[float] | None:
     return None
 
 
-def _top_logprobs(resp: dict) -> list[tuple[str, float]]:
-    """(token text, log-prob) of the alternatives for the first generated token, in any of the layouts:
-    legacy completions (vLLM, SGLang: logprobs.top_logprobs[0] is {token: logprob}), chat-style entries
-    (llama.cpp's /v1/completions: logprobs.content[0].top_logprobs), llama.cpp /completion
-    (completion_probabilities[0].top_logprobs, or .probs with probabilities in older releases)."""
+def per_token_top_logprobs(resp: dict) -> list[list[tuple[str, float]]] | None:
+    """(token text, log-prob) of the top alternatives the server returned for each generated token, from any of
+    the layouts: legacy completions (vLLM, SGLang, llama-cpp-python: logprobs.top_logprobs = [{token: logprob}]),
+    chat-style entries (llama.cpp's /v1/completions: logprobs.content[i].top_logprobs), llama.cpp /completion
+    (completion_probabilities[i].top_logprobs, or .probs with probabilities in older releases). A token the
+    server gave no alternatives for has []; None when the answer carries no alternatives at all."""
     lp = resp.get("logprobs")
-    if isinstance(lp, dict) and lp.get("top_logprobs"):
-        return [(t, float(v)) for t, v in lp["top_logprobs"][0].items()]
-    if isinstance(lp, dict) and isinstance(lp.get("content"), list) and lp["content"]:
-        return [(e["token"], float(e["logprob"])) for e in lp["content"][0]["top_logprobs"]]
-    first = resp["completion_probabilities"][0]
-    if "top_logprobs" in first:
-        return [(e["token"], float(e["logprob"])) for e in first["top_logprobs"]]
-    return [(e["tok_str"], math.log(e["prob"]) if e["prob"] > 0 else -math.inf) for e in first["probs"]]
+    if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
+        return [[(str(t), float(v)) for t, v in e.items() if v is not None] if isinstance(e, dict) else []
+                for e in lp["top_logprobs"]]
+    if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+        entries = lp["content"]
+    elif isinstance(resp.get("completion_probabilities"), list):
+        entries = resp["completion_probabilities"]
+    else:
+        return None
+    out = []
+    for e in entries:
+        if isinstance(e.get("top_logprobs"), list):
+            out.append([(str(a.get("token", "")), float(a["logprob"])) for a in e["top_logprobs"]])
+        elif isinstance(e.get("probs"), list):  # older llama.cpp: probabilities, not log-probabilities
+            out.append([(str(a.get("tok_str", "")), math.log(a["prob"]) if a["prob"] > 0 else -math.inf)
+                        for a in e["probs"]])
+        else:
+            out.append([])
+    return out
+
+
+def first_token_top_logprobs(resp: dict) -> list[tuple[str, float]]:
+    """The alternatives for the first generated token (what a one-token judge reads); ValueError if none."""
+    per_token = per_token_top_logprobs(resp)
+    if not per_token or not per_token[0]:
+        raise ValueError("no top log-probabilities for the first generated token")
+    return per_token[0]
 
 
 def _entropies(resp: dict) -> list[float] | None:
@@ -130,20 +150,12 @@ def _entropies(resp: dict) -> list[float] | None:
     (k >= 2; None when it returned fewer). The tail beyond the top k is counted as one outcome of the
     remaining mass, so this is a lower bound on the true entropy; it is what probe routers read from a served
     draft, and it is computed the same way at training and at run time."""
-    lp = resp.get("logprobs")
-    per_token: list | None = None
-    if isinstance(lp, dict):
-        if isinstance(lp.get("top_logprobs"), list):  # legacy completions: [{token: logprob}, ...]
-            per_token = [list(t.values()) if isinstance(t, dict) else None for t in lp["top_logprobs"]]
-        elif isinstance(lp.get("content"), list):  # chat-style entries (llama.cpp's /v1/completions)
-            per_token = [[e["logprob"] for e in t.get("top_logprobs") or []] for t in lp["content"]]
-    elif isinstance(resp.get("completion_probabilities"), list):  # llama.cpp /completion with n_probs
-        per_token = [[e["logprob"] for e in t.get("top_logprobs") or []] for t in resp["completion_probabilities"]]
-    if not per_token or any(t is None or len(t) < 2 for t in per_token):
+    per_token = per_token_top_logprobs(resp)
+    if not per_token or any(len(t) < 2 for t in per_token):
         return None
     out = []
-    for values in per_token:
-        ps = [math.exp(float(v)) for v in values if v is not None]
+    for alternatives in per_token:
+        ps = [math.exp(lp) for _, lp in alternatives]
         rest = max(0.0, 1.0 - sum(ps))
         out.append(-sum(p * math.log(p) for p in ps if p > 0) - (rest * math.log(rest) if rest > 0 else 0.0))
     return out
@@ -312,7 +324,7 @@ class OpenAICompletionsGenerator:
         path = "/v1/completions" if self.api == "completions" else "/completion"
         resp = await self.http.post(path, self.judge_payload(req))
         try:
-            pairs = _top_logprobs(resp["choices"][0] if "choices" in resp else resp)
+            pairs = first_token_top_logprobs(resp["choices"][0] if "choices" in resp else resp)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise BackendError(f"{self.http.kind} at {self.http.url(path)} answered a judge request without top "
                                f"log-probs ({exc}); body starts {str(resp)[:200]}") from exc

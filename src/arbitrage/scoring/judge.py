@@ -30,6 +30,7 @@ import math
 from typing import Any, Sequence
 
 from ..backends.http_common import HttpClient
+from ..backends.openai_compat import first_token_top_logprobs
 from ..errors import BackendError, ConfigError
 from ..types import ScoreRequest, Step
 
@@ -56,31 +57,10 @@ def verdict_of(token: str) -> str | None:
 
 
 def top_logprobs(resp: dict) -> list[tuple[str, float]]:
-    """(token, log-prob) of the candidates for the first generated token, from any of the answer layouts:
-    /v1/completions in the legacy layout (vLLM, SGLang, llama-cpp-python: top_logprobs = [{token: lp}]), in
-    the chat layout (llama-server: logprobs.content[0].top_logprobs = [{token, logprob}]), or llama-server's
-    /completion (completion_probabilities[0].top_logprobs, or .probs = [{tok_str, prob}] in older builds)."""
+    """(token, log-prob) of the candidates for the first generated token, in any layout the served generator
+    reads (backends.openai_compat.per_token_top_logprobs), from a whole answer or one of its choices."""
     choice = resp["choices"][0] if isinstance(resp.get("choices"), list) and resp["choices"] else resp
-    lp = choice.get("logprobs")
-    if isinstance(lp, dict):
-        tops = lp.get("top_logprobs")
-        if isinstance(tops, list) and tops and isinstance(tops[0], dict):
-            return [(str(t), float(v)) for t, v in tops[0].items() if v is not None]
-        content = lp.get("content")
-        if isinstance(content, list) and content:
-            return _entries(content[0])
-    probs = choice.get("completion_probabilities")
-    if isinstance(probs, list) and probs:
-        return _entries(probs[0])
-    raise ValueError("no top log-probabilities in the answer")
-
-
-def _entries(entry: dict) -> list[tuple[str, float]]:
-    if isinstance(entry.get("top_logprobs"), list):
-        return [(str(e.get("token", "")), float(e["logprob"])) for e in entry["top_logprobs"]]
-    if isinstance(entry.get("probs"), list):  # older llama.cpp: probabilities, not log-probabilities
-        return [(str(e.get("tok_str", "")), math.log(max(float(e["prob"]), 1e-300))) for e in entry["probs"]]
-    raise ValueError("no top_logprobs / probs in the first token's entry")
+    return first_token_top_logprobs(choice)
 
 
 def judge_score(candidates: list[tuple[str, float]]) -> float | None:
