@@ -13,6 +13,9 @@ import math
 import os
 import random
 
+from arbitrage.results import read_records
+from arbitrage.sweep_report import label as point_key
+
 
 def label(m: dict) -> str:
     return m["policy"] if m.get("threshold") is None else f"{m['policy']} τ={m['threshold']:g}"
@@ -31,11 +34,10 @@ def table(summary: dict) -> str:
         n = m["n"] or 1
         draft_tok = m["draft_tokens_accepted"] + m["draft_tokens_discarded"]
         split = " / ".join(f"{m.get(k + '_s', 0.0) / n:.1f}" for k in ("draft", "target", "prm", "router"))
-        lab = m["policy"] if m.get("threshold") is None else f"{m['policy']}@{m['threshold']:g}"
         rows.append(f"| {label(m)} | {m['n']} | {m['accuracy']:.3f} (± {m['accuracy_se']:.3f}) "
                     f"| {m['escalation_rate']:.2f} | {m['latency_s_mean']:.1f} / {m['latency_s_p50']:.1f} | {split} "
                     f"| {m['target_calls']} | {rate(draft_tok, m.get('draft_s', 0))} "
-                    f"| {rate(m['target_tokens'], m.get('target_s', 0))} | {'yes' if lab in front else ''} |")
+                    f"| {rate(m['target_tokens'], m.get('target_s', 0))} | {'yes' if point_key(m) in front else ''} |")
     return "\n".join(rows)
 
 
@@ -61,13 +63,7 @@ def point_dir(point: dict, sweep_dir: str) -> str | None:
 
 def records(run_dir: str) -> dict:
     """problem id -> (correct, latency_s) from the point's results.jsonl."""
-    out = {}
-    with open(os.path.join(run_dir, "results.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                out[str(r["id"])] = (bool(r.get("correct")), float(r["latency_s"]))
-    return out
+    return {str(r["id"]): (bool(r.get("correct")), float(r["latency_s"])) for r in read_records(run_dir)}
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -23,6 +23,23 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a finished run's results.jsonl (or of the one inside a run directory), read only;
+    a bad line is an error naming file and line."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, RESULTS)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError as exc:
+                    raise DataError(f"{path}:{n}: not a JSON results line ({exc})") from exc
+    return records
+
+
 class ResultsFile:
     def __init__(self, out_dir: str):
         self.out_dir = out_dir

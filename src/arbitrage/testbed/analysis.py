@@ -13,23 +13,13 @@ can be re-checked with the *exact* checker whatever PRM the run used (a noisy on
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..results import read_records  # noqa: F401  (re-exported: the demo reads runs through this module)
 from .prm import check_step
 
 OUTCOMES = ("both_right", "target_only", "draft_only", "both_wrong")
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a results.jsonl (or of the results.jsonl inside a run directory)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "results.jsonl"
-    with open(p, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _pairs(records: Iterable[dict]) -> Iterable[tuple[str, list[str], str, str, dict]]:
