@@ -158,7 +158,7 @@ VAR_OPERAND = 0.2  # share of + and - steps whose right operand is an earlier va
 
 
 def _sample_op(rng: random.Random, target: str, vals: dict[str, int]) -> tuple[Op, int]:
-    """One operation on the latest value; the operand is drawn within what keeps the result in [0, 999]."""
+    """One operation on the latest value; the operand is drawn within what keeps the result in [0, MAX_VALUE]."""
     names = list(vals)
     left = names[-1]  # a chain: each step works on the value the step before it computed
     x = vals[left]
