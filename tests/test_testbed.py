@@ -12,7 +12,7 @@ from arbitrage.errors import ConfigError, DataError
 from arbitrage.factory import ModelOptions, make_prm
 from arbitrage.grading import Grader
 from arbitrage.testbed.prm import ArithmeticCheckerPRM, check_step, score_steps
-from arbitrage.testbed.task import (MAX_VALUE, SEPARATOR, SPLITS, extract_answer, make_chains, make_problems,
+from arbitrage.testbed.task import (MAX_VALUE, apply_op, SEPARATOR, SPLITS, extract_answer, make_chains, make_problems,
                                     parse_question, split_of)
 from arbitrage.types import ScoreRequest, Step
 
@@ -105,7 +105,13 @@ def test_checker_judges_in_context_and_uses_values_as_written():
     first = steps[0].rsplit(" = ", 1)
     wrong_first = f"{first[0]} = {int(first[1]) + 1}"
     assert not check_step(c.question(), [], wrong_first)[0]
-    assert not check_step(c.question(), [wrong_first], steps[1])[0] or c.ops[1].left != c.ops[0].target
+    assert c.ops[1].left == c.ops[0].target  # a chain: the second step works on the first one's value
+    assert not check_step(c.question(), [wrong_first], steps[1])[0]  # it used the true value, not the written one
+    o, vals = c.ops[1], c.values()
+    written = vals[c.ops[0].target] + 1
+    y = vals[o.right] if isinstance(o.right, str) else o.right
+    follows = f"{o.definition()} = {written} {o.op} {y} = {apply_op(o.op, written, y)}"
+    assert check_step(c.question(), [wrong_first], follows) == (True, "")  # computed right from what was written
     assert not check_step("What is 2 + 2?", [], "x = 4")[0]
 
 
