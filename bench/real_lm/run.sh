@@ -55,7 +55,8 @@ if has router; then
 fi
 
 if has sweep; then
-  taus() { python -c "import json,sys; print(','.join(sorted({f\"{p['tau']:g}\" for p in json.load(open(sys.argv[1]))[sys.argv[2]]})))" "$RESULTS/thresholds.json" "$1"; }
+  taus() { python -c "import json, sys; from arbitrage.router_training.thresholds import taus
+print(taus(json.load(open(sys.argv[1])), sys.argv[2]))" "$RESULTS/thresholds.json" "$1"; }
   RSD_TAUS=${RSD_TAUS:-$(taus rsd)}
   ROUTER_TAUS=${ROUTER_TAUS:-$(taus router)}
   THR=(--thresholds "rsd=$RSD_TAUS" --thresholds "router=$ROUTER_TAUS")

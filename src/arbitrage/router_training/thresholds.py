@@ -62,14 +62,15 @@ def rate_thresholds(results: Sequence[str], rates: Sequence[float], router_dir: 
     return out
 
 
+def taus(found: dict, policy: str) -> str:
+    """The thresholds found for `policy`, as `arbitrage sweep --thresholds POLICY=...` lists them."""
+    return ",".join(f"{t:g}" for t in sorted({p["tau"] for p in found.get(policy) or []}))
+
+
 def sweep_args(found: dict) -> str:
     """The `--thresholds` options of `arbitrage sweep` for these points."""
-    parts = []
-    for policy in ("rsd", "router"):
-        if found.get(policy):
-            taus = sorted({p["tau"] for p in found[policy]})
-            parts.append(f"--thresholds {policy}={','.join(f'{t:g}' for t in taus)}")
-    return " ".join(parts)
+    return " ".join(f"--thresholds {policy}={taus(found, policy)}" for policy in ("rsd", "router")
+                    if found.get(policy))
 
 
 def report(found: dict, out_json: str | None = None, log: Callable[[str], None] = print) -> None:
