@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-DEFAULT_EVAL_N = 200
+DEFAULT_EVAL_N = 500
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -38,13 +38,13 @@ def cmd_data(args) -> int:
 
 # ---------------------------------------------------------------- train
 
-def _command_line(args, role: str, spec) -> str:
+def _command_line(args, role: str, spec, cfg) -> str:
     """The command that makes `role` again, every setting spelled out (a card must not depend on defaults
     that may change)."""
-    argv = ["arbitrage", "testbed", "train", "--out", args.out, "--roles", role, "--steps", str(args.steps),
-            "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--warmup", str(args.warmup),
-            "--seed", str(args.seed), "--device", args.device, "--threads", str(args.threads),
-            f"--{role}-spec", str(spec)]
+    argv = ["arbitrage", "testbed", "train", "--out", args.out, "--roles", role, "--steps", str(cfg.steps),
+            "--batch-size", str(cfg.batch_size), "--lr", f"{cfg.lr:g}", "--warmup", str(cfg.warmup),
+            "--seed", str(cfg.seed), "--device", cfg.device, "--threads", str(cfg.threads),
+            "--eval-every", str(cfg.eval_every), f"--{role}-spec", str(spec)]
     argv += ["--no-eval"] if args.no_eval else ["--eval-n", str(args.eval_n)]
     return shlex.join(argv)
 
@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
 
     from .evaluate import evaluate
     from .task import make_chains
-    from .recipe import SPECS, ModelSpec, TrainConfig
+    from .recipe import ROLE_DEFAULTS, SPECS, ModelSpec, TrainConfig
     from .train import CARD, environment, train_model, write_card
 
     for name in ("steps", "batch_size", "eval_n"):
@@ -75,8 +75,8 @@ def cmd_train(args) -> int:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, args.steps),
-                      seed=args.seed, threads=args.threads, device=args.device)
+    if args.eval_every < 0:
+        raise ConfigError("--eval-every must be >= 0 (0: no validation during training)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / CARD
@@ -86,8 +86,13 @@ def cmd_train(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     eval_chains = make_chains("test", args.eval_n, 0) if not args.no_eval else []
     for role in roles:
+        defaults = ROLE_DEFAULTS[role]
+        steps = args.steps if args.steps is not None else defaults["steps"]
+        lr = args.lr if args.lr is not None else defaults["lr"]
+        cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=lr, warmup=min(args.warmup, steps),
+                          seed=args.seed, threads=args.threads, device=args.device, eval_every=args.eval_every)
         info = train_model(role, out, cfg, specs[role], log=log)
-        info.update(command=_command_line(args, role, specs[role]), seed=cfg.seed, train_config=asdict(cfg),
+        info.update(command=_command_line(args, role, specs[role], cfg), seed=cfg.seed, train_config=asdict(cfg),
                     environment=environment(),
                     trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if eval_chains:
@@ -144,7 +149,7 @@ def format_eval(report: dict) -> str:
 # ---------------------------------------------------------------- registration
 
 def register(sub) -> None:
-    from .recipe import SPECS, TrainConfig
+    from .recipe import ROLE_DEFAULTS, SPECS, TrainConfig
 
     tb = sub.add_parser("testbed", help="the synthetic arithmetic testbed: data, training, evaluation",
                         description="A synthetic multi-step arithmetic task with tiny trained draft/target LMs "
@@ -166,10 +171,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (OUT/draft, OUT/target, OUT/card.json)")
     p.add_argument("--roles", default="draft,target", help="which models to train (default: %(default)s)")
     defaults = TrainConfig()
-    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per model (default: %(default)s)")
+    per_role = ", ".join(f"{r} {d['steps']}" for r, d in ROLE_DEFAULTS.items())
+    p.add_argument("--steps", type=int, help=f"optimizer steps per model (default: {per_role})")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size,
                    help="problems per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
+    lrs = ", ".join(f"{r} {d['lr']:g}" for r, d in ROLE_DEFAULTS.items())
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {lrs})")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="linear warm-up steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data stream (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
@@ -179,6 +186,8 @@ def register(sub) -> None:
     p.add_argument("--draft-spec", help=f"draft size HIDDENxHEADSxLAYERSxINTERMEDIATE (default: {SPECS['draft']})")
     p.add_argument("--target-spec", help=f"target size (default: {SPECS['target']})")
     p.add_argument("--eval-n", type=int, default=DEFAULT_EVAL_N, help="test problems to evaluate on afterwards")
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                   help="log validation answer accuracy every N steps (0: never; default: %(default)s)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)
 

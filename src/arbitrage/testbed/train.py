@@ -21,7 +21,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .recipe import SPECS, ModelSpec, TrainConfig
-from .task import Chain, iter_chains, prompt, solution_text
+from .task import Chain, iter_chains, make_chains, prompt, solution_text
 from .tokenizer import build_tokenizer, save_tokenizer
 
 
@@ -82,6 +82,8 @@ def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpe
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    from .evaluate import answer_accuracy
+
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(model_config(spec, tokenizer)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -92,8 +94,10 @@ def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpe
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     data = batches(tokenizer, cfg.seed, cfg.batch_size)
     log(f"{role}: {n_params:,} parameters, {cfg.steps} steps of {cfg.batch_size} problems")
+    val_chains = make_chains("validation", cfg.eval_n, cfg.seed) if cfg.eval_every > 0 else []
+    curve: list[dict] = []
     model.train()
-    start, running = time.time(), None
+    start, running, eval_seconds = time.time(), None, 0.0
     for step in range(cfg.steps):
         batch = {k: v.to(device) for k, v in next(data).items()}
         loss = model(**batch).loss
@@ -104,14 +108,24 @@ def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpe
         opt.zero_grad(set_to_none=True)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log(f"{role} step {step + 1}/{cfg.steps} loss {running:.4f} ({time.time() - start:.0f}s)")
-    seconds = time.time() - start
+            log(f"{role} step {step + 1}/{cfg.steps} loss {running:.4f} ({time.time() - start - eval_seconds:.0f}s)")
+        if val_chains and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            t0 = time.time()
+            model.eval()
+            acc = answer_accuracy(model, tokenizer, val_chains)
+            model.train()
+            eval_seconds += time.time() - t0
+            curve.append({"step": step + 1, "problems_seen": (step + 1) * cfg.batch_size, "loss": round(running, 4),
+                          "validation_answer_accuracy": round(acc, 3)})
+            log(f"{role} step {step + 1}: validation answer accuracy {acc:.3f} on {len(val_chains)} problems")
+    seconds = time.time() - start - eval_seconds
     model.eval().to("cpu")
     out = Path(out_dir) / role
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     return {"role": role, "parameters": n_params, "spec": asdict(spec), "train_seconds": round(seconds, 1),
-            "final_loss": round(running, 4), "problems_seen": cfg.steps * cfg.batch_size}
+            "final_loss": round(running, 4), "problems_seen": cfg.steps * cfg.batch_size,
+            "validation_curve": curve}
 
 
 def environment() -> dict:
