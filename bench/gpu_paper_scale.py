@@ -31,6 +31,7 @@ import platform
 import random
 import re
 import statistics
+from types import SimpleNamespace
 import sys
 import time
 
@@ -156,9 +157,25 @@ def prefill_report(stats) -> dict:
             "context_mean": mean(context), "prefill_le_appended": ok / later if later else 1.0}
 
 
+class Recording:
+    """A generator wrapped to keep (key, n_prefill, n_reused) of every request it answers."""
+
+    def __init__(self, gen):
+        self.gen, self.name, self.separator, self.lane = gen, gen.name, gen.separator, gen.lane
+        self.stats: list[SimpleNamespace] = []
+
+    def generate(self, requests):
+        out = self.gen.generate(requests)
+        self.stats += [SimpleNamespace(key=r.key, n_prefill=g.n_prefill, n_reused=g.n_reused)
+                       for r, g in zip(requests, out)]
+        return out
+
+    def release(self, key):
+        self.gen.release(key)
+
+
 def run_one(policy, gens: dict, router, clocks: dict, probs, cfg: EngineConfig, device) -> dict:
-    for g in gens.values():
-        g.stats.clear()
+    gens = {role: Recording(g) for role, g in gens.items()}
     for c in clocks.values():
         c.reset()
     results = []

@@ -21,5 +21,5 @@ def tiny_dir(tmp_path_factory):
     make_causal_lm(str(root / "target"), hidden=64, layers=2, seed=1, separator_bias=4.0, eos_bias=2.5)
     make_value_head_prm(str(root / "prm"), hidden=32)
     make_token_classifier(str(root / "prm_cls"), hidden=32, seed=4)
-    make_token_classifier(str(root / "router"), hidden=32, seed=5)
+    make_token_classifier(str(root / "router"), hidden=32, seed=5, router=True)
     return root

@@ -43,6 +43,7 @@ class FakePRM:
 
     def __init__(self):
         self.calls: list[list[str]] = []
+        self.released: list[str] = []
 
     def score(self, requests):
         self.calls.append([r.key for r in requests])
@@ -50,7 +51,7 @@ class FakePRM:
                 for r in requests]
 
     def release(self, key):
-        pass
+        self.released.append(key)
 
 
 class FakeRouter:
@@ -60,10 +61,41 @@ class FakeRouter:
 
     def __init__(self):
         self.calls: list[list[str]] = []
+        self.released: list[str] = []
 
     def predict(self, requests):
         self.calls.append([r.key for r in requests])
         return [0.9 if len(r.steps) % 3 == 0 else 0.1 for r in requests]
 
     def release(self, key):
-        pass
+        self.released.append(key)
+
+
+class ForwardTokens:
+    """Counts the tokens that actually reach a torch model's forward pass (not what a backend says it did):
+    for every call, the number of real (unpadded) new tokens in each row. Use as a context manager."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[list[int]] = []
+        self._handle = None
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        n = ids.shape[1]
+        if mask is None:
+            self.calls.append([n] * ids.shape[0])
+        else:
+            self.calls.append([int(x) for x in mask[:, -n:].sum(1)])
+
+    def __enter__(self):
+        self._handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+    @property
+    def total(self) -> int:
+        return sum(sum(c) for c in self.calls)

@@ -11,16 +11,17 @@ import torch
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
-from arbitrage.baselines.assisted import generate_one, run_assisted, split_steps
+from arbitrage.baselines.assisted import generate_one, split_steps
 from arbitrage.timing import ForwardTimer
 from arbitrage.baselines.specreason import SpecReason
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.errors import ConfigError
-from arbitrage.judge import JUDGE_QUESTION, JudgeRequest, digit_token_ids, expected_digit, merge_digit_logprobs
 from arbitrage.policies import make_policy
-from arbitrage.run import RunConfig
+from arbitrage.run import RunConfig, run
+from arbitrage.target_judge import JUDGE_QUESTION, digit_token_ids, expected_digit, merge_digit_logprobs
 from arbitrage.testing import make_causal_lm
-from arbitrage.types import Problem, Step
+from arbitrage.types import JudgeRequest, Problem, Step
+from fakes import ForwardTokens
 
 SEP = "\n\n"
 
@@ -53,19 +54,19 @@ def test_assisted_output_equals_target_greedy(pair):
     for i, q in enumerate(["Question: what is 12 * 12?\n\n", "We compute \\frac{1}{2} + 3 =", "Let x = 3 + 4"]):
         p = Problem(f"p{i}", q, q)
         out = generate_one(draft, target, p, SEP, max_new_tokens=40, max_steps=100, timers=timers)
-        ids = torch.tensor([list(target._encode(q, True))])
+        ids = torch.tensor([list(target.encode(q, True))])
         with torch.no_grad():
             ref = target.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                         max_new_tokens=40, eos_token_id=sorted(target.eos_ids),
                                         pad_token_id=target.pad_id)[0, ids.shape[1]:].tolist()
         cut = next((j for j, t in enumerate(ref) if t in target.eos_ids), len(ref))
-        assert out["solution"] == target.tokenizer.decode(ref[:cut]), f"problem {i}"
-        assert out["counts"]["target_tokens"] == cut
-        assert out["finish"] == ("eos" if cut < len(ref) else "budget")
-        assert out["counts"]["draft_calls"] > 0 and out["counts"]["target_calls"] > 0
-        assert out["seconds"]["draft"] > 0 and out["seconds"]["target"] > 0
-        accepted += out["counts"]["draft_tokens_accepted"]
-        discarded += out["counts"]["draft_tokens_discarded"]
+        assert out.solution == target.tokenizer.decode(ref[:cut]), f"problem {i}"
+        assert out.counts["target_tokens"] == cut
+        assert out.finish == ("eos" if cut < len(ref) else "budget")
+        assert out.counts["draft_calls"] > 0 and out.counts["target_calls"] > 0
+        assert out.seconds["draft"] > 0 and out.seconds["target"] > 0
+        accepted += out.counts["draft_tokens_accepted"]
+        discarded += out.counts["draft_tokens_discarded"]
     assert accepted > 0 and discarded > 0  # the draft was both right and wrong: the equality above means something
     for t in timers:
         t.remove()
@@ -85,23 +86,25 @@ def test_assisted_run_writes_layout_and_resumes(pair, tmp_path):
                     models={"draft": str(pair / "draft"), "target": str(pair / "target")})
     cfg.engine = EngineConfig(max_steps=3, max_total_tokens=24)
     probs = [Problem("a", "1+1?", "Question: 1+1?\n\n", gold="2"), Problem("b", "2+2?", "Question: 2+2?\n\n", "4")]
+    cfg.progress = False
     with Grader(timeout=10) as grader:
-        m = run_assisted(cfg, draft, target, probs, grader, progress=False)
+        m = run(cfg, models=Models(draft=draft, target=target), problems=probs, grader=grader)
         assert m["n"] == 2 and m["policy"] == "assisted" and m["escalation_rate"] is None
+        assert 0 < m["token_acceptance_rate"] <= 1
         lines = [json.loads(x) for x in open(tmp_path / "a" / "results.jsonl")]
         assert [r["id"] for r in lines] == ["a", "b"]
         assert all(r["n_steps"] <= 3 and r["counts"]["target_tokens"] <= 24 for r in lines)
-        again = run_assisted(cfg, None, None, probs, grader, progress=False)  # finished: no models needed
+        again = run(cfg, problems=probs, grader=grader)  # finished: the same loop resumes, no models needed
     assert again["n"] == 2 and len(open(tmp_path / "a" / "results.jsonl").readlines()) == 2
 
 
 # --- SpecReason judge ------------------------------------------------------------------------------------
 
 def full_forward_score(gen: HFGenerator, prompt: str, steps, draft: Step, question: str) -> float:
-    ids = list(gen._encode(prompt, True))
+    ids = list(gen.encode(prompt, True))
     for s in [*steps, draft]:
-        ids += gen._encode(s.context_text(SEP), False)
-    ids += gen._encode(question, False)
+        ids += gen.encode(s.context_text(SEP), False)
+    ids += gen.encode(question, False)
     with torch.no_grad():
         logits = gen.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
     logp = torch.log_softmax(logits, -1)
@@ -113,15 +116,18 @@ def test_judge_score_equals_plain_full_forward(pair):
     target = load(pair, "target")
     s1, s2, s3 = (Step("draft", t, "separator", 4) for t in ("Let x = 3 + 4 = 7.", "Then 2 * 7 = 14.", "So 14."))
     pa, pb = "Question: what is 12 * 12?\n\n", "Q: 1/2 + 1/3?\n\n"
-    first = target.judge([JudgeRequest("a", pa, [], s1), JudgeRequest("b", pb, [s2], s3)])  # batched, padded
+    Q = JUDGE_QUESTION
+    first = target.judge([JudgeRequest("a", pa, [], s1, Q), JudgeRequest("b", pb, [s2], s3, Q)])  # batched
     assert first[0] == pytest.approx(full_forward_score(target, pa, [], s1, JUDGE_QUESTION), abs=1e-4)
     assert first[1] == pytest.approx(full_forward_score(target, pb, [s2], s3, JUDGE_QUESTION), abs=1e-4)
-    n_stats = len(target.stats)
-    again = target.judge([JudgeRequest("a", pa, [s1], s2)])  # the next step: reuses the cached prefix
+    with ForwardTokens(target.model) as seen:
+        again = target.judge([JudgeRequest("a", pa, [s1], s2, Q)])  # the next step: reuses the cached prefix
     assert again[0] == pytest.approx(full_forward_score(target, pa, [s1], s2, JUDGE_QUESTION), abs=1e-4)
-    st = target.stats[n_stats]
-    new = len(target._encode(s2.context_text(SEP), False)) + len(target._encode(JUDGE_QUESTION, False))
-    assert st.n_reused > 0 and st.n_prefill == new  # only the draft step and the question were computed
+    # What reached the model: the cached context up to the end of s1 is reused; s1's step end (the judging
+    # question followed it last time), s2 and the question are computed.
+    cached = len(target.encode(pa, True)) + len(target.encode(s1.context_text(SEP), False))
+    full = cached + len(target.encode(s2.context_text(SEP), False)) + len(target.encode(JUDGE_QUESTION, False))
+    assert seen.calls == [[full - cached]]
     assert all(0.0 <= x <= 9.0 for x in first + again)
 
 
@@ -163,18 +169,18 @@ def test_specreason_target_writes_only_steps_judged_below_tau(pair):
     assert isinstance(policy, SpecReason)
     done = []
     probs = [Problem(f"p{i}", "q", f"Question: {i} + {i}?\n\n") for i in range(4)]
-    Engine(policy, Models(draft=draft, target=target), EngineConfig(max_steps=4, max_step_tokens=8,
-                                                                    concurrency=3)).run(probs, done.append)
+    Engine(policy, Models(draft=draft, target=target, judge=target),
+           EngineConfig(max_steps=4, max_step_tokens=8, concurrency=3)).run(probs, done.append)
     assert len(done) == 4
     escalated = kept = 0
     for res in done:
         assert res.counts["judge_calls"] == len(res.steps) == res.counts["draft_calls"]
         assert res.counts["target_calls"] == res.counts["escalated_steps"] == target.generated.get(res.problem.id, 0)
         for k, rec in enumerate(res.records):
-            judged = rec["scores"]["judge"]
-            assert rec["escalated"] == (judged < 5.0) == (rec["author"] == "target")
-            escalated += rec["escalated"]
-            kept += not rec["escalated"]
+            judged = rec.scores["judge"]
+            assert rec.escalated == (judged < 5.0) == (rec.author == "target")
+            escalated += rec.escalated
+            kept += not rec.escalated
     assert escalated > 0 and kept > 0
     assert sum(target.generated.values()) == escalated
 
@@ -198,9 +204,18 @@ def test_specreason_threshold_range_and_server_without_judge():
             from arbitrage.types import Generation
             return [Generation("x", "separator", [1]) for _ in reqs]
 
-    with pytest.raises(ConfigError, match="cannot judge"):
-        Engine(make_policy("specreason"), Models(draft=OneDraft(), target=NoJudge())).run(
-            [Problem("a", "q", "q")], lambda r: None)
+    with pytest.raises(ConfigError, match="needs judge"):  # the engine sniffs no capability: the slot is empty
+        Engine(make_policy("specreason"), Models(draft=OneDraft(), target=NoJudge()))
+    from arbitrage.factory import ModelOptions, build_models
+    from arbitrage.registry import registry
+
+    registry().add_loader("generator", "test: no judge", lambda s: s == "no-judge", lambda *a: NoJudge(), 99)
+    try:  # a target that cannot judge is refused when the models are built, naming it
+        with pytest.raises(ConfigError, match="'no-judge' cannot judge"):
+            build_models(make_policy("specreason").needs, {"draft": "no-judge", "target": "no-judge"},
+                         ModelOptions())
+    finally:
+        registry().loaders["generator"] = [lo for lo in registry().loaders["generator"] if lo.name != "test: no judge"]
 
 
 # --- server judge ----------------------------------------------------------------------------------------

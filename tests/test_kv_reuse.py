@@ -12,6 +12,7 @@ from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.scoring.hf import HFPRM, HFRouter
 from arbitrage.types import Problem, RouteRequest, ScoreRequest, Step
+from fakes import ForwardTokens
 
 QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]
 
@@ -77,30 +78,44 @@ def test_each_step_prefills_only_the_new_tokens(tiny_dir, monkeypatch):
 
     def spy_generate(self, requests, _gen=HFGenerator.generate):
         before = {r.key: list(cached.get((id(self.store), r.key), [])) for r in requests}
-        n = len(self.stats)
-        out = _gen(self, requests)
-        for r, st in zip(requests, self.stats[n:]):
-            calls.append((self.name, before[r.key], context_ids(self, r.prompt, r.steps), st))
+        with ForwardTokens(self.model) as seen:  # what reaches the model, not what the backend reports
+            out = _gen(self, requests)
+        prefill = seen.calls[0]  # the first forward pass of a call is the batched prefill, one row per request
+        for r, computed in zip(requests, prefill):
+            calls.append((self.name, before[r.key], context_ids(self, r.prompt, r.steps), computed))
         return out
 
     monkeypatch.setattr(SlotStore, "put", spy_put)
     monkeypatch.setattr(HFGenerator, "generate", spy_generate)
     run_alternating(tiny_dir, True, concurrency=2)
     assert len(calls) > 2 * len(QUESTIONS)
-    for name, before, ids, st in calls:
-        reusable = common_prefix(before, ids)
-        assert st.n_reused == reusable, (name, st)
-        assert st.n_prefill == len(ids) - reusable, (name, st)
+    for name, before, ids, computed in calls:
+        reusable = min(common_prefix(before, ids), len(ids) - 1)
+        assert computed == len(ids) - reusable, (name, computed, len(ids), reusable)
     # later steps prefill a small part of their context: the new tokens, not the whole context again
-    later = [(len(ids), st.n_prefill) for _, before, ids, st in calls if before]
+    later = [(len(ids), computed) for _, before, ids, computed in calls if before]
     assert later and all(p < n for n, p in later)
     assert sum(p for _, p in later) < sum(n for n, _ in later) / 2
 
 
-def test_without_reuse_every_step_prefills_the_whole_context(tiny_dir):
-    _, d, _ = run_alternating(tiny_dir, False, concurrency=1)
-    assert all(s.n_reused == 0 for s in d.stats)
-    assert max(s.n_prefill for s in d.stats) > 20
+def test_without_reuse_every_step_prefills_the_whole_context(tiny_dir, monkeypatch):
+    seen = []
+
+    def spy_generate(self, requests, _gen=HFGenerator.generate):
+        with ForwardTokens(self.model) as f:
+            out = _gen(self, requests)
+        seen.extend(zip((len(self.context_ids(r.prompt, r.steps)) for r in requests), f.calls[0]))
+        return out
+
+    monkeypatch.setattr(HFGenerator, "generate", spy_generate)
+    run_alternating(tiny_dir, False, concurrency=1)
+    assert all(computed == n for n, computed in seen)
+    assert max(n for n, _ in seen) > 20
+
+
+def test_finished_problems_release_their_caches(tiny_dir):
+    _, d, t = run_alternating(tiny_dir, True, concurrency=2)
+    assert len(d.store) == 0 and len(t.store) == 0
 
 
 def test_sampled_generation_is_seeded_per_problem_and_step(tiny_dir):
@@ -125,13 +140,14 @@ def test_prm_scores_with_cache_equal_scores_without(tiny_dir, prm):
     for k in range(len(steps) + 1):  # score step k's candidates after steps[:k], as the engine does
         reqs = [ScoreRequest("a", "What is 2 * (3 + 4)?", steps[:k], cands),
                 ScoreRequest("b", "What is 12 * 12?", steps[:k], cands[:1])]
-        got, want = cached.score(reqs), plain.score(reqs)
+        with ForwardTokens(cached.scorer.model) as fc, ForwardTokens(plain.scorer.model) as fp:
+            got, want = cached.score(reqs), plain.score(reqs)
         assert [len(x) for x in got] == [2, 1]
         for g, w in zip(got, want):
             assert g == pytest.approx(w, abs=1e-5)
             assert all(0.0 <= x <= 1.0 for x in g)
-    # later steps prefill only what is new: far fewer tokens than the whole row
-    assert cached.scorer.prefill_tokens[-1] < plain.scorer.prefill_tokens[-1] / 2
+    # later steps prefill only what is new: far fewer tokens than the whole row reach the model
+    assert fc.total < fp.total / 2
 
 
 def test_router_scores_with_cache_equal_scores_without(tiny_dir):
@@ -140,8 +156,9 @@ def test_router_scores_with_cache_equal_scores_without(tiny_dir):
     steps = _steps()
     for k in range(len(steps) + 1):
         reqs = [RouteRequest("a", "What is 2 * (3 + 4)?", steps[:k], Step("draft", "So 14.", "separator", 3))]
-        assert cached.predict(reqs) == pytest.approx(plain.predict(reqs), abs=1e-5)
-    assert cached.scorer.prefill_tokens[-1] < plain.scorer.prefill_tokens[-1] / 2
+        with ForwardTokens(cached.scorer.model) as fc, ForwardTokens(plain.scorer.model) as fp:
+            assert cached.predict(reqs) == pytest.approx(plain.predict(reqs), abs=1e-5)
+    assert fc.total < fp.total / 2
 
 
 def test_bfloat16_runs_on_cpu(tiny_dir):

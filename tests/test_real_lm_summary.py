@@ -23,7 +23,8 @@ def test_sign_test_is_the_exact_binomial(wins, losses, p):
 def _point(root: Path, name: str, policy: str, rows: list[tuple[bool, float]], threshold=None) -> dict:
     d = root / name
     d.mkdir()
-    (d / "results.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": c, "latency_s": t}) + "\n"
+    (d / "results.jsonl").write_text("".join(json.dumps({"id": str(i), "question": "q", "steps": [], "correct": c,
+                                                                    "latency_s": t}) + "\n"
                                              for i, (c, t) in enumerate(rows)))
     m = {"policy": policy, "threshold": threshold, "n": len(rows), "accuracy": sum(c for c, _ in rows) / len(rows),
          "accuracy_se": 0.1, "escalation_rate": 0.5, "latency_s_mean": sum(t for _, t in rows) / len(rows),

@@ -12,11 +12,15 @@ import pytest
 
 from arbitrage.cli import main
 from arbitrage.errors import ConfigError
-from arbitrage.factory import ModelOptions, make_router
+from arbitrage.factory import ModelOptions, load_model
 from arbitrage.router_training import build_data, evaluate_router, train_router
 from arbitrage.router_training.dataset import load_examples
 from arbitrage.router_training.evaluate import metrics, router_requests
-from arbitrage.router_training.probe import ProbeRouter, is_probe_router, probe_needs_hidden
+from arbitrage.router_training.probe import ProbeRouter, is_probe_router, load_probe_router
+
+
+def probe_needs_hidden(path) -> bool:
+    return "last_hidden" in load_probe_router(str(path)).draft_features
 from arbitrage.router_training.train import LastTokenCollator, encode_example
 from arbitrage.scoring.hf import HFRouter
 from arbitrage.types import RouteRequest, Step
@@ -91,7 +95,7 @@ def test_classifier_router_trains_saves_and_runs(tiny_dir, data_dir, tmp_path, c
     assert meta["kind"] == "classifier" and meta["separator"] == "\n\n" and meta["author_tags"] is True
     assert meta["train_counts"]["escalate"] == meta["train_counts"]["keep"]
     assert json.loads((out / "config.json").read_text())["architectures"][0].endswith("ForTokenClassification")
-    router = make_router(str(out), ModelOptions(device="cpu"))
+    router = load_model("router", str(out), "router", ModelOptions(device="cpu"))
     assert isinstance(router, HFRouter)
     # the label is a function of the draft step's text: the fine-tuned classifier must have learnt it
     m = evaluate_router(str(out), str(data_dir), out_json=str(tmp_path / "eval.json"), device="cpu")
@@ -130,7 +134,7 @@ def test_probe_router_learns_from_draft_features(data_dir, tmp_path):
 
 def test_probe_router_predicts_through_the_router_protocol(data_dir, tmp_path):
     out = train_router(str(data_dir), str(tmp_path / "probe"), kind="probe", C=1.0, log=lambda s: None)
-    router = make_router(out, ModelOptions())
+    router = load_model("router", out, "router", ModelOptions())
     assert isinstance(router, ProbeRouter) and router.name == "router"
     unsure = Step("draft", "12 * 12 = 150.", "separator", 4, logprobs=[-2.1, -1.8, -2.5, -1.9],
                   extras={"entropies": [2.0, 2.2, 1.9, 2.1]})
@@ -152,7 +156,7 @@ def test_probe_on_hidden_states(tmp_path):
     assert probe_needs_hidden(out)
     assert evaluate_router(out, str(tmp_path / "d"))["roc_auc"] > 0.8
     with pytest.raises(ConfigError, match="hidden state"):
-        make_router(out, ModelOptions()).predict([RouteRequest("a", QUESTION, [], Step("draft", "x", "separator", 1))])
+        load_model("router", out, "router", ModelOptions()).predict([RouteRequest("a", QUESTION, [], Step("draft", "x", "separator", 1))])
 
 
 def test_metrics_on_known_predictions():
@@ -239,7 +243,7 @@ def test_thresholds_hit_the_asked_escalation_rates(data_dir, tmp_path, capsys):
     for p in found["router"]:
         assert abs(p["achieved"] - p["rate"]) <= 1.5 / n_steps, p
     # y_hat ranks the bad steps first, so at the oracle's own rate the router picks (almost) exactly them
-    router = make_router(out, ModelOptions())
+    router = load_model("router", out, "router", ModelOptions())
     tau_bad = rate_thresholds([res], [bad_share], out)["router"][0]["tau"]
     picked = [router.predict([RouteRequest("k", QUESTION, [], Step("draft", s["draft"]["text"], "separator",
                                                                   s["n_tokens"], logprobs=s["draft"]["logprobs"],

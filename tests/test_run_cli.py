@@ -72,22 +72,29 @@ def test_rerun_resumes_and_other_settings_are_refused(tiny_dir, data_file, tmp_p
 
 
 def test_sigkilled_run_resumes_with_every_problem_exactly_once(tiny_dir, data_file, tmp_path):
+    """The draft is a fake server taking 0.3 s a step, so the run lasts seconds and the kill lands mid-run
+    (with tiny in-process models every problem could finish in one burst before the kill)."""
+    from arbitrage.server.fake_backend import make_app
+    from arbitrage.server.running import serving
+
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "arbitrage.cli", *base_args(tiny_dir, data_file, out, "target",
-                                                             "--concurrency", "1", "--max-step-tokens", "24")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / "results.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(results.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = results.read_text().splitlines()
-    assert 2 <= len(before) < 6
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    with serving(make_app("slow-draft", per_token_s=0.1, tokens_per_step=3, steps=2)) as server:
+        args = base_args(tiny_dir, data_file, out, "draft", "--concurrency", "1")
+        args[args.index("--draft") + 1] = server.url + "/v1"
+        cmd = [sys.executable, "-m", "arbitrage.cli", *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        results = out / "results.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = results.read_text().splitlines()
+        assert 2 <= len(before) < 6
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     after = [json.loads(x) for x in results.read_text().splitlines()]
     assert sorted(r["id"] for r in after) == [f"t{i}" for i in range(6)]  # each exactly once

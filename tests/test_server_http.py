@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from arbitrage.backends.http_common import HttpClient, server_root
-from arbitrage.backends.openai_compat import OpenAICompletionsGenerator, seed_for
+from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
+from arbitrage.types import request_seed as seed_for
 from arbitrage.errors import BackendError
 from arbitrage.protocols import StepGenerator
 from arbitrage.types import GenerationRequest, Step

@@ -9,7 +9,7 @@ import pytest
 
 from arbitrage.backends.pooling import PoolingPRM, PoolingRouter, PRMFormat, per_token_outputs, to_probability
 from arbitrage.errors import BackendError
-from arbitrage.formats import router_text
+from arbitrage.formats import RouterFormat
 from arbitrage.protocols import Router, StepScorer
 from arbitrage.types import RouteRequest, ScoreRequest, Step
 from vllm_server import build_tokenizer
@@ -127,7 +127,7 @@ def test_router_input_and_probability():
     y = router.predict([RouteRequest("k", "Let a = 5.", steps(), draft)])
     assert y == [0.75]
     ids = seen[0][1]["input"][0]
-    assert TOK.decode(ids) == router_text("Let a = 5.", steps(), draft)
+    assert TOK.decode(ids) == RouterFormat().text("Let a = 5.", steps(), draft)
 
 
 def test_router_through_the_embeddings_plugin_reads_the_last_two_logits():

@@ -28,18 +28,13 @@ def builds(monkeypatch):
     """Counts model loads per role through the factory the sweep uses."""
     counts = {}
 
-    def counting(name, role_of):
-        real = getattr(factory, name)
+    real = factory.load_model
 
-        def wrapper(spec, *args, **kw):
-            role = role_of(args)
-            counts[role] = counts.get(role, 0) + 1
-            return real(spec, *args, **kw)
-        monkeypatch.setattr(factory, name, wrapper)
+    def wrapper(kind, spec, role, *args, **kw):
+        counts[role] = counts.get(role, 0) + 1
+        return real(kind, spec, role, *args, **kw)
 
-    counting("make_generator", lambda a: a[0])
-    counting("make_prm", lambda a: "prm")
-    counting("make_router", lambda a: "router")
+    monkeypatch.setattr(factory, "load_model", wrapper)
     return counts
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from arbitrage.data import load_problems
 from arbitrage.errors import ConfigError, DataError
-from arbitrage.factory import ModelOptions, make_prm
+from arbitrage.factory import ModelOptions, load_model
 from arbitrage.grading import Grader
 from arbitrage.testbed.prm import ArithmeticCheckerPRM, check_step, score_steps
 from arbitrage.testbed.task import (MAX_VALUE, apply_op, SEPARATOR, SPLITS, extract_answer, make_chains, make_problems,
@@ -136,15 +136,15 @@ def test_prm_noise_is_bounded_deterministic_and_off_by_default():
 
 
 def test_prm_spec_through_the_factory():
-    prm = make_prm("testbed-checker", ModelOptions())
+    prm = load_model("prm", "testbed-checker", "prm", ModelOptions())
     assert (prm.flip, prm.sigma) == (0.0, 0.0)
-    prm = make_prm("testbed-checker:0.1:0.2", ModelOptions(seed=4))
+    prm = load_model("prm", "testbed-checker:0.1:0.2", "prm", ModelOptions(seed=4))
     assert (prm.flip, prm.sigma, prm.seed) == (0.1, 0.2, 4)
-    assert make_prm("testbed-checker:0.3", ModelOptions()).flip == 0.3
+    assert load_model("prm", "testbed-checker:0.3", "prm", ModelOptions()).flip == 0.3
     for bad in ("testbed-checker:x", "testbed-checker:2", "testbed-checker:0.1:-1", "testbed-checker:1:2:3",
                 "testbed-checkers"):
         with pytest.raises(ConfigError, match="testbed-checker"):
-            make_prm(bad, ModelOptions())
+            load_model("prm", bad, "prm", ModelOptions())
 
 
 def test_testbed_data_source():

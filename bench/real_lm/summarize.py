@@ -63,7 +63,7 @@ def point_dir(point: dict, sweep_dir: str) -> str | None:
 
 def records(run_dir: str) -> dict:
     """problem id -> (correct, latency_s) from the point's results.jsonl."""
-    return {str(r["id"]): (bool(r.get("correct")), float(r["latency_s"])) for r in read_records(run_dir)}
+    return {r.id: (bool(r.correct), float(r.latency_s)) for r in read_records(run_dir)}
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -1,41 +1,32 @@
-"""`arbitrage` command line. Each feature module adds its own sub-commands through `register(subparsers)`."""
+"""`arbitrage` command line. Every sub-command comes from a plugin (registry.py): the core's `run` and `sweep`,
+the testbed's `testbed` and `demo`, the router pipeline's `router`, and any installed plugin's own. A plugin
+that fails to load stops the command line with its name and the cause, instead of its commands vanishing."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from .errors import ArbitrageError
 
-# Modules that contribute sub-commands; each exposes `register(subparsers)`.
-COMMAND_MODULES = (
-    "arbitrage.run_cli",          # arbitrage run
-    "arbitrage.testbed.cli",      # arbitrage testbed ..., arbitrage demo
-    "arbitrage.router_training.cli",  # arbitrage router ...
-    "arbitrage.sweep_cli",        # arbitrage sweep
-)
-
-
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arbitrage", description=__doc__)
+    from .registry import registry
+
+    parser = argparse.ArgumentParser(prog="arbitrage", description=__doc__.split(".")[0] + ".")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):  # the feature module is not there (yet); anything else is a real error
-                continue
-            raise
-        module.register(sub)
+    for _, register in registry().commands:
+        register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ArbitrageError as exc:
+        print(f"arbitrage: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

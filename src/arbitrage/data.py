@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -213,25 +214,44 @@ def format_prompt(question: str, template: str = "qwen-math-cot", tokenizer: Any
 
 # ---------------------------------------------------------------- public entry
 
+_ID_GUESSES = ("id", "unique_id", "uid", "idx", "problem_id", "ID")
+
+
 def load_problems(source: str | os.PathLike, *, question_field: str | None = None,
                   answer_field: str | None = None, id_field: str | None = None, limit: int | None = None,
-                  offset: int = 0, template: str = "qwen-math-cot", tokenizer: Any = None,
-                  data_dir: str | os.PathLike | None = None) -> list[Problem]:
-    """Load problems from a built-in name (see BUILTIN), a JSON-lines path, `hf:org/name[:split]`, or the
-    synthetic testbed task, `testbed:SPLIT[:N[:SEED]]` (which keeps its own prompt whatever `template` says).
+                  offset: int = 0, template: str | None = None, tokenizer: Any = None,
+                  data_dir: str | os.PathLike | None = None, shard: str | None = None) -> list[Problem]:
+    """Load problems from any registered data source: a built-in name (see BUILTIN), a JSON-lines path,
+    `hf:org/name[:split]`, or a plugin's (the testbed registers `testbed:SPLIT[:N[:SEED]]`), then take the
+    `shard` ("K/N", see `shard_of`) and `offset`/`limit`.
 
     Field names default to the built-in mapping, else to the first of the usual names present
-    ("question"/"problem", "answer"/"final_answer"/...); "A+B" joins two fields. The id defaults to the line
-    number. All records are validated (ids unique), then `offset`/`limit` select a slice.
-    """
+    ("question"/"problem", "answer"/"final_answer"/..., "id"/"unique_id"/...); "A+B" joins two fields; without
+    an id field the id is the line number. A file whose records carry their own `prompt` keeps those prompts
+    unless `template` is given (then it says so on stderr). All records are validated (ids unique)."""
     if offset < 0 or (limit is not None and limit < 0):
         raise ConfigError(f"offset and limit must be >= 0 (got offset={offset}, limit={limit})")
-    resolve_template(template)  # fail on a bad template before reading anything
-    src = str(source)
-    if src.startswith("testbed:") and not Path(src).is_file():
-        from .testbed.task import problems_from_spec  # the synthetic task: its own prompts, no template
+    if template is not None:
+        resolve_template(template)  # fail on a bad template before reading anything
+    from .registry import registry
 
-        return problems_from_spec(src)[offset: None if limit is None else offset + limit]
+    src = str(source)
+    loader = registry().find("data", src)
+    problems = loader.load(src, question_field=question_field, answer_field=answer_field, id_field=id_field,
+                           template=template, tokenizer=tokenizer, data_dir=data_dir)
+    if shard:
+        problems = shard_of(problems, shard)
+    selected = problems[offset: None if limit is None else offset + limit]
+    for p in selected:  # prompts only for what is used ("chat" templates are not free)
+        if not p.prompt:
+            p.prompt = format_prompt(p.question, template or "qwen-math-cot", tokenizer)
+    return selected
+
+
+def load_records(src: str, *, question_field: str | None = None, answer_field: str | None = None,
+                 id_field: str | None = None, template: str | None = None, tokenizer: Any = None,
+                 data_dir: str | os.PathLike | None = None) -> list[Problem]:
+    """The core data source: a built-in set, a JSON-lines file or a hub dataset, read into Problems."""
     layout: str | None = None
     if src.startswith("hf:"):
         label, rows, layout = _read_hub(src)
@@ -247,9 +267,10 @@ def load_problems(source: str | os.PathLike, *, question_field: str | None = Non
     a_spec = answer_field or mapping.get("answer")
     id_spec = id_field if id_field is not None else mapping.get("id")
     unit = "row" if src.startswith("hf:") else "line"
-    guess_id = id_field is None and src.startswith("hf:")  # hub copies of a built-in set may lack its id field
+    guess_id = id_field is None and (layout is None or src.startswith("hf:"))
 
     problems: list[Problem] = []
+    prompts: list[str | None] = []
     seen: dict[str, int] = {}
     for n, rec in rows:
         where = f"{label}: {unit} {n}"
@@ -263,8 +284,8 @@ def load_problems(source: str | os.PathLike, *, question_field: str | None = Non
             if a_spec is None:
                 raise DataError(f"{where}: no answer field (looked for {', '.join(_ANSWER_GUESSES)}; "
                                 f"fields on this line: {', '.join(rec) or 'none'}); pass answer_field=...")
-        if guess_id:
-            id_spec, guess_id = (id_spec if id_spec in rec else None), False
+        if guess_id:  # the first record decides: a usual id field if it has one, else line numbers
+            id_spec, guess_id = (id_spec if id_spec in rec else _pick(rec, _ID_GUESSES)), False
         question = str(_field(rec, q_spec, "question", where)).strip()
         if not question:
             raise DataError(f"{where}: question field {q_spec!r} is empty")
@@ -274,17 +295,48 @@ def load_problems(source: str | os.PathLike, *, question_field: str | None = Non
             raise DataError(f"{where}: duplicate id {pid!r} in field {id_spec or '(line number)'!r} "
                             f"(first on {unit} {seen[pid]}); pass id_field=... naming a unique field")
         seen[pid] = n
-        used = set(q_spec.split("+")) | set(a_spec.split("+")) | ({id_spec} if id_spec else set())
+        used = set(q_spec.split("+")) | set(a_spec.split("+")) | ({id_spec} if id_spec else set()) | {"prompt"}
         meta = {k: v for k, v in rec.items() if k not in used and _small(v)}
         meta.update(source=layout or label, line=n)
+        own = rec.get("prompt") if q_spec != "prompt" else None
+        if own is not None and not isinstance(own, str):
+            raise DataError(f"{where}: prompt field is not a string")
+        prompts.append(own)
         problems.append(Problem(id=pid, question=question, prompt="", gold=gold_answer(raw_gold, layout),
                                 meta=meta))
     if not problems:
         raise DataError(f"{label}: no records")
-    selected = problems[offset: None if limit is None else offset + limit]
-    for p in selected:  # prompts only for what is used ("chat" templates are not free)
-        p.prompt = format_prompt(p.question, template, tokenizer)
-    return selected
+    has_own = any(p is not None for p in prompts)
+    if has_own and template is not None:
+        print(f"arbitrage: warning: {label} gives each problem its own 'prompt'; --template {template!r} replaces "
+              f"them (leave --template out to use the file's prompts)", file=sys.stderr)
+    for p, own in zip(problems, prompts):
+        p.prompt = own if own is not None and template is None else ""  # "": rendered from the template later
+    return problems
+
+
+def shard_of(problems: list[Problem], shard: str) -> list[Problem]:
+    """The problems of shard "K/N" (0 <= K < N): those whose id hashes to K, so a shard keeps its problems when
+    the data file grows or is reordered, and N shards together hold every problem exactly once."""
+    k, n = parse_shard(shard)
+    return [p for p in problems if shard_index(p.id, n) == k]
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        k_text, n_text = shard.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ConfigError(f"--shard {shard!r}: expected K/N with 0 <= K < N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"--shard {shard!r}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return k, n
+
+
+def shard_index(problem_id: str, n: int) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(str(problem_id).encode()).digest()[:8], "big") % n
 
 
 def _small(v: Any) -> bool:

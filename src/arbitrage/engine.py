@@ -1,26 +1,39 @@
-"""The step engine: the per-problem loop of method.md, with many problems in flight at once.
+"""The step engine: the per-problem loop of method.md, with many problems in flight and the models working at
+the same time.
 
-Every problem runs its own policy coroutine. The engine repeatedly picks one model (round-robin over the
-models that have work waiting), sends it every pending request for it in one batched call, and resumes the
-problems with the results. A problem ends on its own (end-of-sequence, max_steps or its token budget) and
-its place is refilled at once from the queue: nothing is decided for a whole batch and nothing waits in
-lock-step over the dataset.
+Every problem runs its own policy coroutine, which yields model calls. Calls wait per model role; each model
+runs on a *lane* (protocols.lane_of): in-process models on one device share a lane, so they never run at once
+and never oversubscribe its threads, while models on different lanes (two servers, two GPUs) work at the same
+time: while the target writes escalated steps for some problems, the draft, PRM and router serve the others.
+Whenever a lane is free it takes every waiting request of one of its roles in one batched call (round-robin
+over its roles). A problem ends on its own (end-of-sequence, max_steps, its token budget, a stop string) and its
+place is refilled at once. With `parallel=False` every model shares one lane: one call at a time, the engine
+before lanes (kept for comparison).
+
+`run(problems, on_done)` runs a fixed list to the end in the calling thread. A long-lived service calls
+`start()`, then `submit()` problems from any thread (each with its own policy, limits and sampling) and may
+`cancel()` them; a cancelled problem's model state is released and its work in flight is cancelled where the
+backend can (`cancel(key)`), else its result is dropped.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Hashable, Iterable
 
 from .errors import ConfigError
-from .judge import Judge, JudgeRequest
-from .policies import Action, Decision, Draft, Policy, Route, Score, Target
-from .protocols import Router, StepGenerator, StepScorer
-from .types import Generation, GenerationRequest, Problem, RouteRequest, ScoreRequest, Step
+from .policies import Continue, Decision, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
+from .protocols import can_cancel, lane_of
+from .records import Proposal, StepRecord
+from .types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Problem, RouteRequest, Sampling,
+                    ScoreRequest, Step)
 
-RESOURCES = ("draft", "target", "prm", "router")
+ROLES = ("draft", "target", "prm", "router", "judge")
 
 
 @dataclass
@@ -29,207 +42,518 @@ class EngineConfig:
     max_step_tokens: int = 512     # tokens per step
     max_total_tokens: int = 4096   # tokens per solution (accepted steps)
     concurrency: int = 8           # problems in flight at once
-    separator: str = "\n\n"
+    separator: str = DEFAULT_SEPARATOR
+    parallel: bool = True          # models on different lanes work at the same time
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-problem overrides of the engine's limits, and stop strings that end the solution where they occur."""
+
+    max_steps: int | None = None
+    max_step_tokens: int | None = None
+    max_total_tokens: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
 class Models:
-    draft: StepGenerator | None = None
-    target: StepGenerator | None = None
-    prm: StepScorer | None = None
-    router: Router | None = None
+    draft: object | None = None
+    target: object | None = None
+    prm: object | None = None
+    router: object | None = None
+    judge: object | None = None
 
     def check(self, policy: Policy) -> None:
         missing = [m for m in sorted(policy.needs) if getattr(self, m) is None]
         if missing:
-            flags = " ".join(f"--{m} MODEL" for m in missing)
-            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}: give {flags}")
+            flags = " ".join(f"--{m} MODEL" for m in missing if m != "judge")
+            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" + (f": give {flags}" if flags else ""))
 
-    def all(self):
-        return [(n, getattr(self, n)) for n in RESOURCES if getattr(self, n) is not None]
+    def all(self) -> list[tuple[str, object]]:
+        return [(n, getattr(self, n)) for n in ROLES if getattr(self, n) is not None]
+
+    def distinct(self) -> list[object]:
+        """Each model object once (the judge is usually the target itself)."""
+        seen, out = set(), []
+        for _, m in self.all():
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+        return out
 
 
 @dataclass
 class ProblemResult:
     problem: Problem
     steps: list[Step]
-    records: list[dict]       # one per step: author, text, scores, discarded proposals, seconds
-    finish: str               # eos | max_steps | budget
+    records: list[StepRecord]  # one per step: author, text, scores, discarded proposals, seconds
+    finish: str                # eos | max_steps | budget | stop | cancelled
     latency_s: float
-    seconds: dict             # wall time this problem waited on each model
-    counts: dict              # draft_tokens_accepted, draft_tokens_discarded, target_tokens, target_calls, ...
-    solution: str = ""        # the accepted steps joined as in the context
+    seconds: dict              # wall time this problem waited on each model
+    counts: dict               # draft_tokens_accepted, draft_tokens_discarded, target_tokens, target_calls, ...
+    solution: str = ""         # the accepted steps joined as in the context
+
+
+def new_counts() -> dict:
+    return {"draft_tokens_accepted": 0, "draft_tokens_discarded": 0, "target_tokens": 0, "target_calls": 0,
+            "draft_calls": 0, "escalated_steps": 0, "judge_calls": 0}
+
+
+class Ticket:
+    """A submitted problem: `cancel()` it, `wait()` for its `result` (a ProblemResult, or None if cancelled)."""
+
+    def __init__(self, engine: "Engine", problem: Problem):
+        self.engine, self.problem = engine, problem
+        self.result: ProblemResult | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        self.engine.cancel(self)
+
+    def wait(self, timeout: float | None = None) -> ProblemResult | None:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"problem {self.problem.id} still running")
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 @dataclass
 class _State:
-    problem: Problem
-    start: float
+    ticket: Ticket
+    policy: Policy
+    limits: Limits
+    sampling: Sampling | None
+    on_done: Callable | None
+    on_step: Callable | None
+    start: float = 0.0
     coro: object = None
-    pending: Action | None = None
+    pending: object = None
+    in_call: bool = False
+    cancelled: bool = False
     steps: list[Step] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
-    seconds: dict = field(default_factory=lambda: dict.fromkeys(RESOURCES, 0.0))
-    step_seconds: dict = field(default_factory=lambda: dict.fromkeys(RESOURCES, 0.0))
-    counts: dict = field(default_factory=lambda: {"draft_tokens_accepted": 0, "draft_tokens_discarded": 0,
-                                                  "target_tokens": 0, "target_calls": 0, "draft_calls": 0,
-                                                  "escalated_steps": 0})
+    records: list[StepRecord] = field(default_factory=list)
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
+    step_seconds: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
+    counts: dict = field(default_factory=new_counts)
     used_tokens: int = 0
     finish: str | None = None
 
+    @property
+    def key(self) -> str:
+        return self.ticket.problem.id
 
-def _resource(action: Action) -> str:
-    if isinstance(action, Draft):
-        return "draft"
-    if isinstance(action, (Target, Judge)):  # a Judge is a target forward pass (baselines/specreason.py)
-        return "target"
-    if isinstance(action, Score):
-        return "prm"
-    if isinstance(action, Route):
-        return "router"
-    raise TypeError(f"a policy yielded {action!r}, which is not a model call")
+    @property
+    def problem(self) -> Problem:
+        return self.ticket.problem
 
 
-def step_record(step: Step | None, with_logprobs: bool = False) -> dict | None:
-    if step is None:
-        return None
-    rec = {"text": step.text, "stop": step.stop, "n_tokens": step.n_tokens}
-    if with_logprobs and step.logprobs is not None:
-        rec["logprobs"] = [round(x, 5) for x in step.logprobs]
-        if "entropies" in step.extras:
-            rec["entropies"] = [round(x, 5) for x in step.extras["entropies"]]
-        if "last_hidden" in step.extras:
-            rec["last_hidden"] = [round(x, 5) for x in step.extras["last_hidden"]]
-    return rec
+class _Lane:
+    def __init__(self, key: Hashable, roles: list[str]):
+        self.key, self.roles = key, roles
+        self.busy = False
+        self.turn = 0
+        self.releases: list[tuple[object, str]] = []
+        self.executor: ThreadPoolExecutor | None = None
+
+    def submit(self, fn):
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"arbitrage-lane-{self.roles[0]}")
+        return self.executor.submit(fn)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
 
 
 class Engine:
     def __init__(self, policy: Policy, models: Models, config: EngineConfig | None = None,
-                 clock: Callable[[], float] = time.perf_counter, record_features: bool | None = None):
+                 clock: Callable[[], float] = time.perf_counter, record_features: bool | None = None,
+                 on_call: Callable[[str, int, float, float], None] | None = None):
         models.check(policy)
         self.policy, self.models, self.config, self.clock = policy, models, config or EngineConfig(), clock
         # Per-token draft features (log-probs, entropies) are what probe routers learn from: keep them in the
         # records of `generate` runs, where router training data comes from.
         self.record_features = policy.name == "generate" if record_features is None else record_features
-        self.call_seconds = dict.fromkeys(RESOURCES, 0.0)  # wall time of the batched calls, each counted once
-        self.call_counts = dict.fromkeys(RESOURCES, 0)
-        self.batch_sizes: dict[str, list[int]] = {r: [] for r in RESOURCES}
+        self.on_call = on_call  # (role, batch size, start, end) of every batched call, for benchmarks
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._lane_of_role: dict[str, _Lane] = {}
+        self._build_lanes()
+        self._cv = threading.Condition()
+        self._incoming: deque[_State] = deque()
+        self._cancel: list[Ticket] = []
+        self._completions: list[tuple[_Lane, str, list[_State], object, float, float]] = []
+        self._active: list[_State] = []
+        self._by_ticket: dict[int, _State] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._ids = itertools.count()
 
-    # ---------------------------------------------------------------------------------------------------
+    def _build_lanes(self) -> None:
+        self._lanes.clear()
+        self._lane_of_role.clear()
+        for role, model in self.models.all():
+            key = lane_of(model) if self.config.parallel else "serial"
+            lane = self._lanes.setdefault(key, _Lane(key, []))
+            lane.roles.append(role)
+            self._lane_of_role[role] = lane
+
+    # --- public ------------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Problems submitted and not yet finished (waiting ones included)."""
+        with self._cv:
+            return len(self._active) + len(self._incoming)
+
+    def submit(self, problem: Problem, *, on_done: Callable | None = None, on_step: Callable | None = None,
+               policy: Policy | None = None, limits: Limits | None = None,
+               sampling: Sampling | None = None) -> Ticket:
+        """Queue one problem (thread-safe). `on_step(ticket, record, step)` is called as each step is accepted,
+        `on_done(result)` when it ends (not when cancelled); both from the engine's thread."""
+        policy = policy or self.policy
+        self.models.check(policy)
+        ticket = Ticket(self, problem)
+        st = _State(ticket, policy, limits or Limits(), sampling, on_done, on_step)
+        with self._cv:
+            self._incoming.append(st)
+            self._cv.notify_all()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        with self._cv:
+            self._cancel.append(ticket)
+            self._cv.notify_all()
+
     def run(self, problems: Iterable[Problem], on_done: Callable[[ProblemResult], None]) -> None:
-        queue = deque(problems)
-        active: list[_State] = []
-        turn = 0
-        while queue or active:
-            while queue and len(active) < self.config.concurrency:
-                st = _State(queue.popleft(), self.clock())
-                self._next_step(st)
-                active.append(st)
-            self._retire(active, on_done)
-            if not active:
+        """Run these problems to the end in this thread, `concurrency` at a time."""
+        if self._thread is not None:
+            raise RuntimeError("this engine is serving in the background; submit() problems to it instead")
+        for p in problems:
+            self.submit(p, on_done=on_done)
+        try:
+            self._loop(until_idle=True)
+        finally:
+            self._shutdown_lanes()
+
+    def start(self) -> None:
+        """Serve submitted problems on a background thread until `stop()`."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._serve, name="arbitrage-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Cancel whatever is still queued or running and stop the background thread."""
+        if self._thread is not None:
+            with self._cv:
+                self._stopping = True
+                self._cancel += [s.ticket for s in (*self._active, *self._incoming)]
+                self._cv.notify_all()
+            self._thread.join()
+            self._thread = None
+            self._shutdown_lanes()
+
+    # --- the scheduler -----------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        try:
+            self._loop(until_idle=False)
+        except BaseException as exc:  # fail every waiting ticket rather than leave clients hanging
+            with self._cv:
+                states = self._active + list(self._incoming)
+                self._active, self._incoming = [], deque()
+            for st in states:
+                st.ticket.error = exc
+                st.ticket._done.set()
+            raise
+
+    def _loop(self, until_idle: bool) -> None:
+        while True:
+            with self._cv:
+                self._admit()
+                cancels, self._cancel = self._cancel, []
+                completions, self._completions = self._completions, []
+            for ticket in cancels:
+                self._do_cancel(ticket)
+            for lane, role, batch, results, t0, t1 in completions:
+                lane.busy = False
+                self._apply(role, batch, results, t0, t1)
+            self._retire()
+            with self._cv:
+                self._admit()
+            inline = self._dispatch(allow_inline=until_idle)
+            if inline is not None:
+                self._apply(*inline)
+                self._retire()
                 continue
-            waiting = {r: [s for s in active if _resource(s.pending) == r] for r in RESOURCES}
-            for k in range(len(RESOURCES)):  # round-robin over the models that have work waiting
-                resource = RESOURCES[(turn + k) % len(RESOURCES)]
-                if waiting[resource]:
-                    turn = (turn + k + 1) % len(RESOURCES)
+            with self._cv:
+                if self._completions or self._cancel or (self._incoming and len(self._active) < self.config.concurrency):
+                    continue
+                busy = any(lane.busy for lane in self._lanes.values())
+                if not busy and not self._active and not self._incoming:
+                    self._flush_releases()
+                    if until_idle or self._stopping:
+                        return
+                if self._stopping and not busy and not self._active:
+                    return
+                self._cv.wait()
+
+    def _admit(self) -> None:
+        while self._incoming and len(self._active) < self.config.concurrency:
+            st = self._incoming.popleft()
+            st.start = self.clock()
+            self._active.append(st)
+            self._by_ticket[id(st.ticket)] = st
+            self._next_step(st)
+
+    def _ready(self, role: str) -> list[_State]:
+        return [s for s in self._active if not s.in_call and s.finish is None and s.pending is not None
+                and role_of(s.pending) == role]
+
+    def _dispatch(self, allow_inline: bool = True):
+        """Send a batch to every free lane that has work. In `run()`, when only one batch goes out and no other
+        lane is busy, it runs right here (every other problem is waiting on it, so nothing could overlap it),
+        which keeps batch-size-1 latency free of thread hand-offs; returns its completion for the caller to
+        apply. A serving engine always uses the lanes' threads, so new problems start while a call runs."""
+        jobs = []
+        for lane in self._lanes.values():
+            if lane.busy:
+                continue
+            self._flush_releases(lane)
+            for k in range(len(lane.roles)):
+                role = lane.roles[(lane.turn + k) % len(lane.roles)]
+                batch = self._ready(role)
+                if batch:
+                    lane.turn = (lane.turn + k + 1) % len(lane.roles)
+                    jobs.append((lane, role, batch))
                     break
-            batch = waiting[resource]
-            batch = [s for s in batch if type(s.pending) is type(batch[0].pending)]  # Target and Judge apart
+        if not jobs:
+            return None
+        for _, _, batch in jobs:
+            for st in batch:
+                st.in_call = True
+        if allow_inline and len(jobs) == 1 and not any(lane.busy for lane in self._lanes.values()):
+            lane, role, batch = jobs[0]
             t0 = self.clock()
-            results = self._call(resource, batch)
-            dt = self.clock() - t0
-            self.call_seconds[resource] += dt
-            self.call_counts[resource] += 1
-            self.batch_sizes[resource].append(len(batch))
-            for st, res in zip(batch, results):
-                st.seconds[resource] += dt
-                st.step_seconds[resource] += dt
-                self._resume(st, res)
-            self._retire(active, on_done)
+            results = self._call(role, batch)
+            return role, batch, results, t0, self.clock()
+        for lane, role, batch in jobs:
+            lane.busy = True
+            requests = self._requests(role, batch)  # built here: the problems' state belongs to this thread
+            lane.submit(self._job(lane, role, batch, requests))
+        return None
 
-    def _retire(self, active: list[_State], on_done) -> None:
-        for st in [s for s in active if s.finish is not None]:
-            active.remove(st)
-            for _, model in self.models.all():
-                model.release(st.problem.id)
+    def _job(self, lane: _Lane, role: str, batch: list[_State], requests):
+        def work():
+            t0 = self.clock()
+            try:
+                results = self._send(role, requests)
+            except BaseException as exc:  # re-raised on the scheduler thread
+                results = exc
+            t1 = self.clock()
+            with self._cv:
+                self._completions.append((lane, role, batch, results, t0, t1))
+                self._cv.notify_all()
+        return work
+
+    def _apply(self, role: str, batch: list[_State], results, t0: float, t1: float) -> None:
+        if isinstance(results, BaseException):
+            raise results
+        if self.on_call is not None:
+            self.on_call(role, len(batch), t0, t1)
+        dt = t1 - t0
+        if role == "judge":
+            for st in batch:
+                st.counts["judge_calls"] += 1
+        for st, res in zip(batch, results):
+            st.in_call = False
+            if st.cancelled:
+                continue
+            st.seconds[role] += dt
+            st.step_seconds[role] += dt
+            self._resume(st, res)
+
+    def _retire(self) -> None:
+        for st in [s for s in self._active if s.finish is not None and not s.in_call]:
+            self._active.remove(st)
+            self._by_ticket.pop(id(st.ticket), None)
+            self._release(st.key)
+            if st.finish == "cancelled":
+                st.ticket._done.set()
+                continue
             solution = "".join(s.context_text(self.config.separator) for s in st.steps)
-            on_done(ProblemResult(st.problem, st.steps, st.records, st.finish, self.clock() - st.start,
-                                  dict(st.seconds), dict(st.counts), solution))
+            result = ProblemResult(st.problem, st.steps, st.records, st.finish, self.clock() - st.start,
+                                   dict(st.seconds), dict(st.counts), solution)
+            st.ticket.result = result
+            try:
+                if st.on_done is not None:
+                    st.on_done(result)
+            finally:
+                st.ticket._done.set()
 
-    # ---------------------------------------------------------------------------------------------------
+    def _do_cancel(self, ticket: Ticket) -> None:
+        with self._cv:
+            queued = next((s for s in self._incoming if s.ticket is ticket), None)
+            if queued is not None:
+                self._incoming.remove(queued)
+        if queued is not None:
+            ticket._done.set()
+            return
+        st = self._by_ticket.get(id(ticket))
+        if st is None or st.finish not in (None,):
+            return
+        st.cancelled, st.finish = True, "cancelled"
+        if st.in_call and st.pending is not None:
+            model = getattr(self.models, role_of(st.pending))
+            if can_cancel(model):
+                model.cancel(st.key)  # frees the server slot / the batch row now; its result is dropped
+
+    def _release(self, key: str) -> None:
+        for model in self.models.distinct():
+            lane = self._lanes[lane_of(model) if self.config.parallel else "serial"]
+            lane.releases.append((model, key))
+        self._flush_releases()
+
+    def _flush_releases(self, lane: _Lane | None = None) -> None:
+        for ln in [lane] if lane is not None else self._lanes.values():
+            if not ln.busy and ln.releases:
+                todo, ln.releases = ln.releases, []
+                for model, key in todo:
+                    model.release(key)
+
+    def _shutdown_lanes(self) -> None:
+        for lane in self._lanes.values():
+            lane.close()
+        self._flush_releases()
+
+    # --- one problem -------------------------------------------------------------------------------------
     def _next_step(self, st: _State) -> None:
-        st.step_seconds = dict.fromkeys(RESOURCES, 0.0)
-        st.coro = self.policy.decide()
+        st.step_seconds = dict.fromkeys(ROLES, 0.0)
+        st.coro = st.policy.decide()
         st.pending = next(st.coro)
 
     def _resume(self, st: _State, value) -> None:
         try:
             st.pending = st.coro.send(value)
         except StopIteration as stop:
+            st.pending = None
             self._commit(st, stop.value)
             if st.finish is None:
                 self._next_step(st)
 
+    def _limit(self, st: _State, name: str) -> int:
+        v = getattr(st.limits, name)
+        return v if v is not None else getattr(self.config, name)
+
     def _commit(self, st: _State, d: Decision) -> None:
         c = st.counts
+        discarded = 0
         if d.draft is not None:
             c["draft_calls"] += 1
-            c["draft_tokens_accepted" if d.step is d.draft else "draft_tokens_discarded"] += d.draft.n_tokens
+            if d.step is d.draft:
+                c["draft_tokens_accepted"] += d.draft.n_tokens
+            else:
+                discarded = d.draft.n_tokens
+                c["draft_tokens_discarded"] += discarded
         if d.target is not None:
             c["target_calls"] += 1
             c["target_tokens"] += d.target.n_tokens
+        for s in d.target_samples or ():
+            c["target_calls"] += 1
+            c["target_tokens"] += s.n_tokens
         c["escalated_steps"] += int(d.escalated)
         scores = dict(d.scores)
         if "prm_draft" in scores and "prm_target" in scores:
             scores["advantage"] = scores["prm_target"] - scores["prm_draft"]
-        st.records.append({
-            "index": len(st.steps), "author": d.step.author, "text": d.step.text, "stop": d.step.stop,
-            "n_tokens": d.step.n_tokens, "escalated": d.escalated, "scores": scores,
-            "draft": step_record(d.draft, self.record_features) if d.draft is not d.step or self.record_features
-            else None,
-            "target": step_record(d.target) if d.target is not None and d.target is not d.step else None,
-            "seconds": {k: round(v, 6) for k, v in st.step_seconds.items() if v},
-        })
-        st.steps.append(d.step)
-        st.used_tokens += d.step.n_tokens
-        cfg = self.config
-        if d.step.stop == "eos":
+        feats = self.record_features
+        record = StepRecord(
+            index=len(st.steps), author=d.step.author, text=d.step.text, stop=d.step.stop, n_tokens=d.step.n_tokens,
+            escalated=d.escalated, scores=scores,
+            draft=Proposal.of(d.draft, feats) if d.draft is not None and (d.draft is not d.step or feats) else None,
+            target=Proposal.of(d.target) if d.target is not None and d.target is not d.step else None,
+            seconds={k: round(v, 6) for k, v in st.step_seconds.items() if v}, discarded_draft_tokens=discarded,
+            target_samples=[Proposal.of(s) for s in d.target_samples] if d.target_samples else None)
+        step = d.step
+        stop_at = self._stop_string(st, step)
+        if stop_at is not None:  # a stop string ends the solution where it occurs
+            step = replace(step, text=step.text[:stop_at], stop="eos")
+            record.text, record.stop = step.text, "eos"
+        st.records.append(record)
+        st.steps.append(step)
+        st.used_tokens += step.n_tokens
+        if st.on_step is not None:
+            st.on_step(st.ticket, record, step)
+        if stop_at is not None:
+            st.finish = "stop"
+        elif step.stop == "eos":
             st.finish = "eos"
-        elif len(st.steps) >= cfg.max_steps:
+        elif len(st.steps) >= self._limit(st, "max_steps"):
             st.finish = "max_steps"
-        elif st.used_tokens >= cfg.max_total_tokens:
+        elif st.used_tokens >= self._limit(st, "max_total_tokens"):
             st.finish = "budget"
 
-    # ---------------------------------------------------------------------------------------------------
-    def _call(self, resource: str, batch: list[_State]) -> list:
-        if isinstance(batch[0].pending, Judge):
-            return self._judge(batch)
-        if resource in ("draft", "target"):
-            model: StepGenerator = getattr(self.models, resource)
-            reqs = [GenerationRequest(st.problem.id, st.problem.prompt, list(st.steps),
-                                      min(self.config.max_step_tokens, self.config.max_total_tokens - st.used_tokens),
-                                      len(st.steps)) for st in batch]
-            return [self._to_step(resource, g) for g in model.generate(reqs)]
-        if resource == "prm":
-            reqs = [ScoreRequest(st.problem.id, st.problem.question, list(st.steps), st.pending.candidates)
-                    for st in batch]
-            return self.models.prm.score(reqs)
-        reqs = [RouteRequest(st.problem.id, st.problem.question, list(st.steps), st.pending.draft) for st in batch]
-        return self.models.router.predict(reqs)
+    def _stop_string(self, st: _State, step: Step) -> int | None:
+        """Where a stop string first occurs in this step's text (also one that began in the step before)."""
+        if not st.limits.stop:
+            return None
+        before = "".join(s.context_text(self.config.separator) for s in st.steps)[-max(map(len, st.limits.stop)):]
+        text = before + step.context_text(self.config.separator)
+        hits = [text.find(s) for s in st.limits.stop if s and text.find(s) >= 0]
+        if not hits:
+            return None
+        return max(0, min(hits) - len(before))
 
-    def _judge(self, batch: list[_State]) -> list[float]:
-        """The target scores each draft step (0-9); counted as `judge_calls`, timed as target time."""
-        target = self.models.target
-        if not hasattr(target, "judge"):
-            raise ConfigError(f"the target backend {type(target).__name__} cannot judge steps (no judge())")
-        for st in batch:
-            st.counts["judge_calls"] = st.counts.get("judge_calls", 0) + 1
-        return target.judge([JudgeRequest(st.problem.id, st.problem.prompt, list(st.steps), st.pending.draft,
-                                          st.pending.question) for st in batch])
+    # --- model calls -------------------------------------------------------------------------------------
+    def _call(self, role: str, batch: list[_State]):
+        return self._send(role, self._requests(role, batch))
+
+    def _requests(self, role: str, batch: list[_State]) -> list:
+        if role in ("draft", "target"):
+            return [self._generation_request(st) for st in batch]
+        if role == "prm":
+            return [ScoreRequest(st.key, st.problem.question, list(st.steps), st.pending.candidates) for st in batch]
+        if role == "router":
+            return [RouteRequest(st.key, st.problem.question, list(st.steps), st.pending.draft) for st in batch]
+        return [JudgeRequest(st.key, st.problem.prompt, list(st.steps), st.pending.draft, st.pending.question)
+                for st in batch]
+
+    def _send(self, role: str, requests: list):
+        model = getattr(self.models, role)
+        if role in ("draft", "target"):
+            return [self._to_step(role, g) for g in model.generate(requests)]
+        if role == "prm":
+            return model.score(requests)
+        if role == "router":
+            return model.predict(requests)
+        return model.judge(requests)
+
+    def _generation_request(self, st: _State) -> GenerationRequest:
+        a = st.pending
+        budget = self._limit(st, "max_total_tokens") - st.used_tokens
+        step_max = min(self._limit(st, "max_step_tokens"), budget)
+        prefix, sample = None, 0
+        if isinstance(a, Glimpse):
+            step_max = min(step_max, a.tokens)
+        elif isinstance(a, Continue):
+            prefix = a.partial
+            step_max = step_max - a.partial.n_tokens
+        elif isinstance(a, Target):
+            sample = a.sample
+        return GenerationRequest(st.key, st.problem.prompt, list(st.steps), max(0, step_max), len(st.steps),
+                                 sampling=st.sampling, prefix=prefix, sample=sample)
 
     @staticmethod
     def _to_step(author: str, g: Generation) -> Step:
         n = len(g.logprobs) if g.logprobs else len(g.token_ids)
         return Step(author=author, text=g.text, stop=g.stop, n_tokens=n, token_ids=g.token_ids or None,
                     logprobs=g.logprobs, extras=dict(g.extras))
+
+
+__all__ = ["ROLES", "EngineConfig", "Limits", "Models", "ProblemResult", "Ticket", "Engine", "Draft", "Target",
+           "Score", "Route", "Judge"]

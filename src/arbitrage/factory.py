@@ -1,5 +1,6 @@
-"""Building the models of a run from what the user typed: a local directory, a Hugging Face id, or the URL
-of an OpenAI-compatible server (http://HOST:PORT/v1). Only the models a policy needs are loaded."""
+"""Building the models of a run from what the user typed (a local directory, a Hugging Face id, the URL of an
+OpenAI-compatible server, or a spec a plugin understands, e.g. `testbed:draft`). Each role's spec goes to the
+first registered loader that accepts it (registry.py); only the models a policy needs are built."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from dataclasses import dataclass
 
 from .engine import Models
 from .errors import ConfigError
-from .policies import Policy
+from .types import DEFAULT_SEPARATOR
 
 
 @dataclass
 class ModelOptions:
-    separator: str = "\n\n"
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    threads: int | None = None      # torch CPU threads of in-process models (None: leave torch's setting)
     reuse_cache: bool = True
     prm_kind: str = "auto"          # value-head | token-cls | auto
     prm_format: str = "skywork"     # skywork | separator
@@ -33,84 +34,55 @@ def is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 
 
-def make_generator(spec: str, role: str, opts: ModelOptions):
-    if is_url(spec):
-        from .backends.openai_compat import OpenAICompletionsGenerator
+def load_model(kind: str, spec: str, role: str, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR):
+    """One model: `kind` is generator, prm or router; the first registered loader that accepts `spec` builds it."""
+    from .registry import registry
 
-        return OpenAICompletionsGenerator(spec, model=(opts.served_names or {}).get(role), name=role,
-                                          separator=opts.separator, temperature=opts.temperature,
-                                          top_p=opts.top_p, seed=opts.seed, concurrency=opts.server_concurrency,
-                                          api=opts.server_api)
-    from .backends.hf import HFGenerator
-
-    return HFGenerator.from_pretrained(spec, name=role, separator=opts.separator, temperature=opts.temperature,
-                                       top_p=opts.top_p, seed=opts.seed, device=opts.device, dtype=opts.dtype,
-                                       reuse_cache=opts.reuse_cache,
-                                       return_hidden=opts.return_hidden and role == "draft")
+    return registry().find(kind, spec).load(spec, role, opts, separator)
 
 
-def make_prm(spec: str, opts: ModelOptions):
-    if spec.startswith("testbed-checker"):
-        from .testbed.prm import ArithmeticCheckerPRM
-
-        return ArithmeticCheckerPRM.from_spec(spec, seed=opts.seed)
-    if spec.startswith("judge:"):  # judge:URL -- a served causal LM reads P(yes) for "is this step correct?"
-        from .scoring.judge import JudgePRM
-
-        return JudgePRM(spec.split(":", 1)[1], model=(opts.served_names or {}).get("prm"),
-                        separator=opts.separator, api=getattr(opts, "server_api", "completions"),
-                        concurrency=opts.server_concurrency)
-    if is_url(spec):
-        from .backends.pooling import PoolingPRM
-
-        names = opts.served_names or {}
-        # A value-head PRM (Skywork layout) is served through the embeddings route by the paper's plugins.
-        route = "embeddings" if opts.prm_kind == "value-head" else opts.pooling_route
-        return PoolingPRM(spec, model=names.get("prm"), tokenizer=names.get("prm_tokenizer"), fmt=opts.prm_format,
-                          separator=opts.separator, route=route, concurrency=opts.server_concurrency)
-    from .scoring.hf import HFPRM
-
-    return HFPRM.from_pretrained(spec, kind=opts.prm_kind, fmt=opts.prm_format, device=opts.device,
-                                 dtype=opts.dtype, reuse_cache=opts.reuse_cache)
+KIND_OF_ROLE = {"draft": "generator", "target": "generator", "prm": "prm", "router": "router"}
 
 
-def make_router(spec: str, opts: ModelOptions):
-    if is_url(spec):
-        from .backends.pooling import PoolingRouter
-
-        names = opts.served_names or {}
-        # separator and author tags come from the router's own arbitrage_router.json, not from the run
-        return PoolingRouter(spec, model=names.get("router"), tokenizer=names.get("router_tokenizer"),
-                             route=opts.pooling_route, concurrency=opts.server_concurrency)
-    from .scoring.hf import HFRouter
-
-    try:  # a probe router (trained on draft features) is a directory with its own marker file
-        from .router_training.probe import is_probe_router, load_probe_router
-
-        if is_probe_router(spec):
-            return load_probe_router(spec)
-    except ImportError:
-        pass
-    return HFRouter.from_pretrained(spec, device=opts.device, dtype=opts.dtype, reuse_cache=opts.reuse_cache)
-
-
-def build_models(policy: Policy, specs: dict, opts: ModelOptions) -> Models:
-    """`specs` maps draft/target/prm/router to what the user gave; a policy's needed model must be there."""
-    missing = [role for role in sorted(policy.needs) if not specs.get(role)]
+def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR) -> Models:
+    """`needs`: the roles to build (a policy's `needs`); `specs` maps draft/target/prm/router to what the user
+    gave. The router is built first, so a draft can be asked for the features the router reads (e.g. its last
+    hidden state); the judge role is the target itself, which must be able to judge."""
+    needs = set(needs)
+    missing = [role for role in sorted(needs - {"judge"}) if not specs.get(role)]
+    if "judge" in needs and not specs.get("target"):
+        missing.append("target")
     if missing:
-        raise ConfigError(f"policy {policy.name!r} needs " + ", ".join(f"--{m}" for m in missing))
-    router = specs.get("router")
-    if "router" in policy.needs and router and not is_url(router) and not opts.return_hidden:
-        from .router_training.probe import probe_needs_hidden
+        raise ConfigError("needs " + ", ".join(f"--{m}" for m in sorted(set(missing))))
+    if opts.threads:
+        import torch
 
-        if probe_needs_hidden(router):  # a probe trained on the draft's last hidden state reads it at run time
-            opts = dataclasses.replace(opts, return_hidden=True)
+        torch.set_num_threads(opts.threads)
     models = Models()
+    if "router" in needs:
+        models.router = load_model("router", specs["router"], "router", opts, separator)
+        if "last_hidden" in getattr(models.router, "draft_features", ()) and not opts.return_hidden:
+            opts = dataclasses.replace(opts, return_hidden=True)  # the router reads it: the draft computes it
     for role in ("draft", "target"):
-        if role in policy.needs:
-            setattr(models, role, make_generator(specs[role], role, opts))
-    if "prm" in policy.needs:
-        models.prm = make_prm(specs["prm"], opts)
-    if "router" in policy.needs:
-        models.router = make_router(specs["router"], opts)
+        if role in needs or (role == "target" and "judge" in needs):
+            setattr(models, role, load_model("generator", specs[role], role, opts, separator))
+    if "prm" in needs:
+        models.prm = load_model("prm", specs["prm"], "prm", opts, separator)
+    if "judge" in needs:
+        if not callable(getattr(models.target, "judge", None)):
+            raise ConfigError(f"the target {specs['target']!r} cannot judge steps (its backend, "
+                              f"{type(models.target).__name__}, has no judge())")
+        models.judge = models.target
     return models
+
+
+def load_chat_tokenizer(specs: dict):
+    """The tokenizer whose chat template renders prompts: the draft's (or the target's) when it is in-process
+    or names a tokenizer; None for a server."""
+    from .backends.hf import load_tokenizer
+
+    spec = specs.get("draft") or specs.get("target")
+    if not spec or is_url(spec):
+        raise ConfigError("--template chat needs an in-process draft or target (a local directory or hub id) "
+                          "whose tokenizer has a chat template")
+    return load_tokenizer(spec)

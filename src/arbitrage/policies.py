@@ -1,15 +1,19 @@
-"""The six step policies of method.md, each a small unit behind one protocol.
+"""Step policies, each a small unit behind one protocol, and the model calls (actions) they can ask for.
 
-A policy's `decide()` is a generator: it yields the model calls it needs (`Draft`, `Target`, `Score`, `Route`),
-receives each result, and returns a `Decision`. The engine batches the calls of many problems per model, so a
-policy never sees batching, and what a policy does not yield is never computed: under rsd and router the
-target runs only for the steps that are escalated.
+A policy's `decide()` is a generator: it yields the model calls it needs (`Draft`, `Target`, `Score`, `Route`,
+`Judge`, and for early decisions `Glimpse` / `Continue`), receives each result, and returns a `Decision`. The
+engine batches the calls of many problems per model, so a policy never sees batching, and what a policy does
+not yield is never computed: under rsd and router the target runs only for the steps that are escalated.
+
+A policy describes itself: the models it `needs`, its threshold range and default (`threshold_range`,
+`default_threshold`; None when it takes no threshold) and a one-line `summary`. Policies are found by name in
+the registry (`registry.policy`), where built-ins and plugins add them the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generator, Sequence
+from typing import ClassVar, Generator
 
 from .errors import ConfigError
 from .types import Step
@@ -21,8 +25,27 @@ class Draft:
 
 
 @dataclass(frozen=True)
+class Glimpse:
+    """Ask the draft for only the first `tokens` tokens of the next step (a partial step, `stop == "length"`
+    unless the step ended sooner). Continue it with `Continue`, or discard it."""
+
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Ask the draft to finish the partial step it wrote (from its cache: no token is computed twice); the
+    result is the whole step."""
+
+    partial: Step
+
+
+@dataclass(frozen=True)
 class Target:
-    """Ask the target model for the next step."""
+    """Ask the target model for the next step; `sample` > 0 asks for another sample from the same context
+    (its own sampling seed)."""
+
+    sample: int = 0
 
 
 @dataclass(frozen=True)
@@ -39,16 +62,37 @@ class Route:
     draft: Step
 
 
-Action = Draft | Target | Score | Route
+@dataclass(frozen=True)
+class Judge:
+    """Ask the judge (the target as a judge, for the SpecReason baseline) for a 0-9 score of the draft step.
+    `question` is appended after it (see `target_judge`)."""
+
+    draft: Step
+    question: str
+
+
+Action = Draft | Glimpse | Continue | Target | Score | Route | Judge
+
+# The model role each action is sent to.
+ROLE_OF = {Draft: "draft", Glimpse: "draft", Continue: "draft", Target: "target", Score: "prm", Route: "router",
+           Judge: "judge"}
+
+
+def role_of(action) -> str:
+    try:
+        return ROLE_OF[type(action)]
+    except KeyError:
+        raise TypeError(f"a policy yielded {action!r}, which is not a model call") from None
 
 
 @dataclass
 class Decision:
     step: Step                  # the step appended to the context
     escalated: bool             # the target wrote (or was chosen to write) this step
-    draft: Step | None = None   # the draft's proposal, kept or discarded
+    draft: Step | None = None   # the draft's proposal, kept or discarded (a glimpse when the draft stopped early)
     target: Step | None = None  # the target's step, if one was written
-    scores: dict = field(default_factory=dict)  # prm_draft, prm_target, router
+    scores: dict = field(default_factory=dict)  # prm_draft, prm_target, router, ...
+    target_samples: list[Step] | None = None    # extra target samples, recorded (generate --target-samples)
 
 
 Decide = Generator[Action, object, Decision]
@@ -57,8 +101,11 @@ Decide = Generator[Action, object, Decision]
 class Policy:
     """Base: `needs` lists the models a policy calls; `threshold` is its tau (None if it has none)."""
 
-    name = "base"
-    needs: frozenset[str] = frozenset()
+    name: ClassVar[str] = "base"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    threshold_range: ClassVar[tuple[float, float] | None] = None
+    default_threshold: ClassVar[float | None] = None
+    summary: ClassVar[str] = ""
     threshold: float | None = None
 
     def decide(self) -> Decide:  # pragma: no cover - interface
@@ -67,9 +114,32 @@ class Policy:
     def describe(self) -> str:
         return self.name if self.threshold is None else f"{self.name}(tau={self.threshold:g})"
 
+    @classmethod
+    def takes_threshold(cls) -> bool:
+        return cls.threshold_range is not None
+
+    @classmethod
+    def check_threshold(cls, threshold: float | None) -> float | None:
+        """The threshold to use: the default when None; a ConfigError when out of range or not taken."""
+        if cls.threshold_range is None:
+            if threshold is not None:
+                raise ConfigError(f"policy {cls.name!r} takes no --threshold")
+            return None
+        lo, hi = cls.threshold_range
+        tau = cls.default_threshold if threshold is None else float(threshold)
+        if tau is None or not lo <= tau <= hi:
+            raise ConfigError(f"--threshold {tau:g} is out of range for policy {cls.name!r}: it must lie in "
+                              f"[{lo:g}, {hi:g}]")
+        return tau
+
+
+class ThresholdPolicy(Policy):
+    def __init__(self, threshold: float | None = None):
+        self.threshold = self.check_threshold(threshold)
+
 
 class DraftOnly(Policy):
-    name, needs = "draft", frozenset({"draft"})
+    name, needs, summary = "draft", frozenset({"draft"}), "the draft writes every step"
 
     def decide(self) -> Decide:
         d = yield Draft()
@@ -77,20 +147,19 @@ class DraftOnly(Policy):
 
 
 class TargetOnly(Policy):
-    name, needs = "target", frozenset({"target"})
+    name, needs, summary = "target", frozenset({"target"}), "the target writes every step"
 
     def decide(self) -> Decide:
         t = yield Target()
         return Decision(t, True, target=t)
 
 
-class RSD(Policy):
+class RSD(ThresholdPolicy):
     """Reward-guided speculative decoding: keep the draft step iff PRM(draft) >= tau."""
 
     name, needs = "rsd", frozenset({"draft", "target", "prm"})
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
+    threshold_range, default_threshold = (0.0, 1.0), 0.7
+    summary = "keep the draft step iff PRM(draft) >= tau, else the target regenerates it"
 
     def decide(self) -> Decide:
         d = yield Draft()
@@ -101,30 +170,49 @@ class RSD(Policy):
         return Decision(t, True, draft=d, target=t, scores={"prm_draft": s})
 
 
-class RouterPolicy(Policy):
-    """Arbitrage: escalate iff the router's y_hat > tau; the target's step is never computed otherwise."""
+class RouterPolicy(ThresholdPolicy):
+    """Arbitrage: escalate iff the router's y_hat > tau; the target's step is never computed otherwise.
+
+    With `decide_after` = K, the router reads only the draft's first K tokens (a router trained on them,
+    `router build-data --decide-after K`): an escalated step then costs K draft tokens, not a whole step."""
 
     name, needs = "router", frozenset({"draft", "target", "router"})
+    threshold_range, default_threshold = (0.0, 1.0), 0.5
+    summary = "Arbitrage: the target regenerates iff the router's y_hat > tau"
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
+    def __init__(self, threshold: float | None = None, decide_after: int | None = None):
+        super().__init__(threshold)
+        if decide_after is not None and decide_after < 1:
+            raise ConfigError("--decide-after must be at least 1 token")
+        self.decide_after = decide_after
+
+    def describe(self) -> str:
+        base = super().describe()
+        return base if self.decide_after is None else f"{base[:-1]}, K={self.decide_after})"
 
     def decide(self) -> Decide:
-        d = yield Draft()
-        y = yield Route(d)
+        if self.decide_after is None:
+            d = yield Draft()
+            y = yield Route(d)
+            if y > self.threshold:
+                t = yield Target()
+                return Decision(t, True, draft=d, target=t, scores={"router": y})
+            return Decision(d, False, draft=d, scores={"router": y})
+        g = yield Glimpse(self.decide_after)
+        y = yield Route(g)
         if y > self.threshold:
             t = yield Target()
-            return Decision(t, True, draft=d, target=t, scores={"router": y})
+            return Decision(t, True, draft=g, target=t, scores={"router": y})
+        d = g if g.stop != "length" or g.n_tokens < self.decide_after else (yield Continue(g))
         return Decision(d, False, draft=d, scores={"router": y})
 
 
-class Oracle(Policy):
+class Oracle(ThresholdPolicy):
     """Upper bound: write both steps, escalate iff A = PRM(target) - PRM(draft) > tau."""
 
     name, needs = "oracle", frozenset({"draft", "target", "prm"})
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
+    threshold_range, default_threshold = (-1.0, 1.0), 0.0
+    summary = "both write; keep the target's iff PRM(target) - PRM(draft) > tau (an upper bound)"
 
     def decide(self) -> Decide:
         d = yield Draft()
@@ -138,46 +226,60 @@ class Oracle(Policy):
 
 class Generate(Policy):
     """Router training data: write and score both steps, record everything, continue with the better one
-    (the draft's on a tie, since keeping it is the cheap choice)."""
+    (the draft's on a tie, since keeping it is the cheap choice).
+
+    With `target_samples` = N > 1, the target writes N steps from the same context (at the run's temperature;
+    each with its own seed); all are scored and recorded (`prm_target` stays the first sample's score, beside
+    `prm_target_mean`, `prm_target_max` and `prm_target_samples`), and the trajectory continues with the first
+    sample when it beats the draft, exactly as with one sample."""
 
     name, needs = "generate", frozenset({"draft", "target", "prm"})
+    summary = "both write, both are scored, everything is recorded (router training data)"
+
+    def __init__(self, target_samples: int = 1):
+        if target_samples < 1:
+            raise ConfigError("--target-samples must be at least 1")
+        self.target_samples = target_samples
 
     def decide(self) -> Decide:
         d = yield Draft()
-        t = yield Target()
-        sd, st = yield Score((d, t))
+        samples = []
+        for k in range(self.target_samples):
+            samples.append((yield Target(sample=k)))
+        t = samples[0]
+        sd, *st_all = yield Score((d, *samples))
+        st = st_all[0]
         scores = {"prm_draft": sd, "prm_target": st}
-        return Decision(t if st > sd else d, st > sd, draft=d, target=t, scores=scores)
+        if self.target_samples > 1:
+            scores.update(prm_target_mean=sum(st_all) / len(st_all), prm_target_max=max(st_all),
+                          prm_target_samples=list(st_all))
+        chose_target = st > sd
+        return Decision(t if chose_target else d, chose_target, draft=d, target=t, scores=scores,
+                        target_samples=samples[1:] if self.target_samples > 1 else None)
 
 
-POLICIES = {"draft": DraftOnly, "target": TargetOnly, "rsd": RSD, "router": RouterPolicy, "oracle": Oracle,
-            "generate": Generate}
-THRESHOLD_RANGES = {"rsd": (0.0, 1.0), "router": (0.0, 1.0), "oracle": (-1.0, 1.0)}
-DEFAULT_THRESHOLDS = {"rsd": 0.7, "router": 0.5, "oracle": 0.0}
-
-# Outside baseline: SpecReason-style target-as-judge (a 0-9 score); its module imports this one's classes above.
-from .baselines.specreason import SpecReason  # noqa: E402
-
-POLICIES["specreason"] = SpecReason
-THRESHOLD_RANGES["specreason"] = (0.0, 9.0)
-DEFAULT_THRESHOLDS["specreason"] = 7.0
+BUILTIN_POLICIES = (DraftOnly, TargetOnly, RSD, RouterPolicy, Oracle, Generate)
 
 
-def make_policy(name: str, threshold: float | None = None) -> Policy:
-    """Build a policy by name, checking its threshold: PRM scores and y_hat lie in [0, 1], advantages in [-1, 1]."""
-    if name not in POLICIES:
-        raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-    cls = POLICIES[name]
-    if name not in THRESHOLD_RANGES:
-        if threshold is not None:
-            raise ConfigError(f"policy {name!r} takes no --threshold")
-        return cls()
-    lo, hi = THRESHOLD_RANGES[name]
-    tau = DEFAULT_THRESHOLDS[name] if threshold is None else float(threshold)
-    if not lo <= tau <= hi:
-        raise ConfigError(f"--threshold {tau:g} is out of range for policy {name!r}: it must lie in [{lo:g}, {hi:g}]")
-    return cls(tau)
+def make_policy(name: str, threshold: float | None = None, **options) -> Policy:
+    """Build a registered policy by name, checking its threshold against the range the policy declares."""
+    from .registry import registry
+
+    import inspect
+
+    cls = registry().policy(name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "threshold"}
+    stray = [k for k, v in options.items() if v is not None and k not in accepted]
+    if stray:
+        raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if cls.threshold_range is None:
+        cls.check_threshold(threshold)  # raises when a threshold is given
+        return cls(**options)
+    return cls(threshold, **options)
 
 
-def policy_names() -> Sequence[str]:
-    return tuple(POLICIES)
+def policy_names() -> tuple[str, ...]:
+    from .registry import registry
+
+    return tuple(registry().policies)

@@ -1,15 +1,23 @@
 """The small protocols between the engine and the models.
 
-A *generator* writes steps (draft and target), a *step scorer* is a PRM, a *router* predicts escalation.
-Each takes a whole batch of requests at once, so in-process backends can run one batched forward pass and
-server backends can send the requests concurrently. `release(key)` drops what a backend kept for a problem.
+A *generator* writes steps (draft and target), a *step scorer* is a PRM, a *router* predicts escalation and a
+*step judge* scores a draft step 0-9 (the SpecReason baseline's target-as-judge). Each takes a whole batch of
+requests at once, so in-process backends can run one batched forward pass and server backends can send the
+requests concurrently. `release(key)` drops what a backend kept for a problem.
+
+Optional members the engine looks for through `capabilities()` rather than by sniffing types:
+- `cancel(key)`: stop work in flight for a problem (a server request, a row of a batched decode);
+- `lane`: models with the same lane never run at the same time (in-process models on one device share one,
+  so they do not oversubscribe its threads); by default every model is its own lane;
+- a router's `draft_features`: what it reads from the draft's step (e.g. "last_hidden"), so the draft can be
+  asked to compute it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Hashable, Protocol, Sequence, runtime_checkable
 
-from .types import Generation, GenerationRequest, RouteRequest, ScoreRequest
+from .types import Generation, GenerationRequest, JudgeRequest, RouteRequest, ScoreRequest
 
 
 @runtime_checkable
@@ -42,3 +50,24 @@ class Router(Protocol):
     def predict(self, requests: Sequence[RouteRequest]) -> list[float]: ...
 
     def release(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class StepJudge(Protocol):
+    """A 0-9 score per draft step, read from a model's next-token distribution after a judging question."""
+
+    name: str
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[float]: ...
+
+    def release(self, key: str) -> None: ...
+
+
+def lane_of(model) -> Hashable:
+    """The lane a model runs on: its own `lane` attribute, else the model object itself."""
+    lane = getattr(model, "lane", None)
+    return lane if lane is not None else ("model", id(model))
+
+
+def can_cancel(model) -> bool:
+    return callable(getattr(model, "cancel", None))

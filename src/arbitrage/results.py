@@ -1,6 +1,8 @@
 """Results on disk: `results.jsonl` (one line per finished problem, appended and fsynced as each problem
-finishes, so a killed run loses nothing finished), `run.json` (the settings, checked on resume) and
-`metrics.json` (aggregates computed from every line of results.jsonl)."""
+finishes, so a killed run loses nothing finished), `run.json` (the settings, checked on resume, and one entry
+per session with the settings that change only speed), `metrics.json` (aggregates computed from every line of
+results.jsonl) and `.lock` (held by the run writing to the directory; the OS drops it when that process dies,
+even by SIGKILL)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import json
 import os
 import statistics
 import sys
-from typing import Iterable
+import time
+from typing import Iterable, Sequence
 
 from .errors import ConfigError, DataError
+from .records import ProblemRecord
 
-RESULTS, MANIFEST, METRICS = "results.jsonl", "run.json", "metrics.json"
+RESULTS, MANIFEST, METRICS, LOCK = "results.jsonl", "run.json", "metrics.json", ".lock"
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -23,9 +27,9 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
+def read_records(path: str | os.PathLike) -> list[ProblemRecord]:
     """The records of a finished run's results.jsonl (or of the one inside a run directory), read only;
-    a bad line is an error naming file and line."""
+    a bad line is an error naming file, line and field."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, RESULTS)
@@ -34,17 +38,50 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    d = json.loads(line)
                 except ValueError as exc:
                     raise DataError(f"{path}:{n}: not a JSON results line ({exc})") from exc
+                records.append(ProblemRecord.from_json(d, f"{path}:{n}"))
     return records
+
+
+class RunLock:
+    """An exclusive OS lock on OUT/.lock for as long as a run writes to OUT. A second run on the same
+    directory is refused at once; a run killed by any signal leaves no stale lock (the OS releases it)."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, LOCK)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock (documented)
+            return self
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{os.path.dirname(self.path)} is being written by another arbitrage run "
+                              f"(pid {holder}); wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays (harmless, reused next time)
+            self._fd = None
 
 
 class ResultsFile:
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
         self.path = os.path.join(out_dir, RESULTS)
-        os.makedirs(out_dir, exist_ok=True)
 
     def load(self) -> list[dict]:
         """Every finished problem so far. A torn last line (the run was killed mid-write) is cut off;
@@ -73,9 +110,18 @@ class ResultsFile:
                         f.truncate(good_end)
                     break
                 raise DataError(f"{self.path}:{i + 1}: not a JSON results line ({exc}); fix or remove it") from exc
+        ids = [r.get("id") for r in records]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"{self.path}: problem {dup!r} is recorded more than once (two runs wrote here at "
+                            f"once?); remove the duplicate lines before resuming")
         return records
 
+    def records(self) -> list[ProblemRecord]:
+        return [ProblemRecord.from_json(d, f"{self.path}:{i + 1}") for i, d in enumerate(self.load())]
+
     def append(self, record: dict) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
@@ -83,21 +129,44 @@ class ResultsFile:
             os.fsync(f.fileno())
 
 
-def check_manifest(out_dir: str, settings: dict) -> None:
-    """Record the run's settings, or check that a resumed run uses the same ones."""
+# --- run.json ------------------------------------------------------------------------------------------------
+
+def read_manifest(out_dir: str) -> dict | None:
     path = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        return None
+    try:
         with open(path) as f:
             old = json.load(f)
-        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-        if diff:
-            k = diff[0]
-            raise ConfigError(f"{out_dir} holds a run with other settings ({k}: {old.get(k)!r} there, "
-                              f"{settings.get(k)!r} now); use another --out or the same settings to resume")
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(path, settings)
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); remove it to start this run afresh") from exc
+    return old if "settings" in old else {"settings": old, "sessions": []}  # the layout before sessions
 
+
+def check_manifest(out_dir: str, settings: dict) -> None:
+    """Refuse to continue a run made with other result-changing settings (naming the first that differs)."""
+    old = read_manifest(out_dir)
+    if old is None:
+        return
+    before = old["settings"]
+    diff = [k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{out_dir} holds a run with other settings ({k}: {before.get(k)!r} there, "
+                          f"{settings.get(k)!r} now); use another --out or the same settings to resume")
+
+
+def record_session(out_dir: str, settings: dict, speed: dict, n_todo: int) -> None:
+    """Write run.json once a run has really started (models and problems loaded): the settings, and this
+    session's speed-only settings appended to those of earlier sessions."""
+    old = read_manifest(out_dir) or {"settings": settings, "sessions": []}
+    sessions = list(old.get("sessions", [])) + [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                  "problems_to_run": n_todo, **speed}]
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, MANIFEST), {"settings": settings, "sessions": sessions})
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
 
 def _percentile(xs: list[float], q: float) -> float:
     if not xs:
@@ -108,37 +177,59 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def compute_metrics(records: Iterable[dict], policy: str, threshold: float | None) -> dict:
+def compute_metrics(records: Sequence[ProblemRecord], policy: str, threshold: float | None) -> dict:
+    """Aggregates over finished problems. escalation_rate counts the steps whose decision escalated (not the
+    target's calls: oracle and generate call the target on every step)."""
     records = list(records)
     n = len(records)
-    steps = [s for r in records for s in r["steps"]]
-    lat = [r["latency_s"] for r in records]
+    steps = [s for r in records for s in r.steps]
+    lat = [r.latency_s for r in records]
 
     def total(key):
-        return sum(r["counts"][key] for r in records)
+        return sum(r.count(key) for r in records)
 
+    escalated = sum(bool(s.escalated) for s in steps)
     m = {
         "policy": policy, "threshold": threshold, "n": n,
-        "accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0,
-        "escalation_rate": sum(bool(s["escalated"]) for s in steps) / len(steps) if steps else 0.0,
-        "steps": len(steps), "escalated_steps": sum(bool(s["escalated"]) for s in steps),
+        "accuracy": sum(bool(r.correct) for r in records) / n if n else 0.0,
+        "escalation_rate": escalated / len(steps) if steps else 0.0,
+        "steps": len(steps), "escalated_steps": escalated,
         "steps_per_problem": len(steps) / n if n else 0.0,
         "draft_tokens_accepted": total("draft_tokens_accepted"),
         "draft_tokens_discarded": total("draft_tokens_discarded"),
         "target_tokens": total("target_tokens"),
         "target_calls": total("target_calls"),
         "draft_calls": total("draft_calls"),
-        "judge_calls": sum(r["counts"].get("judge_calls", 0) for r in records),  # specreason: target judge passes
+        "judge_calls": total("judge_calls"),  # specreason: target judge passes
         "latency_s_mean": statistics.fmean(lat) if lat else 0.0,
         "latency_s_p50": _percentile(lat, 0.5),
         "latency_s_p90": _percentile(lat, 0.9),
-        "finish": {k: sum(r["finish"] == k for r in records) for k in ("eos", "max_steps", "budget")},
+        "finish": {k: sum(r.finish == k for r in records) for k in ("eos", "max_steps", "budget", "stop")},
     }
-    for model in ("draft", "target", "prm", "router"):
-        secs = [r["seconds"].get(model, 0.0) for r in records]
+    m["draft_tokens_discarded_per_problem"] = m["draft_tokens_discarded"] / n if n else 0.0
+    for model in ("draft", "target", "prm", "router", "judge"):
+        secs = [r.seconds.get(model, 0.0) for r in records]
         m[f"{model}_s"] = sum(secs)                    # summed over problems
         m[f"{model}_s_mean"] = statistics.fmean(secs) if secs else 0.0  # per problem
-    if any("advantage" in s["scores"] for s in steps):
-        adv = [s["scores"]["advantage"] for s in steps if "advantage" in s["scores"]]
+    adv = [s.scores["advantage"] for s in steps if s.scores.get("advantage") is not None]
+    if adv:
         m["advantage_positive_rate"] = sum(a > 0 for a in adv) / len(adv)
     return m
+
+
+def sessions_note(out_dir: str) -> str | None:
+    """A warning when a run's problems were produced under different speed settings (their latencies are not
+    comparable), else None."""
+    old = read_manifest(out_dir)
+    if not old:
+        return None
+    keys = ("concurrency", "parallel", "device", "threads")
+    seen = {tuple(s.get(k) for k in keys) for s in old.get("sessions", []) if s.get("problems_to_run")}
+    if len(seen) > 1:
+        return (f"{out_dir}: problems ran in sessions with different speed settings ({', '.join(keys)}: "
+                f"{sorted(seen, key=str)}); their latencies are not comparable")
+    return None
+
+
+def ids_of(records: Iterable[dict]) -> set:
+    return {r["id"] for r in records}

@@ -1,18 +1,25 @@
-"""One run: load problems, skip the finished ones, run the engine, grade and save each problem as it ends,
-then write metrics. Re-running the same command resumes where the last one stopped."""
+"""One run: load problems, skip the finished ones, produce the rest, grade and save each problem as it ends,
+then write metrics. Re-running the same command resumes where the last one stopped.
+
+The loop here is the only one: the step engine produces results for step policies, and a registered runner
+(the assisted-generation baseline) for anything else; both hand back `ProblemResult`s through `on_done`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .engine import Engine, EngineConfig, Models, ProblemResult
+from .errors import ConfigError
 from .factory import ModelOptions, build_models
-from .policies import make_policy
-from .results import METRICS, ResultsFile, check_manifest, compute_metrics, write_json_atomic
+from .records import ProblemRecord
+from .registry import registry
+from .results import (METRICS, ResultsFile, RunLock, check_manifest, compute_metrics, record_session,
+                      sessions_note, write_json_atomic)
 from .types import Problem
 
 
@@ -22,10 +29,12 @@ class RunConfig:
     out: str
     data: str = ""
     threshold: float | None = None
+    policy_options: dict = field(default_factory=dict)  # e.g. decide_after (router), target_samples (generate)
     models: dict = field(default_factory=dict)  # draft/target/prm/router -> path, hub id or URL
     limit: int | None = None
     offset: int = 0
-    template: str = "qwen-math-cot"
+    shard: str | None = None        # "K/N": this run's share of the problems (data.shard_of)
+    template: str | None = None     # None: the data's own prompts when it has them, else qwen-math-cot
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
@@ -34,25 +43,48 @@ class RunConfig:
     grade_timeout: float = 5.0
     progress: bool = True
 
+    # Which problems run, where they go, and how they are shown: free to change between sessions of one run.
+    FREE = frozenset({"out", "limit", "offset", "progress", "grade_timeout"})
+    # Change how fast problems run, not what they produce: recorded per session in run.json (a resumed run with
+    # other values is allowed, and its metrics say that latencies come from mixed sessions).
+    SPEED_ONLY = frozenset({"concurrency", "parallel", "device", "threads", "server_concurrency"})
+
     def settings(self) -> dict:
-        """What must match for a re-run to continue this run (limit, offset, concurrency and device may change)."""
-        e, o = self.engine, self.model_options
-        return {"policy": self.policy, "threshold": self.threshold, "data": self.data, "template": self.template,
-                "question_field": self.question_field, "answer_field": self.answer_field,
-                "id_field": self.id_field,
-                "models": {k: v for k, v in sorted(self.models.items()) if v},
-                "separator": e.separator, "max_steps": e.max_steps, "max_step_tokens": e.max_step_tokens,
-                "max_total_tokens": e.max_total_tokens, "temperature": o.temperature, "top_p": o.top_p,
-                "seed": o.seed, "prm_kind": o.prm_kind, "prm_format": o.prm_format}
+        """Everything that must match for a re-run to continue this run, derived from the config's fields (so a
+        new field is checked unless it is declared FREE or SPEED_ONLY)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in self.FREE or f.name in self.SPEED_ONLY:
+                continue
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for g in dataclasses.fields(value):
+                    if g.name not in self.SPEED_ONLY:
+                        out[g.name] = _plain(getattr(value, g.name))
+            else:
+                out[f.name] = _plain(value)
+        out["models"] = {k: v for k, v in sorted(self.models.items()) if v}
+        return out
+
+    def speed_settings(self) -> dict:
+        return {**{k: getattr(self.engine, k) for k in ("concurrency", "parallel")},
+                **{k: getattr(self.model_options, k) for k in ("device", "threads", "server_concurrency")}}
 
 
-def result_record(res: ProblemResult, grade, policy: str, threshold: float | None) -> dict:
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in sorted(v.items()) if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def to_record(res: ProblemResult, grade, policy: str, threshold: float | None) -> ProblemRecord:
     p = res.problem
-    return {"id": p.id, "question": p.question, "gold": p.gold, "prediction": grade.prediction,
-            "correct": bool(grade.correct), "grade_reason": grade.reason, "policy": policy, "threshold": threshold,
-            "finish": res.finish, "n_steps": len(res.steps), "latency_s": round(res.latency_s, 6),
-            "seconds": {k: round(v, 6) for k, v in res.seconds.items()}, "counts": res.counts,
-            "solution": res.solution, "steps": res.records}
+    return ProblemRecord(id=p.id, question=p.question, gold=p.gold, prediction=grade.prediction,
+                         correct=bool(grade.correct), grade_reason=grade.reason, policy=policy, threshold=threshold,
+                         finish=res.finish, latency_s=res.latency_s, seconds=res.seconds, counts=res.counts,
+                         solution=res.solution, steps=res.records)
 
 
 def load_run_problems(cfg: RunConfig) -> list[Problem]:
@@ -60,13 +92,46 @@ def load_run_problems(cfg: RunConfig) -> list[Problem]:
 
     tokenizer = None
     if cfg.template == "chat":
-        from .backends.hf import load_tokenizer
+        from .factory import load_chat_tokenizer
 
-        spec = cfg.models.get("draft") or cfg.models.get("target")
-        tokenizer = load_tokenizer(spec) if spec and not spec.startswith("http") else None
-    return load_problems(cfg.data, question_field=cfg.question_field, answer_field=cfg.answer_field,
-                         id_field=cfg.id_field, limit=cfg.limit, offset=cfg.offset, template=cfg.template,
-                         tokenizer=tokenizer)
+        tokenizer = load_chat_tokenizer(cfg.models)
+    selected = load_problems(cfg.data, question_field=cfg.question_field, answer_field=cfg.answer_field,
+                             id_field=cfg.id_field, limit=cfg.limit, offset=cfg.offset, template=cfg.template,
+                             tokenizer=tokenizer, shard=cfg.shard)
+    if not selected:
+        total = len(load_problems(cfg.data, question_field=cfg.question_field, answer_field=cfg.answer_field,
+                                  id_field=cfg.id_field, template=cfg.template, tokenizer=tokenizer,
+                                  shard=cfg.shard))
+        where = f" of shard {cfg.shard}" if cfg.shard else ""
+        raise ConfigError(f"--offset {cfg.offset} selects no problem{where}: {cfg.data!r} has {total} problems"
+                          f"{where}")
+    return selected
+
+
+class Point:
+    """What `cfg.policy` names: a step policy (run by the engine) or a registered runner (e.g. assisted)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.runner = registry().runner(cfg.policy)
+        if self.runner is not None:
+            if cfg.threshold is not None:
+                raise ConfigError(f"{cfg.policy!r} takes no --threshold")
+            if self.runner.check is not None:
+                self.runner.check(cfg)
+            self.name, self.threshold, self.needs, self.policy = cfg.policy, None, self.runner.needs, None
+        else:
+            from .policies import make_policy
+
+            self.policy = make_policy(cfg.policy, cfg.threshold, **cfg.policy_options)
+            self.name, self.threshold, self.needs = self.policy.name, self.policy.threshold, self.policy.needs
+
+    def describe(self) -> str:
+        return self.policy.describe() if self.policy is not None else self.name
+
+    def producer(self, cfg: RunConfig, models: Models):
+        if self.runner is not None:
+            return self.runner.build(cfg, models)
+        return Engine(self.policy, models, cfg.engine)
 
 
 def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem] | None = None,
@@ -74,58 +139,72 @@ def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem]
     """Run (or resume) and return the metrics of every problem finished in `cfg.out`."""
     from .grading import Grader
 
-    policy = make_policy(cfg.policy, cfg.threshold)
-    cfg.threshold = policy.threshold
-    check_manifest(cfg.out, cfg.settings())
-    store = ResultsFile(cfg.out)
-    done = {r["id"] for r in store.load()}
-    if problems is None:
-        problems = load_run_problems(cfg)
-    todo = [p for p in problems if p.id not in done]
-    if todo:
-        if models is None:
-            models = build_models(policy, cfg.models, cfg.model_options)
-        own_grader = grader is None
-        grader = grader or Grader(timeout=cfg.grade_timeout)
-        bar = _progress(len(problems), len(problems) - len(todo), policy.describe(), cfg.progress)
-        correct = 0
-        # Grading runs on its own thread (the grader itself waits on a worker process), so a problem being
-        # graded never holds up the problems still in flight, nor adds to their latency. One thread keeps the
-        # appends in order; a failure there is re-raised here.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arbitrage-grade")
-        futures = []
-
-        def save(res: ProblemResult) -> None:
-            nonlocal correct
-            grade = grader.grade(res.solution, res.problem.gold)
-            store.append(result_record(res, grade, policy.name, policy.threshold))
-            correct += bool(grade.correct)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(acc=f"{correct}/{bar.n - (len(problems) - len(todo))}")
-
-        def on_done(res: ProblemResult) -> None:
-            futures.append(pool.submit(save, res))
-            if futures[0].done():  # surface a grading or disk error early
-                futures.pop(0).result()
-
-        try:
-            Engine(policy, models, cfg.engine).run(todo, on_done)
-        finally:
-            pool.shutdown(wait=True)  # everything finished is graded and saved, even on an error or Ctrl-C
-            if bar is not None:
-                bar.close()
-            if own_grader:
-                grader.close()
-        for f in futures:
-            f.result()
-    wanted = {p.id for p in problems}
-    records = [r for r in store.load() if r["id"] in wanted]
-    metrics = compute_metrics(records, policy.name, policy.threshold)
-    metrics["models"] = {k: v for k, v in cfg.models.items() if v}
-    metrics["data"] = cfg.data
-    write_json_atomic(os.path.join(cfg.out, METRICS), metrics)
+    point = Point(cfg)
+    cfg.threshold = point.threshold
+    settings = cfg.settings()
+    with RunLock(cfg.out):
+        check_manifest(cfg.out, settings)
+        store = ResultsFile(cfg.out)
+        done = {r["id"] for r in store.load()}
+        if problems is None:
+            problems = load_run_problems(cfg)
+        todo = [p for p in problems if p.id not in done]
+        if todo:
+            if models is None:
+                models = build_models(point.needs, cfg.models, cfg.model_options, cfg.engine.separator)
+            producer = point.producer(cfg, models)
+            record_session(cfg.out, settings, cfg.speed_settings(), len(todo))  # the run has really started
+            _produce(cfg, point, producer, problems, todo, store, grader or Grader(timeout=cfg.grade_timeout),
+                     own_grader=grader is None)
+        wanted = {p.id for p in problems}
+        records = [r for r in store.records() if r.id in wanted]
+        metrics = compute_metrics(records, point.name, point.threshold)
+        if point.runner is not None and point.runner.metrics is not None:
+            point.runner.metrics(metrics)
+        metrics["models"] = {k: v for k, v in cfg.models.items() if v}
+        metrics["data"] = cfg.data
+        note = sessions_note(cfg.out)
+        if note:
+            metrics["note"] = note
+            print(f"arbitrage: warning: {note}", file=sys.stderr)
+        write_json_atomic(os.path.join(cfg.out, METRICS), metrics)
     return metrics
+
+
+def _produce(cfg: RunConfig, point: Point, producer, problems, todo, store: ResultsFile, grader,
+             own_grader: bool) -> None:
+    bar = _progress(len(problems), len(problems) - len(todo), point.describe(), cfg.progress)
+    correct = 0
+    # Grading runs on its own thread (the grader itself waits on a worker process), so a problem being graded
+    # never holds up the problems still in flight, nor adds to their latency. One thread keeps the appends in
+    # order; a failure there is re-raised here.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arbitrage-grade")
+    futures = []
+
+    def save(res: ProblemResult) -> None:
+        nonlocal correct
+        grade = grader.grade(res.solution, res.problem.gold)
+        store.append(to_record(res, grade, point.name, point.threshold).to_json())
+        correct += bool(grade.correct)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(acc=f"{correct}/{bar.n - (len(problems) - len(todo))}")
+
+    def on_done(res: ProblemResult) -> None:
+        futures.append(pool.submit(save, res))
+        if futures[0].done():  # surface a grading or disk error early
+            futures.pop(0).result()
+
+    try:
+        producer.run(todo, on_done)
+    finally:
+        pool.shutdown(wait=True)  # everything finished is graded and saved, even on an error or Ctrl-C
+        if bar is not None:
+            bar.close()
+        if own_grader:
+            grader.close()
+    for f in futures:
+        f.result()
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):

@@ -16,17 +16,18 @@ import os
 from typing import Sequence
 
 from . import factory
-from .baselines.assisted import NAME as ASSISTED
-from .baselines.assisted import run_assisted
-from .engine import Engine, Models
+from .engine import ROLES, Engine, Models
 from .errors import ConfigError
-from .policies import POLICIES, THRESHOLD_RANGES, Policy, make_policy
+from .policies import make_policy
+from .registry import registry
 from .results import ResultsFile
-from .run import RunConfig, load_run_problems, replace, run
+from .run import Point, RunConfig, load_run_problems, replace, run
 from .types import GenerationRequest, RouteRequest, ScoreRequest
 
-ROLES = ("draft", "target", "prm", "router")
-SWEEP_POLICIES = (*POLICIES, ASSISTED)
+
+def sweep_policy_names() -> tuple[str, ...]:
+    """Step policies and registered runners (the assisted baseline): everything a sweep point can be."""
+    return (*registry().policies, *registry().runners)
 
 
 # --- which points ------------------------------------------------------------------------------------------
@@ -62,8 +63,9 @@ def parse_thresholds(specs: Sequence[str]) -> dict[str, list[float]]:
         name = name.strip()
         if not sep:
             raise ConfigError(f"--thresholds {spec!r}: expected POLICY=V1,V2,... or POLICY=START:STOP:STEP")
-        if name not in THRESHOLD_RANGES:
-            takes = ", ".join(THRESHOLD_RANGES)
+        ranges = registry().thresholded()
+        if name not in ranges:
+            takes = ", ".join(ranges)
             raise ConfigError(f"--thresholds {spec!r}: policy {name!r} takes no threshold (these do: {takes})")
         out[name] = sorted(set(out.get(name, []) + parse_values(values)))
     return out
@@ -71,15 +73,17 @@ def parse_thresholds(specs: Sequence[str]) -> dict[str, list[float]]:
 
 def sweep_points(policies: Sequence[str], thresholds: dict[str, list[float]]) -> list[tuple[str, float | None]]:
     """Points in the order the policies were given; a thresholded policy without a list uses its default."""
-    unknown = [p for p in policies if p not in SWEEP_POLICIES]
+    names = sweep_policy_names()
+    unknown = [p for p in policies if p not in names]
     if unknown:
-        raise ConfigError(f"unknown policy {unknown[0]!r}; choose from {', '.join(SWEEP_POLICIES)}")
+        raise ConfigError(f"unknown policy {unknown[0]!r}; choose from {', '.join(names)}")
     stray = [p for p in thresholds if p not in policies]
     if stray:
         raise ConfigError(f"--thresholds names {stray[0]!r}, which is not in --policies")
     points: list[tuple[str, float | None]] = []
+    ranges = registry().thresholded()
     for name in dict.fromkeys(policies):
-        if name in THRESHOLD_RANGES:
+        if name in ranges:
             taus = thresholds.get(name) or [make_policy(name).threshold]
             points += [(name, float(t)) for t in taus]
         else:
@@ -93,24 +97,25 @@ def point_dir(policy: str, threshold: float | None) -> str:
 
 # --- running ---------------------------------------------------------------------------------------------
 
-class _Union(Policy):
-    """Stands for every point of a sweep when loading models: needs = the union of the points' needs."""
-
-    name = "sweep"
-
-    def __init__(self, needs: set[str]):
-        self.needs = frozenset(needs)
-
-
-def _needs(policy: str, threshold: float | None) -> frozenset[str]:
-    return frozenset({"draft", "target"}) if policy == ASSISTED else make_policy(policy, threshold).needs
-
-
 def _point_config(base: RunConfig, policy: str, threshold: float | None, out_dir: str, progress: bool) -> RunConfig:
-    needs = _needs(policy, threshold)
-    models = {r: v for r, v in base.models.items() if r in needs and v}
-    return replace(base, policy=policy, threshold=threshold, models=models,
-                   out=os.path.join(out_dir, point_dir(policy, threshold)), progress=progress)
+    cfg = replace(base, policy=policy, threshold=threshold, out=os.path.join(out_dir, point_dir(policy, threshold)),
+                  progress=progress)
+    point = Point(cfg)
+    cfg.policy_options = {k: v for k, v in base.policy_options.items() if _takes(policy, k)}
+    cfg.models = {r: v for r, v in base.models.items() if v and (r in point.needs or
+                                                                  (r == "target" and "judge" in point.needs))}
+    return cfg
+
+
+def _takes(policy: str, option: str) -> bool:
+    import inspect
+
+    cls = registry().policies.get(policy)
+    return cls is not None and option in inspect.signature(cls.__init__).parameters
+
+
+def _needs(cfg: RunConfig) -> frozenset[str]:
+    return Point(cfg).needs
 
 
 def _unfinished(cfg: RunConfig, problems) -> int:
@@ -149,41 +154,32 @@ def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: 
 
     if not points:
         raise ConfigError("a sweep needs at least one point")
-    for policy, tau in points:  # every threshold checked before anything is loaded
-        if policy == ASSISTED:
-            if tau is not None:
-                raise ConfigError("the assisted baseline takes no threshold")
-        else:
-            make_policy(policy, tau)
+    # every threshold and every point's models checked before anything is loaded
     configs = [_point_config(base, p, t, out_dir, progress) for p, t in points]
-    for (policy, _), cfg in zip(points, configs):
-        missing = [r for r in sorted(_needs(policy, cfg.threshold)) if r not in cfg.models]
+    for cfg in configs:
+        needs = _needs(cfg)
+        missing = [r for r in sorted(needs - {"judge"}) if r not in cfg.models]
         if missing:
-            raise ConfigError(f"point {point_dir(policy, cfg.threshold)} needs " +
+            raise ConfigError(f"point {point_dir(cfg.policy, cfg.threshold)} needs " +
                               ", ".join(f"--{m}" for m in missing))
-        if policy == ASSISTED and any(factory.is_url(cfg.models[r]) for r in ("draft", "target")):
-            raise ConfigError("the assisted baseline runs in-process models only (draft and target are servers)")
     os.makedirs(out_dir, exist_ok=True)
     problems = load_run_problems(base)
-    if not problems:
-        raise ConfigError(f"no problems in {base.data!r} (with --limit/--offset as given)")
     pending = {id(cfg) for cfg in configs if _unfinished(cfg, problems)}
-    needs = set().union(*(_needs(c.policy, c.threshold) for c in configs if id(c) in pending))
-    loaded = factory.build_models(_Union(needs), base.models, base.model_options) if needs else Models()
+    needs = set().union(*(_needs(c) for c in configs if id(c) in pending))
+    loaded = factory.build_models(needs, base.models, base.model_options, base.engine.separator) if needs \
+        else Models()
     grader = Grader(timeout=base.grade_timeout)
     results = []
     try:
         if needs:
             warm_up(loaded, grader, problems[0])
-        for (policy, _), cfg in zip(points, configs):
-            needed = _needs(policy, cfg.threshold)
-            subset = Models(**{r: getattr(loaded, r) if r in needed else None for r in ROLES})
-            if policy == ASSISTED:
-                metrics = run_assisted(cfg, subset.draft, subset.target, problems, grader, progress)
-            else:
-                metrics = run(cfg, models=subset if id(cfg) in pending else None, problems=problems, grader=grader)
+        for cfg in configs:
+            needed = _needs(cfg)
+            subset = Models(**{r: getattr(loaded, r) if r in needed or (r == "target" and "judge" in needed)
+                               else None for r in ROLES})
+            metrics = run(cfg, models=subset if id(cfg) in pending else None, problems=problems, grader=grader)
             metrics["dir"] = os.path.relpath(cfg.out, out_dir)
-            metrics["concurrency"] = 1 if policy == ASSISTED else cfg.engine.concurrency
+            metrics["concurrency"] = 1 if Point(cfg).runner is not None else cfg.engine.concurrency
             results.append(metrics)
     finally:
         grader.close()

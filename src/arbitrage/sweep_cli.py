@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from .run_cli import add_data_arguments, add_decoding_arguments, add_model_arguments, apply_threads, config_from_args
-from .sweep import SWEEP_POLICIES, parse_thresholds, point_dir, run_sweep, sweep_points
+from .run_cli import (add_data_arguments, add_decoding_arguments, add_model_arguments, config_from_args,
+                      quiet_libraries)
+from .sweep import parse_thresholds, point_dir, run_sweep, sweep_points, sweep_policy_names
 
 EPILOG = """\
 examples:
@@ -24,7 +25,7 @@ def cmd_sweep(args) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     points = sweep_points(policies, parse_thresholds(args.thresholds))
     base = config_from_args(args, policy=points[0][0], out=args.out)
-    apply_threads(args)
+    quiet_libraries(args.quiet)
     if not args.quiet:
         print(f"sweep: {len(points)} points: {', '.join(point_dir(p, t) for p, t in points)}", flush=True)
     run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)
@@ -42,12 +43,17 @@ def register(sub) -> None:
                                    "and the router's latency at matched accuracy against rsd, target-only and the "
                                    "outside baselines.",
                        epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    from .registry import registry
+
+    ranges = registry().thresholded()
     p.add_argument("--policies", required=True,
-                   help=f"comma-separated, from: {', '.join(SWEEP_POLICIES)} (assisted: transformers assisted "
+                   help=f"comma-separated, from: {', '.join(sweep_policy_names())} (assisted: transformers assisted "
                         f"generation with the same draft and target; specreason: the target judges each draft step)")
     p.add_argument("--thresholds", action="append", default=[], metavar="POLICY=VALUES",
-                   help="thresholds of one policy: 0.3,0.5,0.7 or 0.1:0.9:0.2 (repeat per policy); rsd/router in "
-                        "[0, 1], oracle in [-1, 1], specreason in [0, 9]")
+                   help="thresholds of one policy: 0.3,0.5,0.7 or 0.1:0.9:0.2 (repeat per policy); " +
+                        ", ".join(f"{n} in [{lo:g}, {hi:g}]" for n, (lo, hi) in ranges.items()))
+    p.add_argument("--decide-after", type=int, metavar="K",
+                   help="router points: decide after the draft's first K tokens (see `arbitrage run --help`)")
     p.add_argument("--out", required=True, help="output directory (one sub-directory per point)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

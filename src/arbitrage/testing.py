@@ -65,8 +65,10 @@ def make_causal_lm(out_dir: str, hidden: int = 64, layers: int = 2, heads: int =
     return model, tok
 
 
-def make_token_classifier(out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 1):
-    """A random 2-label Qwen2ForTokenClassification (a router or a token-classification PRM)."""
+def make_token_classifier(out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 1,
+                          router: bool = False):
+    """A random 2-label Qwen2ForTokenClassification (a token-classification PRM, or with `router` a router:
+    with the arbitrage_router.json a trained router has)."""
     from transformers import Qwen2ForTokenClassification
 
     os.makedirs(out_dir, exist_ok=True)
@@ -75,6 +77,11 @@ def make_token_classifier(out_dir: str, hidden: int = 64, layers: int = 2, heads
     cfg = _config(tok, hidden, layers, heads, initializer_range=0.2, num_labels=2)
     model = Qwen2ForTokenClassification(cfg).eval()
     model.save_pretrained(out_dir)
+    if router:
+        from .formats import write_router_meta
+
+        write_router_meta(out_dir, {"kind": "classifier", "separator": "\n\n", "author_tags": True,
+                                    "note": "random weights (arbitrage.testing)"})
     return model, tok
 
 

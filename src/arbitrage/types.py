@@ -6,6 +6,7 @@ scorers, policies and the engine can exchange it without importing each other.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -14,6 +15,8 @@ Author = Literal["draft", "target"]
 StopReason = Literal["separator", "eos", "length"]
 AUTHORS: tuple[Author, ...] = ("draft", "target")
 STOP_REASONS: tuple[StopReason, ...] = ("separator", "eos", "length")
+# The step separator of method.md; every config and backend defaults to this one constant.
+DEFAULT_SEPARATOR = "\n\n"
 
 
 @dataclass
@@ -50,16 +53,31 @@ class Step:
         return self.text + separator if self.stop == "separator" else self.text
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request sampling settings (a server request's own); None fields fall back to the generator's."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
 @dataclass
 class GenerationRequest:
     """Write the next step after `prompt` + `steps`. `key` names the problem: a backend may keep state
-    (a KV cache) under it between calls until `release(key)`."""
+    (a KV cache) under it between calls until `release(key)`.
+
+    `prefix`: a partial step this generator wrote earlier (its first tokens): continue that same step after
+    it, and return only the continuation. `max_new_tokens` bounds the tokens written by this call."""
 
     key: str
     prompt: str
     steps: Sequence[Step]
     max_new_tokens: int
     step_index: int = 0
+    sampling: Sampling | None = None
+    prefix: Step | None = None
+    sample: int = 0  # > 0: another sample from the same context (its own seed)
 
 
 @dataclass
@@ -69,6 +87,7 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float] | None = None
     n_prefill: int = 0  # tokens whose keys/values were computed before decoding (0 when unknown)
+    n_reused: int = 0   # context tokens whose cached keys/values were reused (0 when unknown)
     extras: dict = field(default_factory=dict)
 
 
@@ -92,5 +111,24 @@ class RouteRequest:
     draft: Step
 
 
+@dataclass
+class JudgeRequest:
+    """Score `draft` as the step after `prompt` + `steps` (a judge reads `question` after it). `key` names the
+    problem, as in GenerationRequest, so a backend may reuse its cache of the context."""
+
+    key: str
+    prompt: str
+    steps: Sequence[Step]
+    draft: Step
+    question: str
+
+
 def context_text(prompt: str, steps: Sequence[Step], separator: str) -> str:
     return prompt + "".join(s.context_text(separator) for s in steps)
+
+
+def request_seed(seed: int, key: str, step_index: int, sample: int = 0) -> int:
+    """The sampling seed of one request: the same problem, step and sample always get the same seed, in-process
+    and on a server alike (31 bits, which every server accepts)."""
+    digest = hashlib.sha256(f"{seed}:{key}:{step_index}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF

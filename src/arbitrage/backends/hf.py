@@ -7,18 +7,16 @@ that wait on the same model go through one batched forward pass (see `kv.KVBatch
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
 import torch
 
 from ..errors import ModelLoadError
-from ..types import Generation, GenerationRequest, Step
-from .kv import KVBatch, SlotStore
+from ..types import DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Step, request_seed
+from .kv import KVBatch, SlotStore, cache_kwargs
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -52,23 +50,79 @@ def check_model_source(path_or_id: str) -> None:
 def _load_failure(what: str, path_or_id: str, exc: Exception) -> ModelLoadError:
     where = "local directory" if os.path.isdir(os.path.expanduser(path_or_id)) else \
         "Hugging Face id (not a local directory; the hub may be unreachable or have no such model)"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ModelLoadError(f"cannot load {what} from {path_or_id!r} as a {where}: {first}")
+    text = " ".join(str(exc).split()) or type(exc).__name__  # the whole message on one line, however it wraps
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return ModelLoadError(f"cannot load {what} from {path_or_id!r} as a {where}: {text}")
+
+
+_hub_reachable: bool | None = None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connection within `timeout` (asked once)."""
+    global _hub_reachable
+    if _hub_reachable is None:
+        import socket
+        import threading
+        from urllib.parse import urlparse
+
+        url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+        ok = []
+
+        def probe():
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                ok.append(True)
+            except OSError:
+                pass
+
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(timeout + 0.5)  # name resolution has no timeout of its own
+        _hub_reachable = bool(ok)
+    return _hub_reachable
+
+
+def hub_options(path_or_id: str) -> dict:
+    """Extra from_pretrained options for a hub id: none when online; `local_files_only` when the hub cannot be
+    reached and the model is in the local cache; and a clear error at once (instead of a minute of retries)
+    when it is in neither."""
+    if os.path.isdir(os.path.expanduser(path_or_id)):
+        return {}
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        return {"local_files_only": True}
+    if hub_reachable():
+        return {}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(path_or_id, "config.json"), str)
+    except Exception:  # an id the cache cannot even parse: the load below reports it
+        cached = False
+    if cached:
+        return {"local_files_only": True}
+    raise ModelLoadError(f"{path_or_id!r} is not a local directory, the Hugging Face hub cannot be reached from "
+                         f"this machine, and the model is not in the local cache: download it where there is "
+                         f"network and pass its directory (or set HF_HUB_OFFLINE=1 to use only cached models)")
 
 
 def load_tokenizer(path_or_id: str):
     from transformers import AutoTokenizer
 
     check_model_source(path_or_id)
+    extra = hub_options(path_or_id)
     try:
-        tok = AutoTokenizer.from_pretrained(os.path.expanduser(path_or_id))
+        tok = AutoTokenizer.from_pretrained(os.path.expanduser(path_or_id), **extra)
     except Exception as exc:  # transformers raises many kinds; the user needs the id and the cause
         raise _load_failure("a tokenizer", path_or_id, exc) from exc
     return tok
 
 
 def load_model(path_or_id: str, auto_class: str = "AutoModelForCausalLM", device: str | None = "auto",
-               dtype: str | None = "auto", **kwargs):
+               dtype: str | None = "auto", with_info: bool = False, **kwargs):
+    """A model in eval mode on `device`; with `with_info`, also transformers' loading report (missing keys...)."""
     import transformers
 
     check_model_source(path_or_id)
@@ -77,11 +131,14 @@ def load_model(path_or_id: str, auto_class: str = "AutoModelForCausalLM", device
     # transformers >= 4.56 calls it `dtype`, older releases `torch_dtype`.
     dtype_kw = "dtype" if tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
     kwargs[dtype_kw] = resolve_dtype(dtype, dev)
+    kwargs.update(hub_options(path_or_id))
     try:
-        model = cls.from_pretrained(os.path.expanduser(path_or_id), **kwargs)
+        out = cls.from_pretrained(os.path.expanduser(path_or_id), output_loading_info=with_info, **kwargs)
     except Exception as exc:
         raise _load_failure(auto_class, path_or_id, exc) from exc
-    return model.to(dev).eval()
+    model, info = out if with_info else (out, None)
+    model = model.to(dev).eval()
+    return (model, info) if with_info else model
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -95,38 +152,27 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _seed_for(seed: int, key: str, step_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{key}:{step_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-@dataclass
-class CallStats:
-    """What one request cost: tokens prefilled (computed before decoding), reused from cache, generated."""
-
-    key: str
-    n_prefill: int
-    n_reused: int
-    n_generated: int
-
-
 class HFGenerator:
-    """Writes one step per request with a transformers causal LM (draft or target)."""
+    """Writes one step per request with a transformers causal LM (draft or target).
 
-    def __init__(self, model, tokenizer, *, name: str = "model", separator: str = "\n\n", temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, reuse_cache: bool = True, return_hidden: bool = False,
-                 max_cached_problems: int | None = None):
+    Runs on the lane ("torch", device): in-process models on one device take turns (engine.py). `cancel(key)`
+    drops a problem's row from a decode in progress (its result comes back empty)."""
+
+    def __init__(self, model, tokenizer, *, name: str = "model", separator: str = DEFAULT_SEPARATOR,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, reuse_cache: bool = True,
+                 return_hidden: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.name, self.separator = name, separator
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.reuse_cache, self.return_hidden = reuse_cache, return_hidden
         self.device = next(model.parameters()).device
+        self.lane = ("torch", str(self.device))
         self.eos_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(self.eos_ids), 0))
         self.store = SlotStore(max_entries=1)
-        self.stats: list[CallStats] = []
-        self.max_cached_problems = max_cached_problems
+        self._cancelled: set[str] = set()
+        self._encode_cached = lru_cache(maxsize=65536)(self._encode_uncached)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, device: str | None = "auto", dtype: str | None = "auto", **kw):
@@ -135,102 +181,145 @@ class HFGenerator:
         return cls(model, tokenizer, **kw)
 
     # --- token ids of a context -------------------------------------------------------------------------
-    @lru_cache(maxsize=65536)
-    def _encode(self, text: str, special: bool) -> tuple[int, ...]:
+    def _encode_uncached(self, text: str, special: bool) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def encode(self, text: str, special: bool = False) -> tuple[int, ...]:
+        return self._encode_cached(text, special)
 
     def context_ids(self, prompt: str, steps: Sequence[Step]) -> list[int]:
         """The prompt's ids, then each step's: the author's own ids when this model wrote it, else re-tokenized."""
-        ids = list(self._encode(prompt, True))
+        ids = list(self.encode(prompt, True))
         for step in steps:
             own = step.token_ids is not None and step.extras.get("generator") == self.name
-            ids += step.token_ids if own else self._encode(step.context_text(self.separator), False)
+            ids += step.token_ids if own else self.encode(step.context_text(self.separator), False)
         return ids
 
     # --- generation -------------------------------------------------------------------------------------
-    def _forward(self, inputs, mask, positions, cache, last_only=True):
-        out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, output_hidden_states=self.return_hidden)
+    def _forward(self, inputs, mask, positions, cache):
+        out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions,
+                         output_hidden_states=self.return_hidden, **cache_kwargs(self.model, cache, True))
         logits = out.logits[:, -1].float()
         hidden = out.hidden_states[-1][:, -1].float() if self.return_hidden else None
         return logits, hidden
 
-    def _pick(self, logits: torch.Tensor, gens: list[torch.Generator | None]) -> torch.Tensor:
-        if self.temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / self.temperature, -1)
-        if self.top_p < 1.0:
-            sorted_p, order = probs.sort(-1, descending=True)
-            cut = sorted_p.cumsum(-1) - sorted_p > self.top_p
-            sorted_p[cut] = 0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, gens)])
+    def _sampling(self, req: GenerationRequest) -> tuple[float, float]:
+        s = req.sampling
+        temp = self.temperature if s is None or s.temperature is None else s.temperature
+        top_p = self.top_p if s is None or s.top_p is None else s.top_p
+        return temp, top_p
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temps: list[float], top_ps: list[float],
+              gens: list[torch.Generator | None]) -> torch.Tensor:
+        """Greedy for rows at temperature 0, else a sample (top-p), each row with its own settings and seed."""
+        greedy = logits.argmax(-1)
+        if not any(t > 0 for t in temps):
+            return greedy
+        picks = []
+        for r, (t, p, g) in enumerate(zip(temps, top_ps, gens)):
+            if t <= 0:
+                picks.append(greedy[r])
+                continue
+            probs = torch.softmax(logits[r] / t, -1)
+            if p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                sorted_p[sorted_p.cumsum(-1) - sorted_p > p] = 0
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            picks.append(torch.multinomial(probs, 1, generator=g)[0])
+        return torch.stack(picks)
+
+    def cancel(self, key: str) -> None:
+        self._cancelled.add(key)
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         results: list[Generation | None] = [None] * len(requests)
         active = []
         for i, req in enumerate(requests):
-            if req.max_new_tokens <= 0:
-                results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[])
+            if req.max_new_tokens <= 0 or req.key in self._cancelled:
+                prefix = req.prefix
+                results[i] = Generation(text=prefix.text if prefix else "", stop="length",
+                                        token_ids=list(prefix.token_ids or []) if prefix else [],
+                                        logprobs=list(prefix.logprobs or []) if prefix else [],
+                                        extras={"generator": self.name})
             else:
                 active.append(i)
         if not active:
             return results  # type: ignore[return-value]
-        full = {i: self.context_ids(requests[i].prompt, requests[i].steps) for i in active}
-        pasts, news = [], []
+        full, pasts, news = {}, [], []
         for i in active:
-            entry, n = self.store.best(requests[i].key, full[i]) if self.reuse_cache else (None, 0)
-            entry = entry.crop(n) if entry is not None and n > 0 else None
-            pasts.append(entry)
-            news.append(full[i][n:])
-            self.stats.append(CallStats(requests[i].key, len(full[i]) - n, n, 0))
-        stat_of = {i: self.stats[-len(active) + j] for j, i in enumerate(active)}
-        batch = KVBatch(lambda *a, **k: self._forward(*a, **k), pasts, news, self.pad_id, self.device)
+            req = requests[i]
+            ids = self.context_ids(req.prompt, req.steps)
+            if req.prefix is not None:
+                ids += list(req.prefix.token_ids or self.encode(req.prefix.text, False))
+            full[i] = ids
+            entry, n = self.store.best(req.key, ids) if self.reuse_cache else (None, 0)
+            pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
+            news.append(ids[n:])
+        batch = KVBatch(self._forward, pasts, news, self.pad_id, self.device)
         logits, hidden = batch.prefill()
-        gens = []
+        temps, top_ps, gens = [], [], []
         for i in active:
-            if self.temperature > 0:
+            req = requests[i]
+            t, p = self._sampling(req)
+            temps.append(t)
+            top_ps.append(p)
+            if t > 0:
                 g = torch.Generator(device=self.device)
-                g.manual_seed(_seed_for(self.seed, requests[i].key, requests[i].step_index))
+                seed = self.seed if req.sampling is None or req.sampling.seed is None else req.sampling.seed
+                g.manual_seed(request_seed(seed, req.key, req.step_index, req.sample))
                 gens.append(g)
             else:
                 gens.append(None)
         rows = list(active)  # request index of each batch row
-        out_ids: dict[int, list[int]] = {i: [] for i in active}
-        logps: dict[int, list[float]] = {i: [] for i in active}
-        ents: dict[int, list[float]] = {i: [] for i in active}
+        out_ids: dict[int, list[int]] = {}
+        logps: dict[int, list[float]] = {}
+        ents: dict[int, list[float]] = {}
+        limit: dict[int, int] = {}
+        for j, i in enumerate(active):
+            prefix = requests[i].prefix
+            out_ids[i] = list(prefix.token_ids or []) if prefix is not None else []
+            logps[i] = list(prefix.logprobs or []) if prefix is not None else []
+            ents[i] = list(prefix.extras.get("entropies") or []) if prefix is not None else []
+            limit[i] = len(out_ids[i]) + requests[i].max_new_tokens
+        n_prefill = {i: len(news[j]) for j, i in enumerate(active)}
         while rows:
-            tokens = self._pick(logits, gens)
+            tokens = self._pick(logits, temps, top_ps, gens)
             logp = torch.log_softmax(logits, -1)
             chosen_lp = logp.gather(1, tokens[:, None])[:, 0].tolist()
             entropy = (-(logp.exp() * logp).sum(-1)).tolist()
             keep = []
             for r, i in enumerate(rows):
+                req = requests[i]
+                if req.key in self._cancelled:  # dropped: nothing more is computed for it
+                    results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[],
+                                            extras={"generator": self.name, "cancelled": True})
+                    continue
                 t = int(tokens[r])
                 out_ids[i].append(t)
                 logps[i].append(chosen_lp[r])
                 ents[i].append(entropy[r])
-                done = self._finish(requests[i], out_ids[i], logps[i], ents[i], t,
+                done = self._finish(out_ids[i], logps[i], ents[i], t, limit[i],
                                     None if hidden is None else hidden[r])
                 if done is None:
                     keep.append(r)
                     continue
-                done.n_prefill = stat_of[i].n_prefill
-                stat_of[i].n_generated = len(out_ids[i])
+                done.n_prefill = n_prefill[i]
+                done.n_reused = len(full[i]) - n_prefill[i]
                 results[i] = done
                 if self.reuse_cache:
-                    self.store.put(requests[i].key, batch.row(r))
+                    self.store.put(req.key, batch.row(r))
             if not keep:
                 break
             if len(keep) < len(rows):
                 batch.select(keep)
-                gens = [gens[r] for r in keep]
                 rows = [rows[r] for r in keep]
+                temps, top_ps, gens = [temps[r] for r in keep], [top_ps[r] for r in keep], [gens[r] for r in keep]
             logits, hidden = batch.decode(torch.tensor([out_ids[i][-1] for i in rows], device=self.device))
         return results  # type: ignore[return-value]
 
-    def _finish(self, req: GenerationRequest, ids: list[int], logps: list[float], ents: list[float], last: int,
+    def _finish(self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int,
                 hidden: torch.Tensor | None) -> Generation | None:
         """A Generation if this row's step is complete after token `last`, else None."""
         extras: dict = {"generator": self.name, "entropies": list(ents)}
@@ -244,26 +333,26 @@ class HFGenerator:
         # The separator can first appear only around the newest token: look at a short tail of the step
         # before decoding all of it (decoding the whole step at every token is quadratic in its length).
         tail = self.tokenizer.decode(ids[-(2 * len(self.separator) + 4):], skip_special_tokens=False)
-        if self.separator not in tail and len(ids) < req.max_new_tokens:
+        if self.separator not in tail and len(ids) < limit:
             return None
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         cut = text.find(self.separator)
         if cut >= 0:
             step_text = text[:cut]
             own = ids if text == step_text + self.separator else \
-                list(self._encode(step_text + self.separator, False))  # the last token ran past the separator
+                list(self.encode(step_text + self.separator, False))  # the last token ran past the separator
             return Generation(text=step_text, stop="separator", token_ids=own, logprobs=list(logps), extras=extras)
-        if len(ids) >= req.max_new_tokens:
+        if len(ids) >= limit:
             return Generation(text=text, stop="length", token_ids=list(ids), logprobs=list(logps), extras=extras)
         return None
 
-    # --- judging (SpecReason-style baseline, arbitrage/judge.py) ------------------------------------------
+    # --- judging (StepJudge: the SpecReason-style baseline, arbitrage/target_judge.py) ---------------------
     @torch.no_grad()
-    def judge(self, requests) -> list[float]:
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[float]:
         """A 0-9 score per JudgeRequest: one forward pass over context + draft step + question (only the tokens
         past this problem's cached prefix are computed), read as the expected digit of the next token. The
         judged row is cached like a step, so a following generation or judgement reuses its prefix."""
-        from ..judge import digit_token_ids, expected_digit
+        from ..target_judge import digit_token_ids, expected_digit
 
         if not requests:
             return []
@@ -271,13 +360,12 @@ class HFGenerator:
             self._digit_ids = digit_token_ids(self.tokenizer)
         pasts, news, rows = [], [], []
         for req in requests:
-            ids = self.context_ids(req.prompt, [*req.steps, req.draft]) + list(self._encode(req.question, False))
+            ids = self.context_ids(req.prompt, [*req.steps, req.draft]) + list(self.encode(req.question, False))
             entry, n = self.store.best(req.key, ids) if self.reuse_cache else (None, 0)
             pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
             news.append(ids[n:])
             rows.append(req.key)
-            self.stats.append(CallStats(req.key, len(ids) - n, n, 0))
-        batch = KVBatch(lambda *a, **k: self._forward(*a, **k), pasts, news, self.pad_id, self.device)
+        batch = KVBatch(self._forward, pasts, news, self.pad_id, self.device)
         logits, _ = batch.prefill()
         logp = torch.log_softmax(logits.float(), -1)
         scores = []
@@ -290,3 +378,4 @@ class HFGenerator:
 
     def release(self, key: str) -> None:
         self.store.drop(key)
+        self._cancelled.discard(key)

@@ -8,6 +8,7 @@ row's own positions are gathered back out. Positions are passed explicitly, so p
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +23,26 @@ def cache_layers(cache) -> Layers:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache))
+
+
+def cache_kwargs(model, cache, last_logits_only: bool = False) -> dict:
+    """The keyword arguments that hand `cache` to a transformers model's forward: `cache` since transformers
+    5.24, `past_key_values` before (which 5.24 still takes, with a FutureWarning); and, for a causal LM head,
+    `logits_to_keep=1` when only the last position's logits are read (the head then skips the prefill rows)."""
+    params = _forward_params(type(model))
+    kw = {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
+    if last_logits_only and "logits_to_keep" in params:
+        kw["logits_to_keep"] = 1
+    return kw
+
+
+_PARAMS: dict[type, frozenset[str]] = {}
+
+
+def _forward_params(cls) -> frozenset[str]:
+    if cls not in _PARAMS:
+        _PARAMS[cls] = frozenset(inspect.signature(cls.forward).parameters)
+    return _PARAMS[cls]
 
 
 def make_cache(layers: Layers | None) -> DynamicCache:

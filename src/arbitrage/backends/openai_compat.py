@@ -12,7 +12,7 @@ the step's text re-tokenized), so a served model and the same model in-process s
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 import math
 import os
@@ -20,16 +20,12 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import BackendError, ModelLoadError
-from ..types import Generation, GenerationRequest, StopReason, context_text
-from .http_common import HttpClient, load_tokenizer
+from ..types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, StopReason, context_text,
+                     request_seed)
+from .http_common import HttpClient, event_loop, load_tokenizer
 
 log = logging.getLogger(__name__)
 APIS = ("completions", "llamacpp")
-
-
-def is_server_url(spec: str) -> bool:
-    """Whether a model argument names a server rather than a local directory or hub id."""
-    return spec.startswith(("http://", "https://"))
 
 
 # --- why did the server stop? -----------------------------------------------------------------------------
@@ -161,13 +157,6 @@ def _entropies(resp: dict) -> list[float] | None:
     return out
 
 
-def seed_for(seed: int, key: str, step_index: int) -> int:
-    """A per-request sampling seed: the same problem and step always get the same seed (31 bits, which every
-    server accepts)."""
-    digest = hashlib.sha256(f"{seed}:{key}:{step_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF
-
-
 # --- the generator ----------------------------------------------------------------------------------------
 
 class OpenAICompletionsGenerator:
@@ -180,7 +169,7 @@ class OpenAICompletionsGenerator:
     `check`: probe the server now, failing with the URL if it does not answer.
     """
 
-    def __init__(self, base_url: str, model: str | None = None, *, separator: str = "\n\n",
+    def __init__(self, base_url: str, model: str | None = None, *, separator: str = DEFAULT_SEPARATOR,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, concurrency: int = 16,
                  timeout: float = 600.0, max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None,
                  name: str | None = None, api: str = "completions", tokenizer: Any = "auto",
@@ -205,6 +194,7 @@ class OpenAICompletionsGenerator:
             tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
+        self._in_flight: dict[str, set[asyncio.Task]] = {}  # problem key -> its requests now on the server
 
     @property
     def base_url(self) -> str:
@@ -225,20 +215,33 @@ class OpenAICompletionsGenerator:
         return tuple(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def prompt_for(self, req: GenerationRequest) -> str | list[int]:
+        """The context as text or token ids; with a `prefix` (a partial step this model wrote), the partial step
+        is appended, so the server continues it (its prefix cache makes that cheap)."""
+        prefix = req.prefix
         if self.tokenizer is None:
-            return context_text(req.prompt, req.steps, self.separator)
+            return context_text(req.prompt, req.steps, self.separator) + (prefix.text if prefix else "")
         ids = list(self._encode(req.prompt, True))
         for step in req.steps:
             own = step.token_ids is not None and step.extras.get("generator") == self.name
             ids += step.token_ids if own else self._encode(step.context_text(self.separator), False)
+        if prefix is not None:
+            ids += prefix.token_ids if prefix.token_ids else self._encode(prefix.text, False)
         return ids
 
+    def _sampling(self, req: GenerationRequest) -> tuple[float, float, int | None]:
+        s = req.sampling
+        temp = self.temperature if s is None or s.temperature is None else s.temperature
+        top_p = self.top_p if s is None or s.top_p is None else s.top_p
+        seed = self.seed if s is None or s.seed is None else s.seed
+        return temp, top_p, seed
+
     def payload(self, req: GenerationRequest) -> dict:
-        sampling = self.temperature > 0
-        body: dict[str, Any] = {"prompt": self.prompt_for(req), "temperature": self.temperature,
-                                "top_p": self.top_p if sampling else 1.0, "stop": [self.separator]}
-        if sampling and self.seed is not None:
-            body["seed"] = seed_for(self.seed, req.key, req.step_index)
+        temp, top_p, seed = self._sampling(req)
+        sampling = temp > 0
+        body: dict[str, Any] = {"prompt": self.prompt_for(req), "temperature": temp,
+                                "top_p": top_p if sampling else 1.0, "stop": [self.separator]}
+        if sampling and seed is not None:
+            body["seed"] = request_seed(seed, req.key, req.step_index, req.sample)
         if self.api == "completions":
             body.update(max_tokens=req.max_new_tokens, return_token_ids=True)
             if self.model is not None:
@@ -254,14 +257,59 @@ class OpenAICompletionsGenerator:
 
     # --- calls ----------------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        return self.http.gather([self._one(r) for r in requests])
+        return self.http.gather([self._tracked(r.key, self._one(r), self._cancelled(r)) for r in requests])
 
     async def _one(self, req: GenerationRequest) -> Generation:
         if req.max_new_tokens <= 0:
-            return Generation(text="", stop="length", token_ids=[], logprobs=[], extras={"generator": self.name})
+            return self._with_prefix(req, Generation(text="", stop="length", token_ids=[], logprobs=[],
+                                                     extras={"generator": self.name}))
         path = "/v1/completions" if self.api == "completions" else "/completion"
         resp = await self.http.post(path, self.payload(req))
-        return self.parse(resp, path)
+        return self._with_prefix(req, self.parse(resp, path))
+
+    def _with_prefix(self, req: GenerationRequest, g: Generation) -> Generation:
+        """The whole step when the request continued a partial one: the partial step, then what the server
+        wrote (the server saw the partial step as part of the prompt)."""
+        p = req.prefix
+        if p is None:
+            return g
+        known = p.token_ids and (g.token_ids or not g.text)  # ids of both parts known: the step's ids
+        ids = list(p.token_ids) + list(g.token_ids) if known else []
+        lps = list(p.logprobs) + list(g.logprobs) if p.logprobs is not None and g.logprobs is not None else None
+        extras = dict(g.extras)
+        if p.extras.get("entropies") is not None and g.extras.get("entropies") is not None:
+            extras["entropies"] = list(p.extras["entropies"]) + list(g.extras["entropies"])
+        return Generation(text=p.text + g.text, stop=g.stop, token_ids=ids, logprobs=lps, n_prefill=g.n_prefill,
+                          extras=extras)
+
+    def _cancelled(self, req: GenerationRequest) -> Generation:
+        return Generation(text="", stop="length", token_ids=[], logprobs=[],
+                          extras={"generator": self.name, "cancelled": True})
+
+    async def _tracked(self, key: str, coro, on_cancel):
+        """Run one request as a task that `cancel(key)` can cancel (freeing its server slot); a cancelled
+        request answers `on_cancel`."""
+        task = asyncio.ensure_future(coro)
+        self._in_flight.setdefault(key, set()).add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return on_cancel
+            raise
+        finally:
+            tasks = self._in_flight.get(key)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    self._in_flight.pop(key, None)
+
+    def cancel(self, key: str) -> None:
+        """Cancel this problem's requests now on the server (the HTTP connection closes, so the server stops
+        generating for it)."""
+        loop = event_loop()
+        for task in list(self._in_flight.get(key, ())):
+            loop.call_soon_threadsafe(task.cancel)
 
     def parse(self, resp: dict, path: str = "/v1/completions") -> Generation:
         """A Generation from one server answer (a /v1/completions body or a llama.cpp /completion body)."""
@@ -298,10 +346,10 @@ class OpenAICompletionsGenerator:
                 return list(self._encode(text + self.separator, False))  # the last token ran past it
         return ids
 
-    # --- judging (SpecReason-style baseline, arbitrage/judge.py) ------------------------------------------
+    # --- judging (StepJudge: the SpecReason-style baseline, arbitrage/target_judge.py) ---------------------
     JUDGE_TOP_LOGPROBS = 20  # vLLM's default cap on logprobs per token
 
-    def judge(self, requests) -> list[float]:
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[float]:
         """A 0-9 score per JudgeRequest from the top log-probs of a one-token greedy completion of
         context + draft step + question (digits outside the top 20 count as improbable)."""
         return self.http.gather([self._judge_one(r) for r in requests])
@@ -319,7 +367,7 @@ class OpenAICompletionsGenerator:
         return body
 
     async def _judge_one(self, req) -> float:
-        from ..judge import expected_digit, merge_digit_logprobs
+        from ..target_judge import expected_digit, merge_digit_logprobs
 
         path = "/v1/completions" if self.api == "completions" else "/completion"
         resp = await self.http.post(path, self.judge_payload(req))

@@ -7,7 +7,7 @@ at the step-end token, which is the last token of each sequence:
 
 * PRM: prefix ("{question}\\n", with special tokens) + each step's text + a step suffix; one sequence per
   candidate, read at the candidate's last suffix token.
-* router: `formats.router_segments` (author tags, separator after every step), read at the last token;
+* router: `formats.RouterFormat` (author tags, separator after every step), read at the last token;
   y_hat = P(class 1).
 
 Output values: /pooling applies the model's activation (softmaxed [p0, p1] per token for a 2-label token
@@ -25,13 +25,12 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import BackendError, ConfigError
-from ..formats import PRMFormat, router_segments
-from ..types import RouteRequest, ScoreRequest, Step
+from ..formats import PRMFormat, RouterFormat, read_router_meta
+from ..types import DEFAULT_SEPARATOR, RouteRequest, ScoreRequest, Step
 from .http_common import HttpClient, load_tokenizer
 
 ROUTES = ("pooling", "embeddings")
 ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
-ROUTER_META = "arbitrage_router.json"  # written beside a trained router (same name as scoring/hf.py)
 
 
 # --- reading server answers -------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ class PoolingPRM:
     For a value-head PRM served through an embeddings plugin (Skywork's): route "embeddings", num_labels=1."""
 
     def __init__(self, base_url: str, model: str | None = None, *, tokenizer: Any = None,
-                 fmt: str | Any = "skywork", separator: str = "\n\n", route: str = "pooling",
+                 fmt: str | Any = "skywork", separator: str = DEFAULT_SEPARATOR, route: str = "pooling",
                  activation: str = "auto", label: int = 1, num_labels: int | None = None,
                  task: str | None = "token_classify", concurrency: int = 16, timeout: float = 300.0,
                  max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None, name: str = "prm",
@@ -208,16 +207,22 @@ class PoolingRouter:
                                      timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
                                      task=task, num_labels=num_labels, tokenizer=tokenizer, check=check,
                                      transport=transport)
-        meta = _router_meta(self.client.tokenizer_path)
-        self.separator = separator if separator is not None else meta.get("separator", "\n\n")
-        self.author_tags = author_tags if author_tags is not None else meta.get("author_tags", True)
+        path = self.client.tokenizer_path
+        meta = read_router_meta(path) if path and os.path.isdir(os.path.expanduser(path)) else None
+        fmt = RouterFormat.from_meta(meta)
+        self.fmt = RouterFormat(separator if separator is not None else fmt.separator,
+                                author_tags if author_tags is not None else fmt.author_tags)
+
+    @property
+    def separator(self) -> str:
+        return self.fmt.separator
+
+    @property
+    def author_tags(self) -> bool:
+        return self.fmt.author_tags
 
     def row_ids(self, request: RouteRequest) -> list[int]:
-        segs = router_segments(request.question, request.steps, request.draft, self.separator, self.author_tags)
-        ids = list(self.client.encode(segs[0], True))
-        for seg in segs[1:]:
-            ids += self.client.encode(seg)
-        return ids
+        return self.fmt.row_ids(self.client.encode, request.question, request.steps, request.draft)
 
     def predict(self, requests: Sequence[RouteRequest]) -> list[float]:
         vecs = self.client.last_vectors([[self.row_ids(r)] for r in requests])
@@ -229,13 +234,3 @@ class PoolingRouter:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _router_meta(path: str | None) -> dict:
-    if not path:
-        return {}
-    meta_path = os.path.join(os.path.expanduser(path), ROUTER_META)
-    if not os.path.isfile(meta_path):
-        return {}
-    with open(meta_path) as f:
-        return json.load(f)

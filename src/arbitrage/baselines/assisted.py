@@ -18,13 +18,13 @@ Limits: the run's `max_total_tokens` bounds the output and `max_steps` stops it 
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 
+from ..engine import ProblemResult, new_counts
 from ..errors import ConfigError
-from ..results import METRICS, ResultsFile, check_manifest, compute_metrics, write_json_atomic
+from ..records import StepRecord
 from ..timing import ForwardTimer
 from ..types import Problem
 
@@ -69,12 +69,12 @@ def split_steps(text: str, separator: str, max_steps: int) -> tuple[list[tuple[s
 
 
 def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens: int, max_steps: int,
-                 timers: tuple[ForwardTimer, ForwardTimer]) -> dict:
-    """Assisted generation of one solution; returns the pieces of its results line."""
+                 timers: tuple[ForwardTimer, ForwardTimer]) -> ProblemResult:
+    """Assisted generation of one solution, as the step engine's result for that problem."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
     tok = target.tokenizer
-    ids = list(target._encode(problem.prompt, True))
+    ids = list(target.encode(problem.prompt, True))
     inputs = torch.tensor([ids], device=target.device)
     eos = sorted(target.eos_ids)
     gcfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos or None,
@@ -104,62 +104,38 @@ def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens
         finish = "budget"
     draft_t, target_t = timers
     accepted = max(0, len(new) - target_t.calls)
-    steps = []
+    records = []
     for i, (piece, kind) in enumerate(pieces):
         stop_reason = "separator" if kind == "separator" else ("eos" if finish == "eos" else "length")
-        steps.append({"index": i, "author": "target", "text": piece, "stop": stop_reason,
-                      "n_tokens": len(target._encode(piece + (separator if kind == "separator" else ""), False)),
-                      "escalated": False, "scores": {}, "draft": None, "target": None, "seconds": {}})
-    solution = "".join(s["text"] + (separator if s["stop"] == "separator" else "") for s in steps)
-    counts = {"draft_tokens_accepted": accepted, "draft_tokens_discarded": max(0, draft_t.calls - accepted),
-              "target_tokens": len(new), "target_calls": target_t.calls, "draft_calls": draft_t.calls,
-              "escalated_steps": 0}
-    seconds = {"draft": draft_t.seconds, "target": target_t.seconds, "prm": 0.0, "router": 0.0}
-    return {"latency_s": latency, "finish": finish, "steps": steps, "solution": solution, "counts": counts,
-            "seconds": seconds}
+        n = len(target.encode(piece + (separator if kind == "separator" else ""), False))
+        records.append(StepRecord(index=i, author="target", text=piece, stop=stop_reason, n_tokens=n,
+                                  escalated=False))
+    solution = "".join(r.text + (separator if r.stop == "separator" else "") for r in records)
+    counts = new_counts()
+    counts.update(draft_tokens_accepted=accepted, draft_tokens_discarded=max(0, draft_t.calls - accepted),
+                  target_tokens=len(new), target_calls=target_t.calls, draft_calls=draft_t.calls)
+    seconds = {"draft": draft_t.seconds, "target": target_t.seconds, "prm": 0.0, "router": 0.0, "judge": 0.0}
+    return ProblemResult(problem, [r.to_step() for r in records], records, finish, latency, seconds, counts,
+                         solution)
 
 
-def run_assisted(cfg, draft, target, problems: list[Problem], grader, progress: bool = True) -> dict:
-    """Run (or resume) the baseline into `cfg.out`; returns its metrics. `draft` and `target` are HFGenerators
-    (unused, and may be None, when every problem is already done)."""
-    from ..run import _progress
+class AssistedRunner:
+    """Produces results like the step engine does (`run(problems, on_done)`), one problem at a time, for
+    run.py's resumable loop."""
 
-    if cfg.model_options.temperature > 0:
-        raise ConfigError("the assisted-generation baseline is greedy only (lossless); use --temperature 0")
-    settings = dict(cfg.settings(), policy=NAME, threshold=None)
-    check_manifest(cfg.out, settings)
-    store = ResultsFile(cfg.out)
-    done = {r["id"] for r in store.load()}
-    todo = [p for p in problems if p.id not in done]
-    e = cfg.engine
-    if todo:
+    def __init__(self, cfg, draft, target):
+        if cfg.model_options.temperature > 0:
+            raise ConfigError("the assisted-generation baseline is greedy only (lossless); use --temperature 0")
         check_in_process(draft, target)
-        timers = (ForwardTimer(draft.model), ForwardTimer(target.model))
-        bar = _progress(len(problems), len(problems) - len(todo), NAME, progress)
+        self.draft, self.target, self.engine = draft, target, cfg.engine
+
+    def run(self, problems, on_done) -> None:
+        timers = (ForwardTimer(self.draft.model), ForwardTimer(self.target.model))
+        e = self.engine
         try:
-            for p in todo:
-                r = generate_one(draft, target, p, e.separator, e.max_total_tokens, e.max_steps, timers)
-                grade = grader.grade(r["solution"], p.gold)
-                store.append({"id": p.id, "question": p.question, "gold": p.gold, "prediction": grade.prediction,
-                              "correct": bool(grade.correct), "grade_reason": grade.reason, "policy": NAME,
-                              "threshold": None, "finish": r["finish"], "n_steps": len(r["steps"]),
-                              "latency_s": round(r["latency_s"], 6),
-                              "seconds": {k: round(v, 6) for k, v in r["seconds"].items()}, "counts": r["counts"],
-                              "solution": r["solution"], "steps": r["steps"]})
-                if bar is not None:
-                    bar.update(1)
+            for p in problems:
+                on_done(generate_one(self.draft, self.target, p, e.separator, e.max_total_tokens, e.max_steps,
+                                     timers))
         finally:
             for t in timers:
                 t.remove()
-            if bar is not None:
-                bar.close()
-    wanted = {p.id for p in problems}
-    records = [r for r in store.load() if r["id"] in wanted]
-    metrics = compute_metrics(records, NAME, None)
-    proposed = metrics["draft_calls"]
-    metrics["escalation_rate"] = None  # no step-level choice: every token is the target's greedy token
-    metrics["token_acceptance_rate"] = metrics["draft_tokens_accepted"] / proposed if proposed else 0.0
-    metrics["models"] = {k: v for k, v in cfg.models.items() if v and k in ("draft", "target")}
-    metrics["data"] = cfg.data
-    write_json_atomic(os.path.join(cfg.out, METRICS), metrics)
-    return metrics

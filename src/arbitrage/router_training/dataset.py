@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import DataError
-from ..formats import router_text
-from ..results import RESULTS
-from ..types import AUTHORS, STOP_REASONS, Step
+from ..formats import RouterFormat
+from ..records import FEATURES as DRAFT_FEATURES
+from ..records import ProblemRecord, Proposal
+from ..results import RESULTS, read_manifest
+from ..types import DEFAULT_SEPARATOR, Step
 
 TRAIN, VALIDATION, META = "train.jsonl", "validation.jsonl", "meta.json"
-DRAFT_FEATURES = ("logprobs", "entropies", "last_hidden")
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Example:
     def to_json(self, separator: str, author_tags: bool) -> dict:
         return {"problem_id": self.problem_id, "index": self.index, "label": self.label,
                 "advantage": self.advantage, "prm_draft": self.prm_draft, "prm_target": self.prm_target,
-                "input": router_text(self.question, self.steps(), self.draft["text"], separator, author_tags),
+                "input": RouterFormat(separator, author_tags).text(self.question, self.steps(), self.draft["text"]),
                 "question": self.question, "history": self.history, "draft": self.draft, "source": self.source}
 
     @classmethod
@@ -71,10 +72,7 @@ class Example:
 
 def draft_step_from_record(rec: dict) -> Step:
     """The draft's Step as the engine handed it to the router at run time (features in `extras`)."""
-    extras = {k: rec[k] for k in ("entropies", "last_hidden") if rec.get(k) is not None}
-    return Step(author="draft", text=rec["text"], stop=rec.get("stop", "separator"),
-                n_tokens=int(rec.get("n_tokens", len(rec.get("logprobs") or []))),
-                logprobs=rec.get("logprobs"), extras=extras)
+    return Proposal.from_json(rec, "example", "draft").to_step("draft")
 
 
 # --- reading results --------------------------------------------------------------------------------------
@@ -90,75 +88,58 @@ def _results_path(path: str) -> str:
 
 def run_separator(results_path: str) -> str | None:
     """The step separator recorded in the run's manifest (run.json beside results.jsonl), if there is one."""
-    manifest = os.path.join(os.path.dirname(results_path), "run.json")
-    try:
-        with open(manifest) as f:
-            sep = json.load(f).get("separator")
-    except (OSError, ValueError):
-        return None
+    manifest = read_manifest(os.path.dirname(results_path))
+    sep = (manifest or {}).get("settings", {}).get("separator")
     return sep if isinstance(sep, str) and sep else None
 
 
-def _need(cond: bool, where: str, fld: str, msg: str) -> None:
-    if not cond:
-        raise DataError(f"{where}: {fld}: {msg}")
+LABEL_FROM = ("mean", "max", "first")
 
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_sub(rec, where: str, fld: str) -> None:
-    _need(isinstance(rec, dict), where, fld, "expected an object with the step's text")
-    _need(isinstance(rec.get("text"), str), where, f"{fld}.text", "missing or not a string")
-    if "stop" in rec:
-        _need(rec["stop"] in STOP_REASONS, where, f"{fld}.stop", f"{rec['stop']!r} is not one of {STOP_REASONS}")
-    for k in DRAFT_FEATURES:
-        v = rec.get(k)
-        _need(v is None or (isinstance(v, list) and all(_number(x) for x in v)), where, f"{fld}.{k}",
-              "expected a list of finite numbers")
+def target_score(scores: dict, label_from: str) -> float | None:
+    """The target's PRM score the label is taken from: the first sample's, or the mean or max over the N target
+    samples of `generate --target-samples N` (all three are the one score when N = 1)."""
+    if label_from == "mean" and scores.get("prm_target_mean") is not None:
+        return scores["prm_target_mean"]
+    if label_from == "max" and scores.get("prm_target_max") is not None:
+        return scores["prm_target_max"]
+    return scores.get("prm_target")
 
 
-def examples_from_record(rec: dict, where: str, margin: float) -> Iterator[Example]:
+def examples_from_record(rec: ProblemRecord, where: str, margin: float,
+                         label_from: str = "mean") -> Iterator[Example]:
     """The examples of one results line (one problem). Raises DataError naming FILE:LINE and the field."""
-    _need(isinstance(rec, dict), where, "(line)", "expected a JSON object (one problem)")
-    for fld in ("id", "question", "steps"):
-        _need(fld in rec, where, fld, "missing (is this a results.jsonl of `arbitrage run`?)")
-    _need(isinstance(rec["question"], str), where, "question", "not a string")
-    _need(isinstance(rec["steps"], list), where, "steps", "not a list")
     history: list[dict] = []
-    for k, s in enumerate(rec["steps"]):
+    for k, s in enumerate(rec.steps):
         f = f"steps[{k}]"
-        _need(isinstance(s, dict), where, f, "expected an object")
-        _need(s.get("author") in AUTHORS, where, f"{f}.author", f"{s.get('author')!r} is not one of {AUTHORS}")
-        _need(isinstance(s.get("text"), str), where, f"{f}.text", "missing or not a string")
-        stop = s.get("stop", "separator")
-        _need(stop in STOP_REASONS, where, f"{f}.stop", f"{stop!r} is not one of {STOP_REASONS}")
-        scores = s.get("scores")
-        _need(isinstance(scores, dict), where, f"{f}.scores", "missing or not an object")
-        pd, pt = scores.get("prm_draft"), scores.get("prm_target")
-        _need(_number(pd) and _number(pt), where, f"{f}.scores",
-              "needs numbers prm_draft and prm_target (record the data with `arbitrage run --policy generate`)")
-        adv = scores.get("advantage", pt - pd)
-        _need(_number(adv), where, f"{f}.scores.advantage", "not a finite number")
-        draft = s.get("draft")
-        if draft is None:  # the draft's proposal was kept and recorded as the step itself
-            _need(s["author"] == "draft", where, f"{f}.draft",
-                  "missing, and the step is the target's, so the draft's proposal is unknown")
-            draft = {"text": s["text"], "stop": stop, "n_tokens": s.get("n_tokens", 0)}
-        else:
-            _check_sub(draft, where, f"{f}.draft")
-        keep = {"text": draft["text"], "stop": draft.get("stop", "separator"),
-                "n_tokens": int(draft.get("n_tokens") or len(draft.get("logprobs") or []))}
-        keep.update({k: draft[k] for k in DRAFT_FEATURES if draft.get(k) is not None})
-        yield Example(problem_id=str(rec["id"]), index=k, question=rec["question"], history=list(history),
+        pd, pt = s.scores.get("prm_draft"), target_score(s.scores, label_from)
+        if not (_number(pd) and _number(pt)):
+            raise DataError(f"{where}: {f}.scores: needs numbers prm_draft and prm_target (record the data with "
+                            f"`arbitrage run --policy generate`)")
+        adv = pt - pd if label_from != "first" or s.scores.get("advantage") is None else s.scores["advantage"]
+        if not _number(adv):
+            raise DataError(f"{where}: {f}.scores.advantage: not a finite number")
+        draft = s.draft_proposal()
+        if draft is None:
+            raise DataError(f"{where}: {f}.draft: missing, and the step is the target's, so the draft's proposal "
+                            f"is unknown")
+        keep = draft.to_json()
+        keep["n_tokens"] = int(draft.n_tokens or len(draft.logprobs or []))
+        yield Example(problem_id=rec.id, index=k, question=rec.question, history=list(history),
                       draft=keep, advantage=float(adv), label=int(adv > margin), prm_draft=float(pd),
                       prm_target=float(pt), source=where)
-        history.append({"author": s["author"], "text": s["text"], "stop": stop})
+        history.append({"author": s.author, "text": s.text, "stop": s.stop})
 
 
-def read_results(paths: Sequence[str], margin: float = 0.0) -> tuple[list[Example], str | None]:
+def read_results(paths: Sequence[str], margin: float = 0.0,
+                 label_from: str = "mean") -> tuple[list[Example], str | None]:
     """Every step of every problem in the results files, and the separator their runs used (if recorded)."""
+    if label_from not in LABEL_FROM:
+        raise DataError(f"label_from must be one of {LABEL_FROM}, not {label_from!r}")
     examples: list[Example] = []
     seps = set()
     for p in paths:
@@ -172,10 +153,11 @@ def read_results(paths: Sequence[str], margin: float = 0.0) -> tuple[list[Exampl
                 if not line.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    d = json.loads(line)
                 except ValueError as exc:
                     raise DataError(f"{path}:{n}: (line): not valid JSON ({exc})") from exc
-                examples.extend(examples_from_record(rec, f"{path}:{n}", margin))
+                rec = ProblemRecord.from_json(d, f"{path}:{n}")
+                examples.extend(examples_from_record(rec, f"{path}:{n}", margin, label_from))
     if len(seps) > 1:
         raise DataError(f"the results files come from runs with different step separators {sorted(seps)!r}; "
                         f"build the data from runs with one separator")
@@ -256,8 +238,9 @@ def load_examples(path: str) -> list[Example]:
 
 def build_data(results: Sequence[str] | str, out_dir: str, margin: float = 0.0, balance_train: bool = True,
                val_fraction: float = 0.2, seed: int = 0, separator: str | None = None,
-               author_tags: bool = True) -> dict:
+               author_tags: bool = True, label_from: str = "mean") -> dict:
     """Read `generate` results, label, split by problem, balance the training split, write OUT/*.jsonl.
+    `label_from`: the target score of the advantage, with several target samples per step (mean, max, first).
 
     Returns the class counts: {"all", "train_before_balance", "train", "validation"} each {n, escalate, keep},
     plus the numbers of problems on each side."""
@@ -267,10 +250,10 @@ def build_data(results: Sequence[str] | str, out_dir: str, margin: float = 0.0, 
         raise DataError("no results files given")
     if not math.isfinite(margin):
         raise DataError(f"margin must be a finite number, not {margin}")
-    examples, run_sep = read_results(results, margin)
+    examples, run_sep = read_results(results, margin, label_from)
     if not examples:
         raise DataError(f"no steps in {', '.join(results)}: nothing to train on")
-    sep = separator if separator is not None else (run_sep or "\n\n")
+    sep = separator if separator is not None else (run_sep or DEFAULT_SEPARATOR)
     train, val = split_by_problem(examples, val_fraction, seed)
     train_bal = balance(train, seed) if balance_train else train
     os.makedirs(out_dir, exist_ok=True)
@@ -280,7 +263,8 @@ def build_data(results: Sequence[str] | str, out_dir: str, margin: float = 0.0, 
               "train": class_counts(train_bal), "validation": class_counts(val),
               "problems": {"train": len({e.problem_id for e in train}), "validation": len({e.problem_id for e in val})}}
     features = [k for k in DRAFT_FEATURES if all(k in e.draft for e in examples)]
-    meta = {"separator": sep, "author_tags": author_tags, "margin": margin, "balanced": balance_train,
+    meta = {"separator": sep, "author_tags": author_tags, "margin": margin, "label_from": label_from,
+            "balanced": balance_train,
             "val_fraction": val_fraction, "seed": seed, "sources": [os.path.abspath(_results_path(p)) for p in results],
             "draft_features": features, "counts": counts}
     with open(os.path.join(out_dir, META), "w") as f:

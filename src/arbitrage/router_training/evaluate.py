@@ -1,6 +1,6 @@
 """Judging a router on held-out steps (method.md, "Router training" step 5).
 
-The router is loaded exactly as `arbitrage run --policy router --router DIR` loads it (factory.make_router)
+The router is loaded exactly as `arbitrage run --policy router --router DIR` loads it (factory.load_model)
 and fed the same `RouteRequest`s the engine would build, so the figures describe the deployed router.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import DataError
-from ..types import RouteRequest
+from ..types import DEFAULT_SEPARATOR, RouteRequest
 from .dataset import Example, data_file, load_examples, read_meta
 
 
@@ -118,15 +118,15 @@ def evaluate_router(router_dir: str, data_dir_or_file: str, tau: float = 0.5, ou
                     oracle_tau: float = 0.0, device: str = "auto", batch_size: int = 16,
                     log: Callable[[str], None] | None = None) -> dict:
     """Figures of the router in ROUTER_DIR on DATA/validation.jsonl (or on a given examples file)."""
-    from ..factory import ModelOptions, make_router
+    from ..factory import ModelOptions, load_model
 
     path = data_file(data_dir_or_file, "validation")
     examples = load_examples(path)
     if not examples:
         raise DataError(f"{path}: no examples (was the data built with --val-fraction 0?)")
     data_dir = os.path.dirname(path)
-    sep = read_meta(data_dir).get("separator", "\n\n")
-    router = make_router(router_dir, ModelOptions(separator=sep, device=device, reuse_cache=False))
+    sep = read_meta(data_dir).get("separator", DEFAULT_SEPARATOR)
+    router = load_model("router", router_dir, "router", ModelOptions(device=device, reuse_cache=False), sep)
     t0 = time.perf_counter()
     y_hat = predict(router, examples, batch_size)
     seconds = time.perf_counter() - t0

@@ -7,7 +7,6 @@ weights, training figures). Everything is plain JSON, so loading one runs no pic
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Sequence
@@ -15,34 +14,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError, ModelLoadError
+from ..formats import ROUTER_META, read_router_meta, write_router_meta
 from ..types import RouteRequest
 from .dataset import class_counts, data_file, load_examples, read_meta
 from .features import DEFAULT_GROUPS, GROUPS, feature_matrix, feature_names
 
-ROUTER_META = "arbitrage_router.json"  # the name scoring.hf.HFRouter reads; kind tells the two apart
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
-def _read_meta(path: str) -> dict | None:
-    meta_path = os.path.join(os.path.expanduser(path), ROUTER_META)
-    if not os.path.isfile(meta_path):
-        return None
-    try:
-        with open(meta_path) as f:
-            return json.load(f)
-    except ValueError as exc:
-        raise ModelLoadError(f"{meta_path}: not valid JSON ({exc})") from exc
-
-
 def is_probe_router(path: str) -> bool:
-    meta = _read_meta(path) if os.path.isdir(os.path.expanduser(path)) else None
+    meta = read_router_meta(path) if os.path.isdir(os.path.expanduser(path)) else None
     return bool(meta) and meta.get("kind") == "probe"
-
-
-def probe_needs_hidden(path: str) -> bool:
-    """Whether a router directory is a probe that reads the draft's last hidden state (the draft must then be
-    run with hidden states on)."""
-    return is_probe_router(path) and "hidden" in (_read_meta(path) or {}).get("feature_groups", [])
 
 
 class ProbeRouter:
@@ -62,6 +44,8 @@ class ProbeRouter:
         n = len(feature_names(self.groups, self.hidden_dim))
         if not (self.mean.shape == self.scale.shape == self.coef.shape == (n,)):
             raise ModelLoadError(f"probe router weights have {self.coef.shape} values for {n} features")
+        # What the router reads from the draft's step: the factory asks the draft for its hidden state if needed.
+        self.draft_features = frozenset({"last_hidden"} if "hidden" in self.groups else set())
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         return ((X - self.mean) / self.scale) @ self.coef + self.intercept
@@ -81,7 +65,7 @@ class ProbeRouter:
 
 
 def load_probe_router(path: str, name: str = "router") -> ProbeRouter:
-    meta = _read_meta(path)
+    meta = read_router_meta(path)
     if not meta or meta.get("kind") != "probe":
         raise ModelLoadError(f"{path!r} is not a probe router (no {ROUTER_META} with kind 'probe')")
     return ProbeRouter(meta, name=name)
@@ -172,9 +156,7 @@ def train_probe(data_dir: str, out_dir: str, seed: int = 0, *, features: Sequenc
             "margin": data_meta.get("margin", 0.0), "data": os.path.abspath(data_dir), "seed": seed,
             "shuffled_labels": shuffle_labels, "train_counts": class_counts(examples),
             "train_seconds": round(seconds, 3)}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, ROUTER_META), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_router_meta(out_dir, meta)
     log(f"probe router: {X.shape[0]} examples, {X.shape[1]} features ({', '.join(groups)}), C={C}, "
         f"trained in {seconds:.2f} s -> {out_dir}")
     return out_dir

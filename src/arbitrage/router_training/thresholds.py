@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..types import DEFAULT_SEPARATOR
 from .dataset import read_results
 from .evaluate import predict
 
@@ -49,9 +50,10 @@ def rate_thresholds(results: Sequence[str], rates: Sequence[float], router_dir: 
         tau = round(float(np.quantile(prm, r)), digits)
         out["rsd"].append({"rate": r, "tau": tau, "achieved": float(np.mean(prm < tau))})
     if router_dir is not None:
-        from ..factory import ModelOptions, make_router
+        from ..factory import ModelOptions, load_model
 
-        router = make_router(router_dir, ModelOptions(separator=sep or "\n\n", device=device, reuse_cache=False))
+        router = load_model("router", router_dir, "router", ModelOptions(device=device, reuse_cache=False),
+                            sep or DEFAULT_SEPARATOR)
         y = np.array(predict(router, examples, batch_size))
         out["router_dir"] = os.path.abspath(router_dir)
         out["y_hat_range"] = [float(y.min()), float(y.max())]

@@ -10,7 +10,6 @@ Inputs are tokenized exactly as the routers that serve the checkpoint tokenize t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -22,32 +21,25 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import ConfigError, DataError
-from ..formats import router_segments
+from ..formats import RouterFormat, write_router_meta
 from .dataset import Example, class_counts, data_file, load_examples, read_meta
 
-ROUTER_META = "arbitrage_router.json"
 LABELS = {0: "keep", 1: "escalate"}
 
 
 def encode_example(tokenizer, ex: Example, separator: str, author_tags: bool, max_length: int | None = None,
                    cache: dict | None = None) -> list[int]:
-    """Token ids of the router input, segment by segment as the serving routers encode it; if longer than
-    `max_length`, the oldest tokens are cut (the label is read at the last one)."""
-    segs = router_segments(ex.question, ex.steps(), ex.draft["text"], separator, author_tags)
+    """Token ids of the router input, through the same `RouterFormat` the serving routers encode with; if
+    longer than `max_length`, the oldest tokens are cut (the label is read at the last one)."""
     cache = {} if cache is None else cache
 
-    def enc(text: str, special: bool) -> list[int]:
+    def enc(text: str, special: bool = False) -> list[int]:
         key = (text, special)
         if key not in cache:
             cache[key] = tokenizer(text, add_special_tokens=special)["input_ids"]
         return cache[key]
 
-    ids = list(enc(segs[0], True))
-    for s in segs[1:]:
-        ids += enc(s, False)
-    if max_length and len(ids) > max_length:
-        ids = ids[-max_length:]
-    return ids
+    return RouterFormat(separator, author_tags).row_ids(enc, ex.question, ex.steps(), ex.draft["text"], max_length)
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -176,7 +168,6 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
                    "train_loss": round(float(out.training_loss), 5),
                    "eval_loss": [round(h["eval_loss"], 5) for h in history],
                    "train_seconds": round(seconds, 2), "device": "cuda" if cuda else "cpu"}
-    with open(os.path.join(out_dir, ROUTER_META), "w") as f:
-        json.dump(router_meta, f, indent=1)
+    write_router_meta(out_dir, router_meta)
     log(f"classifier router: trained in {seconds:.1f} s (train loss {out.training_loss:.4f}) -> {out_dir}")
     return out_dir

@@ -8,7 +8,6 @@ Scored rows are kept as cache entries, so when a candidate is accepted the next 
 from __future__ import annotations
 
 import glob
-import json
 import os
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -16,12 +15,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..backends.hf import load_model, load_tokenizer
-from ..backends.kv import KVBatch, SlotStore
+from ..backends.kv import KVBatch, SlotStore, cache_kwargs
 from ..errors import ModelLoadError
-from ..formats import PRMFormat, router_segments
+from ..formats import ROUTER_META, PRMFormat, RouterFormat, read_router_meta
 from ..types import RouteRequest, ScoreRequest, Step
-
-ROUTER_META = "arbitrage_router.json"
 
 
 class _CachedScorer:
@@ -31,10 +28,10 @@ class _CachedScorer:
         self.model, self.tokenizer, self.head, self.name = model, tokenizer, head, name
         self.reuse_cache = reuse_cache
         self.device = next(model.parameters()).device
+        self.lane = ("torch", str(self.device))  # takes turns with the other in-process models on this device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
         self.store = SlotStore(max_entries=max_entries)
-        self.prefill_tokens: list[int] = []  # per row scored: tokens computed (not reused)
 
     @lru_cache(maxsize=65536)
     def encode(self, text: str, special: bool = False) -> tuple[int, ...]:
@@ -53,7 +50,6 @@ class _CachedScorer:
             entry, n = self.store.best(key, ids) if self.reuse_cache else (None, 0)
             pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
             news.append(ids[n:])
-            self.prefill_tokens.append(len(ids) - n)
         batch = KVBatch(self._forward, pasts, news, self.pad_id, self.device)
         out = batch.prefill()
         if self.reuse_cache:
@@ -66,14 +62,13 @@ class _CachedScorer:
 
 
 def _token_cls_head(model, inputs, mask, positions, cache):
-    out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
     return out.logits[:, -1]
 
 
 def _value_head(v_head: torch.nn.Linear):
     def head(model, inputs, mask, positions, cache):
-        out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True)
+        out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
         return v_head(out.last_hidden_state[:, -1].to(v_head.weight.dtype))
     return head
 
@@ -117,6 +112,7 @@ class HFPRM:
     def __init__(self, scorer: _CachedScorer, fmt: PRMFormat, kind: str):
         self.scorer, self.fmt, self.kind = scorer, fmt, kind
         self.name = scorer.name
+        self.lane = scorer.lane
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, kind: str = "auto", fmt: str | PRMFormat = "skywork",
@@ -167,32 +163,48 @@ def _detect_prm_kind(path_or_id: str) -> str:
 
 
 class HFRouter:
-    """A 2-label token-classification router over the annotated input of method.md; y_hat = softmax[1]."""
+    """A 2-label token-classification router over the annotated input of method.md; y_hat = softmax[1].
 
-    def __init__(self, scorer: _CachedScorer, separator: str = "\n\n", author_tags: bool = True):
-        self.scorer, self.separator, self.author_tags = scorer, separator, author_tags
+    Loading checks that the directory is a router (its arbitrage_router.json says kind "classifier") and that its
+    classification head was trained (not newly initialised by transformers), before any problem runs."""
+
+    def __init__(self, scorer: _CachedScorer, fmt: RouterFormat | None = None):
+        self.scorer, self.fmt = scorer, fmt or RouterFormat()
         self.name = scorer.name
+        self.lane = scorer.lane
+
+    @property
+    def separator(self) -> str:
+        return self.fmt.separator
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, device: str | None = "auto", dtype: str | None = "auto",
-                        reuse_cache: bool = True, name: str = "router", separator: str | None = None) -> "HFRouter":
+                        reuse_cache: bool = True, name: str = "router") -> "HFRouter":
+        local = os.path.isdir(os.path.expanduser(path_or_id))
+        meta = read_router_meta(path_or_id) if local else None
+        if local and meta is None:
+            what = "a model directory" if os.path.isfile(os.path.join(os.path.expanduser(path_or_id), "config.json")) \
+                else "no model directory"
+            raise ModelLoadError(f"{path_or_id!r} is not a router: it has no {ROUTER_META} ({what}); a router is "
+                                 f"the directory `arbitrage router train --out DIR` writes")
+        if meta is not None and meta.get("kind", "classifier") != "classifier":
+            raise ModelLoadError(f"{path_or_id!r}: {ROUTER_META} says kind {meta.get('kind')!r}, which this "
+                                 f"loader cannot read (a probe router needs its plugin, arbitrage.router_training)")
+        model, info = load_model(path_or_id, "AutoModelForTokenClassification", device=device, dtype=dtype,
+                                 with_info=True)
+        missing = [k for k in (info or {}).get("missing_keys", []) or []]
+        if missing:
+            raise ModelLoadError(f"{path_or_id!r} has no trained router head: transformers initialised "
+                                 f"{', '.join(sorted(missing)[:4])} at random (the checkpoint is not a token "
+                                 f"classifier trained by `arbitrage router train`)")
+        if getattr(model.config, "num_labels", 2) != 2:
+            raise ModelLoadError(f"{path_or_id!r}: a router has 2 labels (keep, escalate), this model has "
+                                 f"{model.config.num_labels}")
         tokenizer = load_tokenizer(path_or_id)
-        model = load_model(path_or_id, "AutoModelForTokenClassification", device=device, dtype=dtype)
-        meta = {}
-        meta_path = os.path.join(os.path.expanduser(path_or_id), ROUTER_META)
-        if os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
-        sep = separator if separator is not None else meta.get("separator", "\n\n")
-        return cls(_CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), sep,
-                   meta.get("author_tags", True))
+        return cls(_CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), RouterFormat.from_meta(meta))
 
     def row_ids(self, request: RouteRequest) -> list[int]:
-        segs = router_segments(request.question, request.steps, request.draft, self.separator, self.author_tags)
-        ids = list(self.scorer.encode(segs[0], True))
-        for seg in segs[1:]:
-            ids += self.scorer.encode(seg)
-        return ids
+        return self.fmt.row_ids(self.scorer.encode, request.question, request.steps, request.draft)
 
     def predict(self, requests: Sequence[RouteRequest]) -> list[float]:
         out = self.scorer.run([(r.key, self.row_ids(r)) for r in requests])

@@ -16,22 +16,22 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable, Sequence
 
+from ..records import ProblemRecord, StepRecord
 from ..results import read_records  # noqa: F401  (re-exported: the demo reads runs through this module)
 from .prm import check_step
 
 OUTCOMES = ("both_right", "target_only", "draft_only", "both_wrong")
 
 
-def _pairs(records: Iterable[dict]) -> Iterable[tuple[str, list[str], str, str, dict]]:
+def _pairs(records: Iterable[ProblemRecord]) -> Iterable[tuple[str, list[str], str, str, StepRecord]]:
     """(question, earlier accepted step texts, draft text, target text, step record) wherever both wrote."""
     for rec in records:
         prior: list[str] = []
-        for step in rec["steps"]:
-            draft = step.get("draft") or (step if step["author"] == "draft" else None)
-            target = step.get("target") or (step if step["author"] == "target" else None)
+        for step in rec.steps:
+            draft, target = step.draft_proposal(), step.target_proposal()
             if draft is not None and target is not None:
-                yield rec["question"], list(prior), draft["text"], target["text"], step
-            prior.append(step["text"])
+                yield rec.question, list(prior), draft.text, target.text, step
+            prior.append(step.text)
 
 
 def _outcome(question: str, prior: list[str], draft: str, target: str) -> str:
@@ -53,7 +53,7 @@ def wasted_escalations(records: Sequence[dict]) -> dict:
     `both_wrong` are regenerations the target could not do either."""
     counts: Counter = Counter()
     for q, prior, d, t, step in _pairs(records):
-        if step.get("escalated"):
+        if step.escalated:
             counts[_outcome(q, prior, d, t)] += 1
     n = sum(counts.values())
     wasted = n - counts.get("target_only", 0)

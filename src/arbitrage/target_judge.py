@@ -1,22 +1,21 @@
-"""The target as a judge of a draft step (SpecReason-style): the action, the request and the score.
+"""The target as a judge of a draft step (SpecReason-style): the judging question and how a 0-9 score is read.
 
-A `Judge` action asks the *target generator* for a 0-9 score of the draft step in context. The generator
+A `Judge` action (policies.py) asks the judge model (the target, through the `StepJudge` protocol) for a 0-9
+score of the draft step in context. The model
 appends the draft step and a short judging question to the problem's context and reads its next-token
 distribution over the digit tokens "0".."9" (one forward pass, no sampling). The score is the expected
 digit under that distribution renormalised over the digits, so it is continuous in [0, 9] and a threshold
 between two integers still separates steps.
 
 Backends implement `judge(requests: Sequence[JudgeRequest]) -> list[float]` (in-process: backends/hf.py;
-servers: backends/openai_compat.py via top log-probs of a one-token completion).
+servers: backends/openai_compat.py via top log-probs of a one-token completion). (Not to be confused with
+`scoring.judge_prm`, a PRM made of a served LM asked "is this step correct?".)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
-
-from .types import Step
+from typing import Iterable, Mapping
 
 # Appended after the draft step (which already ends with the separator when it stopped there). It ends with
 # "Score: " so that the next token is the digit itself for tokenizers that split digits (Qwen, Llama-3).
@@ -24,26 +23,6 @@ JUDGE_QUESTION = ("[Review] Judge only the last step above: is it correct and do
                   "steps? Answer with one digit from 0 (wrong) to 9 (certainly correct).\nScore: ")
 
 DIGITS = tuple(str(d) for d in range(10))
-
-
-@dataclass(frozen=True)
-class Judge:
-    """Ask the target generator for a 0-9 score of `draft` as the next step (see module docstring)."""
-
-    draft: Step
-    question: str = JUDGE_QUESTION
-
-
-@dataclass
-class JudgeRequest:
-    """Score `draft` as the step after `prompt` + `steps`; `question` is appended after it. `key` names the
-    problem, as in GenerationRequest, so a backend may reuse its cache of the context."""
-
-    key: str
-    prompt: str
-    steps: Sequence[Step]
-    draft: Step
-    question: str = JUDGE_QUESTION
 
 
 def expected_digit(digit_logprobs: Mapping[int, float]) -> float:
