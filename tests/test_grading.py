@@ -180,3 +180,36 @@ def test_close_and_reuse():
     assert g._proc is None
     assert g.grade(r"\boxed{5}", "5").correct  # restarted lazily
     g.close()
+
+
+@pytest.mark.parametrize("prediction,gold,correct", [
+    ("4.5\\times10^{33}", "4.5e33", True),       # e-notation gold: math-verify alone reads 4.5 * e * 33
+    ("1e-5", "0.00001", True),
+    ("0.00001", "1e-5", True),
+    ("3.2 \\times 10^{-4}", "3.2e-4", True),
+    ("6.02\\times 10^{23}", "6.02E+23", True),
+    ("4.5\\times10^{32}", "4.5e33", False),      # and a wrong exponent stays wrong
+    ("1\\,000", "1000", True),                   # thin-space thousands
+    ("1\\,000", "0", False),                     # math-verify alone reads 1 * 000 = 0
+    ("1\\;234\\;567", "1234567", True),
+    ("5 m", "5 \\text{ cm}", False),             # different units: wrong
+    ("5 \\text{ m}", "5 \\text{ cm}", False),
+    ("5 \\text{ cm}", "5 cm", True),             # the same unit, spelled two ways
+    ("5", "5 \\text{ cm}", True),                # a unit on one side only is dropped (as math-verify does)
+    ("2 \\text{ meters}", "2 \\text{ meter}", True),
+])
+def test_numbers_and_units_math_verify_misreads(grader, prediction, gold, correct):
+    result = grader.grade(f"so \\boxed{{{prediction}}}", gold)
+    assert result.correct is correct, result
+    assert result.prediction == prediction
+
+
+def test_number_normalisation_leaves_other_text_alone():
+    from arbitrage.grading import normalize_numbers, unit_of
+
+    assert normalize_numbers("x^{2e3}") == "x^{2e3}"  # inside an exponent
+    assert normalize_numbers("2e") == "2e" and normalize_numbers("e^{5}") == "e^{5}"
+    assert normalize_numbers("var1e5x") == "var1e5x"
+    assert normalize_numbers("1.5e3 and 2E-2") == "1.5\\times10^{3} and 2\\times10^{-2}"
+    assert unit_of("5\\pi") is None and unit_of("x + 1") is None and unit_of("12") is None
+    assert unit_of("9.8 \\mathrm{m/s^2}") == "m/s^2"

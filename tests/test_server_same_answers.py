@@ -19,7 +19,7 @@ CONFIG = EngineConfig(max_steps=5, max_step_tokens=10, max_total_tokens=40, conc
 
 def run(policy, specs):
     opts = ModelOptions(device="cpu", dtype="float32", prm_kind="token-cls", prm_format="skywork")
-    models = build_models(policy, specs, opts)
+    models = build_models(policy.needs, specs, opts)
     results = []
     Engine(policy, models, CONFIG).run([Problem(f"q{i}", q, q + "\n") for i, q in enumerate(QUESTIONS)],
                                       results.append)
@@ -27,7 +27,7 @@ def run(policy, specs):
 
 
 def decisions(result):
-    return [(r["author"], r["text"], r["stop"], r["escalated"]) for r in result.records], result.finish
+    return [(r.author, r.text, r.stop, r.escalated) for r in result.records], result.finish
 
 
 @pytest.mark.parametrize("name,tau", [("router", 0.72), ("rsd", 0.8), ("generate", None)])
@@ -42,11 +42,11 @@ def test_served_and_in_process_give_the_same_answers(vllm_servers, name, tau):
     for pid in a:
         assert decisions(b[pid]) == decisions(a[pid]), pid
         for ra, rb in zip(a[pid].records, b[pid].records):
-            assert rb["scores"] == pytest.approx(ra["scores"], abs=1e-4)
+            assert rb.scores == pytest.approx(ra.scores, abs=1e-4)
         assert b[pid].solution == a[pid].solution
         assert b[pid].counts == a[pid].counts
     # the comparison means something: both kinds of decision, and every kind of stop, occur
     records = [r for res in a.values() for r in res.records]
-    assert {r["escalated"] for r in records} == {True, False}
+    assert {r.escalated for r in records} == {True, False}
     if name == "generate":
-        assert {r["stop"] for r in records} | {r["draft"]["stop"] for r in records} >= {"separator", "eos", "length"}
+        assert {r.stop for r in records} | {r.draft.stop for r in records} >= {"separator", "eos", "length"}

@@ -144,6 +144,9 @@ def build_models(root: str) -> dict[str, str]:
         cls.score.weight *= 8.0
     cls.save_pretrained(paths["cls"])
     tok.save_pretrained(paths["cls"])
+    from arbitrage.formats import write_router_meta
+
+    write_router_meta(paths["cls"], {"kind": "classifier", "separator": "\n\n", "author_tags": True})  # also a router
     return paths
 
 

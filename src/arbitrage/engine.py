@@ -1,5 +1,5 @@
-"""The step engine: the per-problem loop of method.md, with many problems in flight and the models working at
-the same time.
+"""The step engine: the per-problem loop of docs/method.md, with many problems in flight and the models
+working at the same time.
 
 Every problem runs its own policy coroutine, which yields model calls. Calls wait per model role; each model
 runs on a *lane* (protocols.lane_of): in-process models on one device share a lane, so they never run at once

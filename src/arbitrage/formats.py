@@ -1,7 +1,7 @@
 """Text formats shared by training and serving: the router's input and files, and the PRMs' row layout.
 
 One owner each, so a router trained here reads exactly what it will be served (no train/serve skew):
-- `RouterFormat` builds the router's annotated input (method.md, "Router training" step 2) and its token ids;
+- `RouterFormat` builds the router's annotated input (docs/method.md, "Router training" step 2) and its token ids;
   `scoring.hf.HFRouter`, `backends.pooling.PoolingRouter` and `router_training.train` all encode through it.
 - `read_router_meta` / `write_router_meta` own `arbitrage_router.json`, the file beside every trained router
   that says its kind, the format it was trained with and how it was trained.

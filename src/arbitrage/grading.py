@@ -109,6 +109,40 @@ def gold_answer(raw: Any, dataset: str | None = None) -> str:
     return s
 
 
+# --- numbers math-verify misreads, rewritten before it sees them ----------------------------------------------
+
+# 4.5e33, 1e-5, 6.02E+23: math-verify reads "e" as Euler's number (4.5e33 = 4.5 * e * 33).
+_E_NOTATION = re.compile(r"(?<![\w.\\^{])(\d+(?:\.\d*)?|\.\d+)[eE]([+-]?)(\d+)(?![\w.])")
+# 1\,000 and 1\;000 (thin/medium spaces as thousands separators): math-verify reads 1 * 000 = 0.
+_SPACED_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\\;|\\:|\\!|\\ |~|\\thinspace\s?)(?=\d{3}(?!\d))")
+
+
+def normalize_numbers(s: str) -> str:
+    """Rewrite numbers the grader would misread: e-notation to a power of ten, thin-space thousands joined."""
+    s = _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times10^{{{'-' if m.group(2) == '-' else ''}{int(m.group(3))}}}", s)
+    return _SPACED_THOUSANDS.sub("", s)
+
+
+_NUMBER = r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*\\times\s*10\^\{?-?\d+\}?)?"
+_WITH_UNIT = re.compile(r"^\s*(" + _NUMBER + r")\s*(?:\\(?:text|mathrm|mbox|textrm)\{\s*([^{}]+?)\s*\}"
+                        r"|([A-Za-z]+(?:\^\{?\d\}?)?))\s*\.?\s*$")
+
+
+def unit_of(answer: str) -> str | None:
+    """The unit of an answer written as a number and a unit ("5 m", "5 \\text{ cm}", "3\\,\\mathrm{kg}"), else None."""
+    m = _WITH_UNIT.match(answer.replace("\\,", " ").replace("\\ ", " ").replace("~", " "))
+    if not m:
+        return None
+    unit = (m.group(2) or m.group(3) or "").strip().lower().replace(" ", "")
+    return unit[:-1] if len(unit) > 2 and unit.endswith("s") else unit  # "meters" ~ "meter"
+
+
+def units_differ(prediction: str, gold: str) -> tuple[str, str] | None:
+    """(unit of the prediction, unit of the gold) when both answers carry a unit and the units differ."""
+    pu, gu = unit_of(prediction), unit_of(gold)
+    return (pu, gu) if pu and gu and pu != gu else None
+
+
 @dataclass(frozen=True)
 class GradeResult:
     correct: bool
@@ -312,8 +346,14 @@ class Grader:
             return GradeResult(False, boxed, "empty gold")
         if boxed is not None and _compact(boxed) == _compact(gold_s):
             return GradeResult(True, boxed, "exact match")  # no sympy: identical long answers can hang it
+        if boxed is not None:
+            differ = units_differ(boxed, gold_s)
+            if differ:  # math-verify drops units: "5 m" would equal "5 cm"
+                return GradeResult(False, boxed, f"wrong (unit {differ[0]!r}, gold {differ[1]!r})")
         with self._lock:
-            return self._request(boxed, text, gold_s)
+            result = self._request(None if boxed is None else normalize_numbers(boxed), normalize_numbers(text),
+                                   normalize_numbers(gold_s))
+        return GradeResult(result.correct, boxed if boxed is not None else result.prediction, result.reason)
 
     def grade_many(self, pairs: Iterable[tuple[str | None, Any]]) -> list[GradeResult]:
         """Grade (prediction_text, gold) pairs in order, each under its own timeout."""

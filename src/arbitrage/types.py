@@ -15,7 +15,7 @@ Author = Literal["draft", "target"]
 StopReason = Literal["separator", "eos", "length"]
 AUTHORS: tuple[Author, ...] = ("draft", "target")
 STOP_REASONS: tuple[StopReason, ...] = ("separator", "eos", "length")
-# The step separator of method.md; every config and backend defaults to this one constant.
+# The step separator of docs/method.md; every config and backend defaults to this one constant.
 DEFAULT_SEPARATOR = "\n\n"
 
 

@@ -28,9 +28,8 @@ def _assisted_check(cfg) -> None:
 
 
 def register(registry) -> None:
-    from .assisted import NAME
-    from .specreason import SpecReason
+    from .specreason import SpecReason  # the assisted runner (torch) is imported only when it runs
 
     registry.add_policy(SpecReason)
-    registry.add_runner(NAME, {"draft", "target"}, _assisted, metrics=_assisted_metrics, check=_assisted_check,
+    registry.add_runner("assisted", {"draft", "target"}, _assisted, metrics=_assisted_metrics, check=_assisted_check,
                         summary="token-level speculative decoding (transformers assisted generation), lossless")

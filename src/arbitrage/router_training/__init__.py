@@ -1,4 +1,4 @@
-"""Router training (method.md, "Router training"): `generate` results -> labelled, balanced examples ->
+"""Router training (docs/method.md, "Router training"): `generate` results -> labelled, balanced examples ->
 a trained router (the paper's token classifier, or a probe on the draft's own features) -> held-out figures.
 
     build_data(["runs/gen/results.jsonl"], "router-data")

@@ -89,7 +89,7 @@ def cmd_thresholds(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("router", help="train and evaluate routers from `generate` results",
-                       description="Router training: build-data -> train -> eval -> thresholds (method.md, 'Router training').")
+                       description="Router training: build-data -> train -> eval -> thresholds (README, 'Router training').")
     rs = p.add_subparsers(dest="router_command", metavar="STEP")
     rs.required = True
 

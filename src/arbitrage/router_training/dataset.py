@@ -1,4 +1,4 @@
-"""Router training data from `arbitrage run --policy generate` results (method.md, "Router training").
+"""Router training data from `arbitrage run --policy generate` results (docs/method.md, "Router training").
 
 One example per recorded step: the context (question and the earlier accepted steps, with their authors), the
 draft's proposal with the features the draft computed while writing it, the advantage

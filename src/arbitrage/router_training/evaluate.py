@@ -1,4 +1,4 @@
-"""Judging a router on held-out steps (method.md, "Router training" step 5).
+"""Judging a router on held-out steps (docs/method.md, "Router training" step 5).
 
 The router is loaded exactly as `arbitrage run --policy router --router DIR` loads it (factory.load_model)
 and fed the same `RouteRequest`s the engine would build, so the figures describe the deployed router.

@@ -163,7 +163,7 @@ def _detect_prm_kind(path_or_id: str) -> str:
 
 
 class HFRouter:
-    """A 2-label token-classification router over the annotated input of method.md; y_hat = softmax[1].
+    """A 2-label token-classification router over the annotated input of docs/method.md; y_hat = softmax[1].
 
     Loading checks that the directory is a router (its arbitrage_router.json says kind "classifier") and that its
     classification head was trained (not newly initialised by transformers), before any problem runs."""
