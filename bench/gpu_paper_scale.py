@@ -88,6 +88,7 @@ class FixedRateRouter:
 
     def __init__(self, plan: dict[str, set[int]], inner=None):
         self.plan, self.inner = plan, inner
+        self.lane = getattr(inner, "lane", None)  # the inner router shares the generators' device
 
     def predict(self, requests):
         if self.inner is not None:

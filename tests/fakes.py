@@ -12,9 +12,16 @@ def problems(lengths: list[int]) -> list[Problem]:
 
 
 class FakeGenerator:
-    def __init__(self, name: str, lengths: dict[str, int], tokens_per_step: int = 3):
+    """Step i of a problem is "<initial><i>" (with \\boxed{1} at its last step), `tokens_per_step` tokens long.
+    `logprobs(key, i)` scripts the per-token log-probs (entropies are their negatives). A request with
+    max_new_tokens below the step's length gets that many tokens (a partial step, stop "length"); a request
+    with a `prefix` continues it. `written` counts the tokens each request wrote."""
+
+    def __init__(self, name: str, lengths: dict[str, int], tokens_per_step: int = 3, logprobs=None):
         self.name, self.separator, self.lengths, self.tokens = name, "\n\n", lengths, tokens_per_step
+        self.logprobs = logprobs or (lambda key, i: [-0.1] * tokens_per_step)
         self.calls: list[list[str]] = []     # keys of each batched call
+        self.written: list[tuple[str, int, int]] = []  # (key, step index, tokens written by this request)
         self.released: list[str] = []
 
     def generate(self, requests):
@@ -24,8 +31,16 @@ class FakeGenerator:
             i = len(r.steps)
             last = i + 1 >= self.lengths[r.key]
             text = f"{self.name[0]}{i}" + (" \\boxed{1}" if last else "")
-            out.append(Generation(text=text, stop="eos" if last else "separator", token_ids=list(range(self.tokens)),
-                                  logprobs=[-0.1] * self.tokens))
+            lps = list(self.logprobs(r.key, i))
+            start = r.prefix.n_tokens if r.prefix is not None else 0
+            end = min(len(lps), start + r.max_new_tokens)
+            self.written.append((r.key, i, end - start))
+            if end < len(lps):  # a partial step: the first `end` tokens
+                out.append(Generation(text=text[:end], stop="length", token_ids=list(range(end)), logprobs=lps[:end],
+                                      extras={"entropies": [-x for x in lps[:end]], "generator": self.name}))
+                continue
+            out.append(Generation(text=text, stop="eos" if last else "separator", token_ids=list(range(len(lps))),
+                                  logprobs=lps, extras={"entropies": [-x for x in lps], "generator": self.name}))
         return out
 
     def release(self, key):

@@ -1,5 +1,5 @@
 """The core's own plugin: model loaders for local directories, hub ids and servers, the core data sources,
-the step policies, and the `run` and `sweep` commands. It registers exactly as an outside plugin would
+the step policies, and the `run`, `sweep` and `serve` commands. It registers exactly as an outside plugin would
 (the `core` entry point of the `arbitrage.plugins` group), so it is also the example to copy."""
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def register(registry) -> None:
     for cls in BUILTIN_POLICIES:
         registry.add_policy(cls)
 
-    from . import run_cli, sweep_cli
+    from . import run_cli, serve_cli, sweep_cli
 
     registry.add_command("run", run_cli.register)
     registry.add_command("sweep", sweep_cli.register)
+    registry.add_command("serve", serve_cli.register)

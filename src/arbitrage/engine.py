@@ -28,7 +28,7 @@ from typing import Callable, Hashable, Iterable
 
 from .errors import ConfigError
 from .policies import Continue, Decision, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
-from .protocols import can_cancel, lane_of
+from .protocols import can_cancel, lane_capacity, lane_of
 from .records import Proposal, StepRecord
 from .types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Problem, RouteRequest, Sampling,
                     ScoreRequest, Step)
@@ -68,7 +68,9 @@ class Models:
         missing = [m for m in sorted(policy.needs) if getattr(self, m) is None]
         if missing:
             flags = " ".join(f"--{m} MODEL" for m in missing if m != "judge")
-            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" + (f": give {flags}" if flags else ""))
+            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" +
+                              (f": give {flags}" if flags else ""))
+        policy.check_models(self)
 
     def all(self) -> list[tuple[str, object]]:
         return [(n, getattr(self, n)) for n in ROLES if getattr(self, n) is not None]
@@ -155,16 +157,28 @@ class _State:
 
 
 class _Lane:
-    def __init__(self, key: Hashable, roles: list[str]):
-        self.key, self.roles = key, roles
-        self.busy = False
+    """Models that share hardware. `capacity`: calls it takes at once (1 for a device; a server batches
+    concurrent requests itself, so its lane takes as many calls as its client allows in flight)."""
+
+    def __init__(self, key: Hashable, roles: list[str], capacity: int = 1):
+        self.key, self.roles, self.capacity = key, roles, max(1, capacity)
+        self.in_flight = 0
         self.turn = 0
         self.releases: list[tuple[object, str]] = []
         self.executor: ThreadPoolExecutor | None = None
 
+    @property
+    def busy(self) -> bool:
+        return self.in_flight >= self.capacity
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0
+
     def submit(self, fn):
         if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"arbitrage-lane-{self.roles[0]}")
+            self.executor = ThreadPoolExecutor(max_workers=self.capacity,
+                                               thread_name_prefix=f"arbitrage-lane-{self.roles[0]}")
         return self.executor.submit(fn)
 
     def close(self) -> None:
@@ -201,8 +215,11 @@ class Engine:
         self._lane_of_role.clear()
         for role, model in self.models.all():
             key = lane_of(model) if self.config.parallel else "serial"
-            lane = self._lanes.setdefault(key, _Lane(key, []))
-            lane.roles.append(role)
+            capacity = lane_capacity(model) if self.config.parallel else 1
+            lane = self._lanes.setdefault(key, _Lane(key, [], capacity))
+            lane.capacity = min(lane.capacity, capacity)
+            if role not in lane.roles:
+                lane.roles.append(role)
             self._lane_of_role[role] = lane
 
     # --- public ------------------------------------------------------------------------------------------
@@ -282,7 +299,7 @@ class Engine:
             for ticket in cancels:
                 self._do_cancel(ticket)
             for lane, role, batch, results, t0, t1 in completions:
-                lane.busy = False
+                lane.in_flight -= 1
                 self._apply(role, batch, results, t0, t1)
             self._retire()
             with self._cv:
@@ -295,7 +312,7 @@ class Engine:
             with self._cv:
                 if self._completions or self._cancel or (self._incoming and len(self._active) < self.config.concurrency):
                     continue
-                busy = any(lane.busy for lane in self._lanes.values())
+                busy = any(not lane.idle for lane in self._lanes.values())
                 if not busy and not self._active and not self._incoming:
                     self._flush_releases()
                     if until_idle or self._stopping:
@@ -323,28 +340,30 @@ class Engine:
         apply. A serving engine always uses the lanes' threads, so new problems start while a call runs."""
         jobs = []
         for lane in self._lanes.values():
-            if lane.busy:
-                continue
-            self._flush_releases(lane)
+            if lane.idle:
+                self._flush_releases(lane)
+            taken = 0
             for k in range(len(lane.roles)):
+                if lane.in_flight + taken >= lane.capacity:
+                    break
                 role = lane.roles[(lane.turn + k) % len(lane.roles)]
                 batch = self._ready(role)
                 if batch:
-                    lane.turn = (lane.turn + k + 1) % len(lane.roles)
                     jobs.append((lane, role, batch))
-                    break
+                    taken += 1
+                    for st in batch:
+                        st.in_call = True
+            if taken:
+                lane.turn = (lane.turn + 1) % len(lane.roles)
         if not jobs:
             return None
-        for _, _, batch in jobs:
-            for st in batch:
-                st.in_call = True
-        if allow_inline and len(jobs) == 1 and not any(lane.busy for lane in self._lanes.values()):
+        if allow_inline and len(jobs) == 1 and all(lane.idle for lane in self._lanes.values()):
             lane, role, batch = jobs[0]
             t0 = self.clock()
             results = self._call(role, batch)
             return role, batch, results, t0, self.clock()
         for lane, role, batch in jobs:
-            lane.busy = True
+            lane.in_flight += 1
             requests = self._requests(role, batch)  # built here: the problems' state belongs to this thread
             lane.submit(self._job(lane, role, batch, requests))
         return None
@@ -422,7 +441,7 @@ class Engine:
 
     def _flush_releases(self, lane: _Lane | None = None) -> None:
         for ln in [lane] if lane is not None else self._lanes.values():
-            if not ln.busy and ln.releases:
+            if ln.idle and ln.releases:
                 todo, ln.releases = ln.releases, []
                 for model, key in todo:
                     model.release(key)

@@ -114,6 +114,9 @@ class Policy:
     def describe(self) -> str:
         return self.name if self.threshold is None else f"{self.name}(tau={self.threshold:g})"
 
+    def check_models(self, models) -> None:
+        """Refuse models this policy cannot use as configured (beyond their presence)."""
+
     @classmethod
     def takes_threshold(cls) -> bool:
         return cls.threshold_range is not None
@@ -189,6 +192,13 @@ class RouterPolicy(ThresholdPolicy):
     def describe(self) -> str:
         base = super().describe()
         return base if self.decide_after is None else f"{base[:-1]}, K={self.decide_after})"
+
+    def check_models(self, models) -> None:
+        trained = getattr(models.router, "decide_after", None)
+        if trained != self.decide_after:
+            have = f"reads the first {trained} tokens of a step" if trained else "reads whole steps"
+            want = f"--decide-after {trained}" if trained else "no --decide-after"
+            raise ConfigError(f"the router {have} (it was trained so): run it with {want}")
 
     def decide(self) -> Decide:
         if self.decide_after is None:

@@ -9,6 +9,8 @@ Optional members the engine looks for through `capabilities()` rather than by sn
 - `cancel(key)`: stop work in flight for a problem (a server request, a row of a batched decode);
 - `lane`: models with the same lane never run at the same time (in-process models on one device share one,
   so they do not oversubscribe its threads); by default every model is its own lane;
+- `max_concurrent_calls`: how many calls a model's lane takes at once (a server client sends each call's
+  requests concurrently and the server batches them: a new call need not wait for the last); default 1;
 - a router's `draft_features`: what it reads from the draft's step (e.g. "last_hidden"), so the draft can be
   asked to compute it.
 """
@@ -67,6 +69,12 @@ def lane_of(model) -> Hashable:
     """The lane a model runs on: its own `lane` attribute, else the model object itself."""
     lane = getattr(model, "lane", None)
     return lane if lane is not None else ("model", id(model))
+
+
+def lane_capacity(model) -> int:
+    """Calls a model takes at once: its `max_concurrent_calls` (a server client: the requests it may have in
+    flight), else 1 (an in-process model computes one batch at a time)."""
+    return int(getattr(model, "max_concurrent_calls", 1) or 1)
 
 
 def can_cancel(model) -> bool:

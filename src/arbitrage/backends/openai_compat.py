@@ -181,6 +181,7 @@ class OpenAICompletionsGenerator:
         self.api, self.want_logprobs, self.extra_body = api, logprobs, dict(extra_body or {})
         # top-k alternatives per token: k >= 2 gives per-token entropy estimates (extras["entropies"])
         self.top_logprobs = max(1, int(top_logprobs))
+        self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
         self.http = HttpClient(base_url, kind=f"{name or 'generation'} server", concurrency=concurrency,
                                timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
                                transport=transport)

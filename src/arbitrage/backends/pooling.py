@@ -165,6 +165,7 @@ class PoolingPRM:
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         self.name, self.activation, self.label = name, activation, label
+        self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
         self.fmt = PRMFormat.named(fmt, separator) if isinstance(fmt, str) else fmt
         self.client = _PoolingClient(base_url, model, route=route, kind=f"{name} server", concurrency=concurrency,
                                      timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
@@ -203,6 +204,7 @@ class PoolingRouter:
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         self.name, self.activation, self.label = name, activation, label
+        self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
         self.client = _PoolingClient(base_url, model, route=route, kind=f"{name} server", concurrency=concurrency,
                                      timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
                                      task=task, num_labels=num_labels, tokenizer=tokenizer, check=check,

@@ -29,7 +29,10 @@ def _assisted_check(cfg) -> None:
 
 def register(registry) -> None:
     from .specreason import SpecReason  # the assisted runner (torch) is imported only when it runs
+    from .training_free import POLICIES
 
     registry.add_policy(SpecReason)
+    for cls in POLICIES:
+        registry.add_policy(cls)
     registry.add_runner("assisted", {"draft", "target"}, _assisted, metrics=_assisted_metrics, check=_assisted_check,
                         summary="token-level speculative decoding (transformers assisted generation), lossless")

@@ -52,9 +52,27 @@ def _per_token(draft: Step, what: str) -> np.ndarray:
     return np.asarray(vals, dtype=np.float64)
 
 
+def glimpse_of(draft: Step, k: int) -> Step:
+    """The draft step as a router deciding after its first `k` tokens sees it: the first k log-probs and
+    entropies, at most k tokens, stopped at "length" unless the step ended within k tokens, and no text (a
+    probe reads no text, and the same holds at training and at run time). Idempotent."""
+    n = draft.n_tokens
+    ended = n <= k and draft.stop != "length"
+    lps = draft.logprobs[:k] if draft.logprobs is not None else None
+    extras = {key: v[:k] for key, v in draft.extras.items() if key == "entropies" and v is not None}
+    return Step(author=draft.author, text="", stop=draft.stop if ended else "length", n_tokens=min(n, k),
+                logprobs=lps, extras=extras)
+
+
 def step_features(draft: Step, history_authors: Sequence[str], groups: Sequence[str],
-                  hidden_dim: int = 0) -> list[float]:
-    """The feature vector of one draft step after earlier steps written by `history_authors`."""
+                  hidden_dim: int = 0, decide_after: int | None = None) -> list[float]:
+    """The feature vector of one draft step after earlier steps written by `history_authors` (with
+    `decide_after` = k, of the step's first k tokens only: `glimpse_of`)."""
+    if decide_after is not None:
+        if "hidden" in groups:
+            raise ConfigError("a probe that decides after the first tokens cannot read the draft's last hidden "
+                              "state (it is recorded at the end of the step)")
+        draft = glimpse_of(draft, decide_after)
     out: list[float] = []
     for g in groups:
         if g == "logprobs":
@@ -85,6 +103,6 @@ def step_features(draft: Step, history_authors: Sequence[str], groups: Sequence[
 
 
 def feature_matrix(drafts: Sequence[Step], histories: Sequence[Sequence[str]], groups: Sequence[str],
-                   hidden_dim: int = 0) -> np.ndarray:
-    return np.asarray([step_features(d, h, groups, hidden_dim) for d, h in zip(drafts, histories)],
+                   hidden_dim: int = 0, decide_after: int | None = None) -> np.ndarray:
+    return np.asarray([step_features(d, h, groups, hidden_dim, decide_after) for d, h in zip(drafts, histories)],
                       dtype=np.float64).reshape(len(drafts), -1)

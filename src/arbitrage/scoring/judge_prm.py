@@ -105,6 +105,7 @@ class JudgePRM:
         if top_k < 2:
             raise ConfigError("the judge needs top_k >= 2 log-probs")
         self.template, self.separator, self.api, self.top_k = template, separator, api, top_k
+        self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
         self.http = HttpClient(base_url, kind="judge PRM server", concurrency=concurrency, timeout=timeout,
                                max_retries=max_retries, backoff=backoff, api_key=api_key, transport=transport)
         self.model = model

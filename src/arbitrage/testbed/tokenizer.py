@@ -19,6 +19,9 @@ SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_t
 # Longest first: the pre-tokenizer regex tries the alternatives in this order.
 PIECES = ("The answer is ", "What is ", "\\boxed{", " mod ", "Let ", " = ", " + ", " - ", " * ", ". ", "\n\n")
 CHARS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
+# A chat renders as the task's own prompt: the last user message (the question), then the step separator.
+CHAT_TEMPLATE = ("{% set ns = namespace(q='') %}{% for m in messages %}{% if m['role'] == 'user' %}"
+                 "{% set ns.q = m['content'] %}{% endif %}{% endfor %}{{ ns.q + '\\n\\n' }}")
 
 
 def build_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
@@ -31,8 +34,10 @@ def build_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.Fuse()
     bos = SPECIAL["bos_token"]
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
                                    padding_side="left", **SPECIAL)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> None:

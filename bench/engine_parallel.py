@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""The engine with models working at the same time against the engine that calls one model at a time.
+
+Draft and target are two OpenAI-compatible servers (the project's fake server, fixed per-token latency, requests
+overlapping as on a batching server; or any real pair given by URL); the router is a scripted one that escalates
+a fixed, seeded share of steps, so both engines make exactly the same decisions and only the scheduling
+differs. Measured side by side in one run, several repetitions alternating the two engines:
+
+- throughput (problems/s) with `--concurrency` problems in flight (default 8);
+- batch-size-1 latency (one problem at a time), where nothing can overlap: the new engine must not be slower.
+
+    python bench/engine_parallel.py                         # fake servers, 10 ms/token each
+    python bench/engine_parallel.py --draft-url http://127.0.0.1:8091/v1 --target-url http://127.0.0.1:8092/v1 \\
+        --server-api llamacpp --problems 16                  # a real pair (prompts from GSM8K)
+
+Prints a table and writes JSON (default bench/results/engine_parallel.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from arbitrage.engine import Engine, EngineConfig, Models
+from arbitrage.policies import make_policy
+from arbitrage.types import Problem
+
+
+class HashRouter:
+    """Escalates step k of problem p iff hash(p, k) falls below `rate`: the same decisions in every run."""
+
+    name = "router"
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def predict(self, requests):
+        out = []
+        for r in requests:
+            h = int.from_bytes(hashlib.sha256(f"{r.key}:{len(r.steps)}".encode()).digest()[:4], "big") / 2 ** 32
+            out.append(0.9 if h < self.rate else 0.1)
+        return out
+
+    def release(self, key):
+        pass
+
+
+def make_problems(n: int, source: str | None) -> list[Problem]:
+    if source:
+        from arbitrage.data import load_problems
+
+        return load_problems(source, limit=n, template="qwen-math-cot")
+    return [Problem(id=f"p{i}", question=f"q{i}", prompt=f"Problem {i}.\n\n") for i in range(n)]
+
+
+def start_fake(role: str, ms: float, tokens: int, steps: int, port: int):
+    import subprocess
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "arbitrage.server.fake_backend", "--name", role, "--port", str(port),
+                             "--per-token-ms", str(ms), "--tokens-per-step", str(tokens), "--steps", str(steps)])
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError(f"the fake {role} server did not start on port {port}")
+
+
+def run_once(models: Models, problems, concurrency: int, parallel: bool, cfg_kw: dict) -> dict:
+    cfg = EngineConfig(concurrency=concurrency, parallel=parallel, **cfg_kw)
+    done = []
+    t0 = time.perf_counter()
+    Engine(make_policy("router", 0.5), models, cfg).run(problems, done.append)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "problems_per_s": len(done) / wall,
+            "latency_s_mean": statistics.fmean(r.latency_s for r in done),
+            "steps": sum(len(r.steps) for r in done), "target_calls": sum(r.counts["target_calls"] for r in done),
+            "solutions": {r.problem.id: r.solution for r in done}}
+
+
+CONFIGS = (  # (escalation rate, draft ms/token, target ms/token)
+    (0.5, 5.0, 10.0),   # both servers equally loaded: the draft works every step, the target on half of them
+    (0.5, 10.0, 10.0),  # equal per-token latency: the target's server is idle half the time anyway
+    (0.3, 3.0, 10.0),   # equally loaded at a lower escalation rate
+)
+
+
+def measure(models, problems, b1, a, cfg_kw) -> dict:
+    runs = {"parallel": [], "serial": [], "parallel_b1": [], "serial_b1": []}
+    run_once(models, problems[:2], 2, True, cfg_kw)  # warm-up: connections, servers
+    for rep in range(a.repeats):
+        order = [True, False] if rep % 2 == 0 else [False, True]  # alternate, so drift hits both alike
+        for parallel in order:
+            name = "parallel" if parallel else "serial"
+            runs[name].append(run_once(models, problems, a.concurrency, parallel, cfg_kw))
+            runs[name + "_b1"].append(run_once(models, b1, 1, parallel, cfg_kw))
+            print(f"  rep {rep} {name}: {runs[name][-1]['problems_per_s']:.2f} problems/s; batch 1 "
+                  f"{runs[name + '_b1'][-1]['latency_s_mean']:.3f} s/problem", file=sys.stderr, flush=True)
+    same = all(r["solutions"] == runs["parallel"][0]["solutions"] for r in runs["parallel"] + runs["serial"])
+
+    def summary(rs, key):
+        xs = [r[key] for r in rs]
+        return {"mean": statistics.fmean(xs), "min": min(xs), "max": max(xs), "runs": xs}
+
+    tp = [p["problems_per_s"] / s["problems_per_s"] for p, s in zip(runs["parallel"], runs["serial"])]
+    lat = [p["latency_s_mean"] / s["latency_s_mean"] for p, s in zip(runs["parallel_b1"], runs["serial_b1"])]
+    return {"steps_per_run": runs["parallel"][0]["steps"], "target_calls_per_run": runs["parallel"][0]["target_calls"],
+            "same_outputs": same,
+            "throughput_problems_per_s": {"parallel": summary(runs["parallel"], "problems_per_s"),
+                                          "serial": summary(runs["serial"], "problems_per_s")},
+            "throughput_ratio": {"mean": statistics.fmean(tp), "min": min(tp), "max": max(tp)},
+            "batch1_latency_s": {"parallel": summary(runs["parallel_b1"], "latency_s_mean"),
+                                 "serial": summary(runs["serial_b1"], "latency_s_mean")},
+            "batch1_latency_ratio": {"mean": statistics.fmean(lat), "min": min(lat), "max": max(lat)}}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--draft-url"), ap.add_argument("--target-url")
+    ap.add_argument("--server-api", default="completions", choices=["completions", "llamacpp"])
+    ap.add_argument("--data", help="prompts for a real pair (e.g. gsm8k); default: synthetic prompts")
+    ap.add_argument("--rate", type=float, default=0.5, help="given servers: share of steps the router escalates")
+    ap.add_argument("--tokens-per-step", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6, help="fake servers: steps per problem")
+    ap.add_argument("--problems", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-step-tokens", type=int, default=64)
+    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--port", type=int, default=18091, help="fake servers: draft on PORT, target on PORT+1")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "engine_parallel.json"))
+    a = ap.parse_args(argv)
+
+    from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
+
+    cfg_kw = {"max_steps": a.max_steps, "max_step_tokens": a.max_step_tokens, "max_total_tokens": 4096}
+    problems = make_problems(a.problems, a.data)
+    b1 = problems[: max(2, a.problems // 4)]
+    given = bool(a.draft_url and a.target_url)
+    configs = [(a.rate, None, None)] if given else list(CONFIGS)
+    report = {"problems": a.problems, "concurrency": a.concurrency, "repeats": a.repeats,
+              "tokens_per_step": a.tokens_per_step, "batch1_problems": len(b1),
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "configs": []}
+    lines = [f"engine_parallel: {a.problems} problems, {a.concurrency} in flight, a scripted router, "
+             f"{a.repeats} repetitions alternating the engines (one call at a time = the engine before lanes)",
+             f"{'setup':<44}{'parallel /s':>12}{'serial /s':>11}{'ratio':>8}{'b1 ratio':>10}{'same':>6}"]
+    for rate, d_ms, t_ms in configs:
+        servers = []
+        if given:
+            urls, kind = {"draft": a.draft_url, "target": a.target_url}, f"given servers, router {rate:.0%}"
+        else:  # each fake server in its own process, as real servers are (not competing for this one's GIL)
+            urls = {}
+            for role, ms, port in (("draft", d_ms, a.port), ("target", t_ms, a.port + 1)):
+                servers.append(start_fake(role, ms, a.tokens_per_step, a.steps, port))
+                urls[role] = f"http://127.0.0.1:{port}/v1"
+            kind = f"fake {d_ms:g}/{t_ms:g} ms per token, router {rate:.0%}"
+        print(kind, file=sys.stderr, flush=True)
+        gens = {role: OpenAICompletionsGenerator(url, name=role, api=a.server_api, concurrency=64, tokenizer=None)
+                for role, url in urls.items()}
+        models = Models(draft=gens["draft"], target=gens["target"], router=HashRouter(rate))
+        try:
+            row = {"setup": kind, "escalation_rate_scripted": rate, "draft_ms_per_token": d_ms,
+                   "target_ms_per_token": t_ms, **measure(models, problems, b1, a, cfg_kw)}
+        finally:
+            for g in gens.values():
+                g.close()
+            for s in servers:
+                s.terminate()
+                s.wait(10)
+        report["configs"].append(row)
+        tp = row["throughput_problems_per_s"]
+        lines.append(f"{kind:<44}{tp['parallel']['mean']:>12.2f}{tp['serial']['mean']:>11.2f}"
+                     f"{row['throughput_ratio']['mean']:>7.2f}x{row['batch1_latency_ratio']['mean']:>10.3f}"
+                     f"{str(row['same_outputs']):>6}")
+    lines.append("b1 ratio: batch-size-1 latency, parallel engine / one call at a time (1 = no worse)")
+    print("\n".join(lines))
+    report["table"] = lines
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""`arbitrage serve`: an OpenAI-compatible speculative-reasoning server."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import ConfigError
+from .run_cli import add_decoding_arguments, add_model_arguments, config_from_args, quiet_libraries
+
+EPILOG = """\
+example (the testbed's shipped models, in-process):
+  arbitrage serve --policy router --threshold 0.5 --draft testbed:draft --target testbed:target \\
+      --router ROUTER_DIR --port 8000
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "arbitrage", "prompt": "Let a = 5. b = a + 3. What is b?\\n\\n", "max_tokens": 64}'
+
+Per request (extra JSON fields, e.g. the openai client's extra_body): policy, threshold, max_steps,
+decide_after. Every model given is loaded, so a request may pick any policy those models allow.
+"""
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .factory import build_models
+    from .policies import make_policy
+    from .server.app import create_app
+    from .server.service import Service
+
+    quiet_libraries(True)
+    cfg = config_from_args(args, out="-")
+    if args.max_concurrency < 1:
+        raise ConfigError("--max-concurrency must be at least 1")
+    cfg.engine.concurrency = args.max_concurrency
+    policy = make_policy(cfg.policy, cfg.threshold, **cfg.policy_options)
+    roles = {r for r, spec in cfg.models.items() if spec} | set(policy.needs)
+    if "target" in roles and policy.name == "specreason":
+        roles.add("judge")
+    models = build_models(roles, cfg.models, cfg.model_options, cfg.engine.separator)
+    models.check(policy)
+    tokenizer = _tokenizer(args, models)
+    service = Service(models, policy, cfg.engine, served_name=args.served_name, tokenizer=tokenizer,
+                      policy_options=cfg.policy_options)
+    print(f"arbitrage serve: {args.served_name!r}, default policy {policy.describe()}, up to "
+          f"{args.max_concurrency} problems in flight, on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _tokenizer(args, models):
+    """The tokenizer that renders chat prompts and counts prompt tokens: --tokenizer, else the in-process
+    draft's (or target's)."""
+    if args.tokenizer:
+        from .backends.hf import load_tokenizer
+
+        return load_tokenizer(args.tokenizer)
+    for model in (models.draft, models.target):
+        tok = getattr(model, "tokenizer", None)
+        if tok is not None:
+            return tok
+    return None
+
+
+def register(sub) -> None:
+    from .registry import registry
+
+    p = sub.add_parser("serve", help="serve a policy behind an OpenAI-compatible API (completions, chat, streaming)",
+                       description="Serve step-level speculative reasoning behind /v1/completions and "
+                                   "/v1/chat/completions (streamed step by step), with /v1/models, /health and "
+                                   "/metrics.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", default="router", choices=list(registry().policies),
+                   help="the default policy (a request may pick another; default: %(default)s)")
+    p.add_argument("--threshold", type=float, help="the default policy's tau (default: the policy's own)")
+    p.add_argument("--decide-after", type=int, metavar="K", help="router: decide after the draft's first K tokens")
+    p.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="problems in flight in the engine; more requests wait their turn (default: %(default)s)")
+    p.add_argument("--served-name", default="arbitrage", help="the model name clients ask for (default: %(default)s)")
+    p.add_argument("--tokenizer", help="tokenizer with the chat template (default: the in-process draft's)")
+    p.add_argument("--log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
+    add_model_arguments(p)
+    add_decoding_arguments(p)
+    p.set_defaults(func=cmd_serve, data="", limit=None, offset=0, shard=None, template=None, question_field=None,
+                   answer_field=None, id_field=None, quiet=True, target_samples=None)

@@ -1,0 +1,182 @@
+"""The HTTP side of `arbitrage serve`: OpenAI-compatible routes on FastAPI, as vLLM's server is built.
+
+- POST /v1/completions, POST /v1/chat/completions: one problem per request through the shared engine; fields
+  max_tokens, temperature, top_p, seed, stop, stream, stream_options.include_usage, and the extra fields
+  policy, threshold, max_steps (and decide_after) per request. Streaming sends one chunk per accepted step,
+  then a chunk with the finish reason (and, if asked, one with the usage). `usage` adds the step accounting
+  (draft_tokens, target_tokens, discarded_draft_tokens, steps, escalated_steps) to OpenAI's fields.
+- GET /v1/models, GET /health (503 while a backend is down), GET /metrics (Prometheus).
+Bad input gets a 400 naming the field (404 for an unknown model); a client that disconnects cancels its work.
+"""
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from ..registry import registry
+from .requests import RequestError, parse_request
+from .service import FINISH, Service
+
+DISCONNECT_POLL_S = 0.25
+
+
+def create_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="arbitrage", description="Step-level speculative reasoning behind an OpenAI-compatible API",
+                  lifespan=lifespan)
+    app.state.service = service
+
+    def error(exc: RequestError, endpoint: str) -> JSONResponse:
+        service.metrics.requests.labels(endpoint, str(exc.status)).inc()
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": service.served_name, "object": "model",
+                                            "created": int(service.started), "owned_by": "arbitrage",
+                                            "policy": service.default_policy.describe()}]}
+
+    @app.get("/health")
+    async def health():
+        status = await asyncio.get_running_loop().run_in_executor(None, service.health)
+        down = [role for role, s in status.items() if s == "down"]
+        body = {"status": "ok" if not down else "unavailable", "backends": status,
+                "in_flight": service.engine.in_flight}
+        return JSONResponse(body, status_code=503 if down else 200)
+
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        service.metrics.in_flight.set(service.engine.in_flight)
+        return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def complete(request: Request, chat: bool):
+        endpoint = "chat" if chat else "completions"
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            return error(RequestError(f"the request body is not valid JSON ({exc})"), endpoint)
+        try:
+            req = parse_request(body, chat, service.served_name, registry().policies, registry().thresholded())
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+            ticket, prompt = service.submit(req, loop, queue)
+        except RequestError as exc:
+            return error(exc, endpoint)
+        rid = ("chatcmpl-" if chat else "cmpl-") + ticket.problem.id
+        created = int(time.time())
+        if req.stream:
+            service.metrics.requests.labels(endpoint, "200").inc()
+            return StreamingResponse(_stream(request, service, ticket, queue, req, prompt, rid, created, chat),
+                                     media_type="text/event-stream")
+        result = await _wait(request, ticket, queue)
+        if result is None:  # the client went away; its work was cancelled
+            service.metrics.requests.labels(endpoint, "499").inc()
+            return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
+        if isinstance(result, BaseException):
+            service.metrics.requests.labels(endpoint, "500").inc()
+            return JSONResponse({"error": {"message": f"a backend failed: {result}", "type": "server_error",
+                                           "param": None, "code": None}}, status_code=500)
+        service.metrics.requests.labels(endpoint, "200").inc()
+        finish = FINISH[result.finish]
+        usage = service.usage(prompt, result).to_json()
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": result.solution},
+                      "finish_reason": finish, "logprobs": None}
+            return {"id": rid, "object": "chat.completion", "created": created, "model": service.served_name,
+                    "choices": [choice], "usage": usage}
+        choice = {"index": 0, "text": result.solution, "finish_reason": finish, "logprobs": None}
+        return {"id": rid, "object": "text_completion", "created": created, "model": service.served_name,
+                "choices": [choice], "usage": usage}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await complete(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await complete(request, chat=True)
+
+    return app
+
+
+async def _next(request: Request, ticket, queue: asyncio.Queue):
+    """The next engine event for this request; None when the client disconnected first (its problem is then
+    cancelled)."""
+    while True:
+        try:
+            return await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                ticket.cancel()
+                return None
+            if ticket.done and ticket.error is not None:
+                return ("error", ticket.error)
+
+
+async def _wait(request: Request, ticket, queue: asyncio.Queue):
+    while True:
+        event = await _next(request, ticket, queue)
+        if event is None:
+            return None
+        if event[0] == "done":
+            return event[1]
+        if event[0] == "error":
+            return event[1]
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+async def _stream(request: Request, service: Service, ticket, queue: asyncio.Queue, req, prompt: str, rid: str,
+                  created: int, chat: bool):
+    name = service.served_name
+    sep = service.config.separator
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+        if chat:
+            delta = {} if text is None else ({"role": "assistant", "content": text} if first else {"content": text})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice]}
+
+    first = True
+    try:
+        while True:
+            event = await _next(request, ticket, queue)
+            if event is None:
+                return
+            kind = event[0]
+            if kind == "step":
+                step = event[2]
+                yield _sse(chunk(step.context_text(sep), None, first))
+                first = False
+            elif kind == "done":
+                result = event[1]
+                yield _sse(chunk(None if chat else "", FINISH[result.finish]))
+                if req.include_usage:
+                    yield _sse({"id": rid, "object": obj, "created": created, "model": name, "choices": [],
+                                "usage": service.usage(prompt, result).to_json()})
+                yield "data: [DONE]\n\n"
+                return
+            else:
+                yield _sse({"error": {"message": f"a backend failed: {event[1]}", "type": "server_error"}})
+                return
+    finally:  # the client closed the stream (or the server is shutting down): stop this problem's work
+        if not ticket.done:
+            ticket.cancel()
