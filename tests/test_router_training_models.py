@@ -251,9 +251,10 @@ def test_thresholds_hit_the_asked_escalation_rates(data_dir, tmp_path, capsys):
               > tau_bad for r in examples for s in r["steps"]]
     truth = [s["escalated"] for r in examples for s in r["steps"]]
     assert np.mean(np.array(picked) == np.array(truth)) > 0.95
-    # RSD: the PRM(draft) scores here take two values (0.2 and 0.9); ties make the achieved rate differ
+    # RSD: the PRM(draft) scores here take two values (0.2 and 0.9): tau falls between them (a plain quantile
+    # would land on a tied value), escalating the steps scored 0.2, the share closest to the asked rate
     rsd = {p["rate"]: p for p in found["rsd"]}
-    assert rsd[0.5]["tau"] == 0.9 and rsd[0.5]["achieved"] == pytest.approx(bad_share)
+    assert 0.2 < rsd[0.5]["tau"] < 0.9 and rsd[0.5]["achieved"] == pytest.approx(bad_share)
     assert main(["router", "thresholds", res, "--router", out, "--rates", "0.5,0.2",
                  "--out-json", str(tmp_path / "t.json")]) == 0
     printed = capsys.readouterr().out

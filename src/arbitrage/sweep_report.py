@@ -21,7 +21,8 @@ from typing import Sequence
 from .results import write_json_atomic
 
 X, Y = "latency_s_mean", "accuracy"
-BASELINES = ("rsd", "target", "specreason", "assisted")  # what the router is compared against, if present
+# What the router is compared against, if present.
+BASELINES = ("rsd", "target", "specreason", "assisted", "confidence", "confidence-min", "glimpse")
 EPS = 1e-9
 
 

@@ -25,7 +25,7 @@ def cmd_build_data(args) -> int:
     sep = _unescape(args.separator) if args.separator is not None else None
     counts = build_data(args.results, args.out, margin=args.margin, balance=not args.no_balance,
                         val_fraction=args.val_fraction, seed=args.seed, separator=sep,
-                        author_tags=not args.no_author_tags)
+                        author_tags=not args.no_author_tags, label_from=args.label_from)
     print(f"{'split':<22}{'examples':>10}{'escalate':>10}{'keep':>10}{'escalate %':>12}")
     for name in ("all", "train_before_balance", "train", "validation"):
         c = counts[name]
@@ -43,16 +43,19 @@ def cmd_train(args) -> int:
                   if getattr(args, f) is not None]
         if unused:
             raise ConfigError(f"--{unused[0].replace('_', '-')} is for --kind classifier, not probe")
-        hyper = {"features": args.probe_features.split(",") if args.probe_features else None, "C": args.C}
+        hyper = {"features": args.probe_features.split(",") if args.probe_features else None, "C": args.C,
+                 "classes": args.classes, "ordinal": args.ordinal, "decide_after": args.decide_after}
     else:
-        if args.probe_features or args.C is not None:
-            raise ConfigError("--probe-features and --C are for --kind probe")
+        if args.probe_features or args.C is not None or args.decide_after is not None:
+            raise ConfigError("--probe-features, --C and --decide-after are for --kind probe")
+        hyper_heads = {"classes": args.classes, "ordinal": args.ordinal}
         hyper = {k: getattr(args, k) for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
                  if getattr(args, k) is not None}
         hyper.update(weight_decay=args.weight_decay, device=args.device,
                      gradient_checkpointing=args.gradient_checkpointing)
         if args.no_bf16:
             hyper["bf16"] = False
+        hyper.update(hyper_heads)
     out = train_router(args.data, args.out, kind=args.kind, base=args.base, seed=args.seed,
                        shuffle_labels=args.shuffle_labels, log=log, **hyper)
     print(out)
@@ -60,11 +63,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import print_table
+    from .evaluate import decide_after_curve, print_table
 
+    if args.ks:
+        ks = [None if k.strip() == "full" else int(k) for k in args.ks.split(",") if k.strip()]
+        rows = decide_after_curve(args.data, ks, log=print)
+        print(f"{'K':>6}{'Spearman':>10}{'ROC-AUC':>9}")
+        for r in rows:
+            print(f"{'full' if r['decide_after'] is None else r['decide_after']:>6}{r['spearman']:>10.4f}"
+                  f"{r['roc_auc']:>9.4f}")
+        if args.out_json:
+            with open(args.out_json, "w") as f:
+                json.dump(rows, f, indent=2)
+        return 0
+    if not args.router:
+        raise ConfigError("give --router DIR (or --ks to fit and compare probes deciding after K tokens)")
     m = evaluate_router(args.router, args.data, tau=args.tau, out_json=args.out_json, oracle_tau=args.oracle_tau,
                         device=args.device, batch_size=args.batch_size)
     print_table(m, f"router {args.router} on {m['data']}")
+    if "per_class_accuracy" in m:
+        print("per-class accuracy (class: edges " + ", ".join(f"{e:.3g}" for e in m["edges"]) + "): " +
+              ", ".join(f"{c}: {v:.3f}" if v is not None else f"{c}: -" for c, v in m["per_class_accuracy"].items()))
     if args.out_json:
         print(f"figures -> {args.out_json}")
     else:
@@ -103,6 +122,9 @@ def register(sub) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--separator", help="step separator with escapes (default: the one the run recorded, else \\n\\n)")
     b.add_argument("--no-author-tags", action="store_true", help="leave out the 'Model 0: '/'Model 1: ' tags")
+    b.add_argument("--label-from", choices=("mean", "max", "first"), default="mean",
+                   help="with several target samples per step (generate --target-samples N): the target score the "
+                        "advantage is taken from (default: mean; all three agree for one sample)")
     b.set_defaults(func=cmd_build_data)
 
     t = rs.add_parser("train", help="train a router on build-data's output")
@@ -114,6 +136,10 @@ def register(sub) -> None:
     t.add_argument("--base", help="classifier: causal LM or PRM to start from (local path or Hugging Face id)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shuffle-labels", action="store_true", help="control: train on randomly permuted labels")
+    t.add_argument("--classes", type=int, default=2, choices=(2, 4, 10),
+                   help="2 (escalate/keep, default), or 4 / 10 classes by quantiles of the advantage on the training "
+                        "split; y_hat = the probability mass of the classes whose mean advantage is above 0")
+    t.add_argument("--ordinal", action="store_true", help="an ordinal (cumulative-logit) head over the classes")
     g = t.add_argument_group("classifier")
     g.add_argument("--lr", type=float, help="peak learning rate (default 1e-5, the paper's for a 1.5B base)")
     g.add_argument("--epochs", type=float, help="default 3")
@@ -129,10 +155,14 @@ def register(sub) -> None:
     q.add_argument("--probe-features", help="comma-separated groups from logprobs,entropies,shape,hidden "
                                             "(default: logprobs,entropies,shape as the data has them)")
     q.add_argument("--C", type=float, help="inverse L2 strength (default: chosen by grouped cross-validation)")
+    q.add_argument("--decide-after", type=int, metavar="K",
+                   help="read only the draft's first K tokens of each step (run it with `--decide-after K`)")
     t.set_defaults(func=cmd_train)
 
     e = rs.add_parser("eval", help="Spearman, ROC-AUC, per-class accuracy and oracle agreement on held-out steps")
-    e.add_argument("--router", required=True, help="router directory (either kind)")
+    e.add_argument("--router", help="router directory (either kind)")
+    e.add_argument("--ks", help="instead: fit the probe recipe on the first K tokens for each K (e.g. 1,2,4,8,full) "
+                                "and report held-out Spearman and ROC-AUC against K")
     e.add_argument("--data", required=True, help="build-data directory (its validation split) or an examples file")
     e.add_argument("--tau", type=float, default=0.5, help="escalate iff y_hat > tau (default 0.5)")
     e.add_argument("--oracle-tau", type=float, default=0.0, help="the oracle escalates iff A > this (default 0)")

@@ -131,6 +131,11 @@ def evaluate_router(router_dir: str, data_dir_or_file: str, tau: float = 0.5, ou
     y_hat = predict(router, examples, batch_size)
     seconds = time.perf_counter() - t0
     m = metrics(y_hat, [e.advantage for e in examples], [e.label for e in examples], tau, oracle_tau)
+    edges = getattr(router, "edges", None)
+    if edges is not None and callable(getattr(router, "classify", None)):  # a multi-class head
+        m.update(per_class_accuracy(router, examples, edges))
+    if getattr(router, "decide_after", None):
+        m["decide_after"] = router.decide_after
     m.update({"router": os.path.abspath(router_dir), "data": os.path.abspath(path),
               "predict_seconds": round(seconds, 3), "ms_per_step": round(1000 * seconds / len(examples), 3)})
     if out_json:
@@ -140,3 +145,35 @@ def evaluate_router(router_dir: str, data_dir_or_file: str, tau: float = 0.5, ou
     if log:
         log(table(m))
     return m
+
+
+def per_class_accuracy(router, examples: Sequence[Example], edges) -> dict:
+    """For a router with advantage classes: how often the most probable class is the true one, per class."""
+    from .heads import classes_of
+
+    truth = classes_of([e.advantage for e in examples], edges)
+    pred = np.asarray(router.classify(router_requests(examples)))
+    k = len(edges) + 1
+    per = {str(c): (float((pred[truth == c] == c).mean()) if (truth == c).any() else None) for c in range(k)}
+    return {"n_classes": k, "edges": list(edges), "class_accuracy": float((pred == truth).mean()),
+            "per_class_accuracy": per, "class_counts": {str(c): int((truth == c).sum()) for c in range(k)}}
+
+
+def decide_after_curve(data_dir: str, ks: Sequence[int | None], seed: int = 0, features=None,
+                       log: Callable[[str], None] | None = None) -> list[dict]:
+    """What deciding early costs in routing quality: for each K (None: the full step), a probe trained on the
+    features of the draft's first K tokens (the same recipe and data), and its held-out Spearman and ROC-AUC."""
+    import tempfile
+
+    from .probe import train_probe
+
+    rows = []
+    for k in ks:
+        with tempfile.TemporaryDirectory(prefix="arbitrage-k-") as out:
+            train_probe(data_dir, out, seed, features=features, decide_after=k, log=lambda *_: None)
+            m = evaluate_router(out, data_dir)
+        rows.append({"decide_after": k, "spearman": m["spearman"], "roc_auc": m["roc_auc"],
+                     "balanced_accuracy": m["balanced_accuracy"], "n": m["n"]})
+        if log:
+            log(f"K={'full' if k is None else k}: Spearman {m['spearman']:.4f}, ROC-AUC {m['roc_auc']:.4f}")
+    return rows

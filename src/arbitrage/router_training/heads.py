@@ -2,7 +2,7 @@
 (cumulative-logit) model, and the routing score y_hat read from any of them.
 
 - `class_edges(advantages, k)`: the k-1 inner quantiles of Delta on the training split (ties merged, so fewer
-  classes may come out); class of Delta = the number of edges <= Delta.
+  classes may come out); class of Delta = the number of edges below Delta (an edge closes its class).
 - `positive_classes(...)`: the classes whose mean Delta on the training split is above 0 ("the target's step
   would be better").
 - y_hat = the probability mass of the positive classes. For 2 classes this is P(escalate), as before.
@@ -20,7 +20,7 @@ def class_edges(advantages, k: int) -> list[float]:
     if k < 2:
         raise ValueError("at least 2 classes")
     a = np.asarray(advantages, dtype=np.float64)
-    qs = np.quantile(a, [i / k for i in range(1, k)])
+    qs = np.quantile(a, [i / k for i in range(1, k)], method="inverted_cdf")  # values of the data: ties stay tied
     edges: list[float] = []
     for q in qs:
         if not edges or q > edges[-1] + 1e-12:
@@ -29,9 +29,10 @@ def class_edges(advantages, k: int) -> list[float]:
 
 
 def classes_of(advantages, edges) -> np.ndarray:
-    """Class index of each Delta: the number of edges <= Delta (edges ascending)."""
+    """Class index of each Delta: the number of edges below Delta (edges ascending; an edge value itself falls
+    in the class it closes, so a tied minimum is a class of its own)."""
     return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(advantages, dtype=np.float64),
-                           side="right")
+                           side="left")
 
 
 def positive_classes(advantages, classes, n_classes: int) -> list[int]:

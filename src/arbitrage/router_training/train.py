@@ -23,6 +23,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..formats import RouterFormat, write_router_meta
 from .dataset import Example, class_counts, data_file, load_examples, read_meta
+from .heads import class_edges, classes_of, positive_classes
 
 LABELS = {0: "keep", 1: "escalate"}
 
@@ -82,6 +83,28 @@ class LastTokenCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _trainer_base():
+    from transformers import Trainer
+
+    return Trainer
+
+
+class OrdinalTrainer(_trainer_base()):
+    """Trainer with the ordinal loss: at each row's last token, K-1 logits z_j = logit P(class > j), binary cross
+    entropy against 1[class > j]."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs.logits
+        rows, cols = (labels != -100).nonzero(as_tuple=True)
+        z = logits[rows, cols].float()                                  # [B, K-1]
+        y = labels[rows, cols]
+        targets = (y[:, None] > torch.arange(z.shape[1], device=z.device)[None, :]).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, targets)
+        return (loss, outputs) if return_outputs else loss
+
+
 def _use_cuda(device: str) -> bool:
     if device == "auto":
         return torch.cuda.is_available()
@@ -94,9 +117,11 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
                      batch_size: int = 8, grad_accum: int = 1, warmup: float = 0.1, weight_decay: float = 0.0,
                      max_length: int = 4096, device: str = "auto", bf16: bool | None = None,
                      gradient_checkpointing: bool = False, shuffle_labels: bool = False, logging_steps: int = 10,
-                     log: Callable[[str], None] = print) -> str:
+                     classes: int = 2, ordinal: bool = False, log: Callable[[str], None] = print) -> str:
     """Fine-tune BASE on DATA/train.jsonl (evaluating the loss on DATA/validation.jsonl each epoch when it has
-    examples) and save a router checkpoint to OUT. Returns OUT."""
+    examples) and save a router checkpoint to OUT. Returns OUT. `classes` 4 or 10: classes by quantiles of the
+    advantage on the training split (cross entropy over them); `ordinal`: K-1 cumulative logits P(class > j),
+    each trained with binary cross entropy (heads.py documents how y_hat is read from either)."""
     from transformers import Trainer, TrainingArguments, set_seed
 
     from ..backends.hf import load_model, load_tokenizer
@@ -114,6 +139,13 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     separator, author_tags = meta.get("separator", "\n\n"), meta.get("author_tags", True)
     train = load_examples(data_file(data_dir, "train"))
     labels = [e.label for e in train]
+    edges, positive, n_classes, head = None, [1], 2, "softmax"
+    if classes > 2 or ordinal:
+        edges = class_edges([e.advantage for e in train], classes)
+        labels = classes_of([e.advantage for e in train], edges).tolist()
+        n_classes = len(edges) + 1
+        positive = positive_classes([e.advantage for e in train], labels, n_classes)
+        head = "ordinal" if ordinal else "softmax"
     if shuffle_labels:  # the control: same inputs, labels permuted at random
         random.Random(seed).shuffle(labels)
     if len(set(labels)) < 2:
@@ -128,14 +160,17 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model = load_model(base, "AutoModelForTokenClassification", device="cpu", dtype="float32", num_labels=2,
-                       ignore_mismatched_sizes=True, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    n_out = n_classes - 1 if ordinal else n_classes
+    names = LABELS if n_classes == 2 and not ordinal else {i: f"class_{i}" for i in range(n_out)}
+    model = load_model(base, "AutoModelForTokenClassification", device="cpu", dtype="float32", num_labels=n_out,
+                       ignore_mismatched_sizes=True, id2label=names, label2id={v: k for k, v in names.items()})
     model.config.pad_token_id = pad_id
     cuda = _use_cuda(device)
     if bf16 is None:
         bf16 = cuda and torch.cuda.is_bf16_supported()
     train_rows = _rows(tokenizer, train, labels, separator, author_tags, max_length)
-    val_rows = _rows(tokenizer, val, [e.label for e in val], separator, author_tags, max_length)
+    val_labels = [e.label for e in val] if edges is None else classes_of([e.advantage for e in val], edges).tolist()
+    val_rows = _rows(tokenizer, val, val_labels, separator, author_tags, max_length)
     steps_per_epoch = math.ceil(len(train_rows) / (batch_size * grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     work = tempfile.mkdtemp(prefix="arbitrage-router-")
@@ -146,7 +181,7 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
         weight_decay=weight_decay, seed=seed, data_seed=seed, logging_steps=logging_steps, save_strategy="no",
         eval_strategy="epoch" if val_rows else "no", report_to=[], use_cpu=not cuda, bf16=bool(bf16),
         dataloader_num_workers=0, disable_tqdm=True, **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
-    trainer = Trainer(model=model, args=args, train_dataset=_Rows(train_rows),
+    trainer = (OrdinalTrainer if ordinal else Trainer)(model=model, args=args, train_dataset=_Rows(train_rows),
                       eval_dataset=_Rows(val_rows) if val_rows else None, data_collator=LastTokenCollator(pad_id))
     log(f"classifier router: {len(train_rows)} training examples ({class_counts(train)}), {len(val_rows)} "
         f"validation, {total_steps} optimizer steps on {'cuda' if cuda else 'cpu'}{' bf16' if bf16 else ''}")
@@ -165,6 +200,7 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
                    "hyper": {"lr": lr, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
                              "warmup": warmup, "weight_decay": weight_decay, "max_length": max_length,
                              "bf16": bool(bf16)},
+                   "n_classes": n_classes, "head": head, "edges": edges, "positive_classes": positive,
                    "train_loss": round(float(out.training_loss), 5),
                    "eval_loss": [round(h["eval_loss"], 5) for h in history],
                    "train_seconds": round(seconds, 2), "device": "cuda" if cuda else "cpu"}

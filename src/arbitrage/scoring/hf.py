@@ -168,10 +168,15 @@ class HFRouter:
     Loading checks that the directory is a router (its arbitrage_router.json says kind "classifier") and that its
     classification head was trained (not newly initialised by transformers), before any problem runs."""
 
-    def __init__(self, scorer: _CachedScorer, fmt: RouterFormat | None = None):
+    def __init__(self, scorer: _CachedScorer, fmt: RouterFormat | None = None, meta: dict | None = None):
         self.scorer, self.fmt = scorer, fmt or RouterFormat()
         self.name = scorer.name
         self.lane = scorer.lane
+        meta = meta or {}
+        self.head = meta.get("head", "softmax")
+        self.n_classes = int(meta.get("n_classes", 2))
+        self.positive = list(meta.get("positive_classes", [1]))
+        self.edges = meta.get("edges")
 
     @property
     def separator(self) -> str:
@@ -197,18 +202,35 @@ class HFRouter:
             raise ModelLoadError(f"{path_or_id!r} has no trained router head: transformers initialised "
                                  f"{', '.join(sorted(missing)[:4])} at random (the checkpoint is not a token "
                                  f"classifier trained by `arbitrage router train`)")
-        if getattr(model.config, "num_labels", 2) != 2:
-            raise ModelLoadError(f"{path_or_id!r}: a router has 2 labels (keep, escalate), this model has "
+        meta = meta or {}
+        n_classes = int(meta.get("n_classes", 2))
+        want = n_classes - 1 if meta.get("head") == "ordinal" else n_classes
+        if getattr(model.config, "num_labels", 2) != want:
+            raise ModelLoadError(f"{path_or_id!r}: its {ROUTER_META} describes {want} outputs, the model has "
                                  f"{model.config.num_labels}")
         tokenizer = load_tokenizer(path_or_id)
-        return cls(_CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), RouterFormat.from_meta(meta))
+        return cls(_CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), RouterFormat.from_meta(meta),
+                   meta)
 
     def row_ids(self, request: RouteRequest) -> list[int]:
         return self.fmt.row_ids(self.scorer.encode, request.question, request.steps, request.draft)
 
-    def predict(self, requests: Sequence[RouteRequest]) -> list[float]:
+    def class_probs(self, requests: Sequence[RouteRequest]) -> torch.Tensor:
         out = self.scorer.run([(r.key, self.row_ids(r)) for r in requests])
-        return torch.softmax(out, -1)[:, 1].tolist()
+        if self.head != "ordinal":
+            return torch.softmax(out, -1)
+        above = torch.sigmoid(out)  # P(class > j), j = 0..K-2; kept monotone before taking differences
+        above = torch.cummin(above, dim=-1).values
+        ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
+        cum = torch.cat([ones, above, zeros], dim=-1)
+        return (cum[:, :-1] - cum[:, 1:]).clamp_min(0)
+
+    def predict(self, requests: Sequence[RouteRequest]) -> list[float]:
+        """y_hat = the probability mass of the classes whose mean advantage is above 0 (class 1 of 2)."""
+        return self.class_probs(requests)[:, self.positive].sum(-1).tolist()
+
+    def classify(self, requests: Sequence[RouteRequest]) -> list[int]:
+        return self.class_probs(requests).argmax(-1).tolist()
 
     def release(self, key: str) -> None:
         self.scorer.release(key)

@@ -7,8 +7,6 @@ can be re-checked with the *exact* checker whatever PRM the run used (a noisy on
   both were right, only the target, only the draft, neither. This is the step-difficulty mix of issue 5.
 - `wasted_escalations`: of the steps RSD escalated, the fraction where the target's step was no better than
   the draft's it replaced (the paper's "wasted" regenerations: ~60% of rejections on MATH500).
-- `router_vs_rsd`: for each RSD point, the cheapest router point at least as accurate, with the latency ratio
-  and the target-call ratio (the latter does not move with the load on the machine).
 """
 
 from __future__ import annotations
@@ -59,40 +57,3 @@ def wasted_escalations(records: Sequence[dict]) -> dict:
     wasted = n - counts.get("target_only", 0)
     return {"escalations": n, "wasted": wasted, "wasted_fraction": round(wasted / n, 4) if n else None,
             **{k: counts.get(k, 0) for k in OUTCOMES}}
-
-
-def router_vs_rsd(points: Sequence[dict]) -> list[dict]:
-    """For each RSD point, the cheapest (lowest mean latency) router point whose accuracy is at least RSD's.
-
-    `speedup` = RSD latency / router latency (> 1: the router is faster at no loss of accuracy);
-    `target_call_ratio` = RSD target calls / router target calls. None when no router point gets there."""
-    routers = [p for p in points if p["policy"] == "router"]
-    out = []
-    for r in sorted((p for p in points if p["policy"] == "rsd"), key=lambda p: p["threshold"]):
-        good = [p for p in routers if p["accuracy"] >= r["accuracy"] - 1e-9]
-        best = min(good, key=lambda p: p["latency_s_mean"]) if good else None
-        row = {"rsd_tau": r["threshold"], "rsd_accuracy": r["accuracy"], "rsd_latency_s": r["latency_s_mean"],
-               "rsd_escalation_rate": r["escalation_rate"], "router_tau": None, "router_accuracy": None,
-               "router_latency_s": None, "router_escalation_rate": None, "speedup": None, "target_call_ratio": None}
-        if best is not None:
-            row.update(router_tau=best["threshold"], router_accuracy=best["accuracy"],
-                       router_latency_s=best["latency_s_mean"], router_escalation_rate=best["escalation_rate"],
-                       speedup=round(r["latency_s_mean"] / best["latency_s_mean"], 3)
-                       if best["latency_s_mean"] > 0 else None,
-                       target_call_ratio=round(r["target_calls"] / best["target_calls"], 3)
-                       if best["target_calls"] else None)
-        out.append(row)
-    return out
-
-
-def headline(points: Sequence[dict], comparisons: Sequence[dict]) -> dict:
-    """The figures issue 5 asks for: the draft/target gap and the router-vs-RSD comparison at the most
-    accurate RSD point (ties: the cheaper one)."""
-    acc = {p["policy"]: p["accuracy"] for p in points if p["policy"] in ("draft", "target")}
-    out: dict = {"draft_accuracy": acc.get("draft"), "target_accuracy": acc.get("target"),
-                 "gap": round(acc["target"] - acc["draft"], 4) if len(acc) == 2 else None}
-    if comparisons:
-        best = max(comparisons, key=lambda c: (c["rsd_accuracy"], -c["rsd_latency_s"]))
-        out["router_vs_best_rsd"] = best
-        out["router_matches_best_rsd"] = best["router_tau"] is not None
-    return out

@@ -41,9 +41,12 @@ def build_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> None:
-    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` so older transformers (and vLLM) load it too."""
+    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` and keeping the chat template in
+    tokenizer_config.json, so older transformers (and vLLM) load it too."""
     tokenizer.save_pretrained(directory)
     path = Path(directory) / "tokenizer_config.json"
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if getattr(tokenizer, "chat_template", None):  # older transformers read it here (newer: chat_template.jinja)
+        config["chat_template"] = tokenizer.chat_template
     path.write_text(json.dumps(config, indent=2) + "\n")
