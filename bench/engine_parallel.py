@@ -59,13 +59,15 @@ def make_problems(n: int, source: str | None) -> list[Problem]:
     return [Problem(id=f"p{i}", question=f"q{i}", prompt=f"Problem {i}.\n\n") for i in range(n)]
 
 
-def start_fake(role: str, ms: float, tokens: int, steps: int, port: int):
+def start_fake(role: str, ms: float, tokens: int, steps: int, port: int, capacity: int = 0):
+    """A fake OpenAI-compatible server in its own process (arbitrage.server.fake_backend)."""
     import subprocess
 
     import httpx
 
     proc = subprocess.Popen([sys.executable, "-m", "arbitrage.server.fake_backend", "--name", role, "--port", str(port),
-                             "--per-token-ms", str(ms), "--tokens-per-step", str(tokens), "--steps", str(steps)])
+                             "--per-token-ms", str(ms), "--tokens-per-step", str(tokens), "--steps", str(steps),
+                             "--capacity", str(capacity)])
     deadline = time.time() + 60
     while time.time() < deadline:
         try:

@@ -90,8 +90,8 @@ class ForwardTokens:
     """Counts the tokens that actually reach a torch model's forward pass (not what a backend says it did):
     for every call, the number of real (unpadded) new tokens in each row. Use as a context manager."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, pad_id: int | None = None):
+        self.model, self.pad_id = model, pad_id
         self.calls: list[list[int]] = []
         self._handle = None
 
@@ -99,7 +99,9 @@ class ForwardTokens:
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
         n = ids.shape[1]
-        if mask is None:
+        if mask is not None and mask.ndim == 4:  # the static path: right-padded rows, padding is pad_id
+            self.calls.append([int((row != self.pad_id).sum()) for row in ids])
+        elif mask is None:
             self.calls.append([n] * ids.shape[0])
         else:
             self.calls.append([int(x) for x in mask[:, -n:].sum(1)])

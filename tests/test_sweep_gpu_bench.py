@@ -60,3 +60,24 @@ def test_tiny_run_writes_json(bench, tmp_path, capsys):
             for role, p in r["prefill"].items():
                 assert p["prefill_le_appended"] == 1.0, (b, role)
                 assert p["prefill_mean"] <= p["appended_mean"] < p["context_mean"] or p["calls_after_first"] == 0
+
+
+def test_gpu_suite_tiny_checks_equality_and_writes_every_figure(tmp_path):
+    """bench/gpu_suite.py, the one prepared device run, on tiny shapes on the CPU."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT.parent / "gpu_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    out = tmp_path / "suite.json"
+    report = suite.main(["--tiny", "--out", str(out)])
+    assert report["equality"]["greedy_equal"] and report["equality"]["tokens_compared"] > 50
+    for shape in ("1.5b", "7b"):
+        row = report["decode"][shape]
+        assert row["floor_ms_per_token"] > 0 and row["fast_b1_ms_per_token"] > 0 and row["plain_b1_ms_per_token"] > 0
+    for b, row in report["paper_scale_fast"].items():
+        assert row["target"]["prefill"]["target"]["prefill_le_appended"] == 1.0
+        assert 0 < row["draft_target_step_cost"] and row["router@0.2"]["speedup_vs_target"] > 0
+    assert set(report["goals"]) == {"decode_7b_b1_within_2x_floor", "decode_1.5b_b1_within_3x_floor",
+                                    "draft_target_step_cost_le_0.35", "engine_overhead_le_1.10"}
+    assert json.loads(out.read_text())["tiny"] is True

@@ -21,7 +21,9 @@ def _generator(spec: str, role: str, opts: ModelOptions, separator: str):
     return HFGenerator.from_pretrained(spec, name=role, separator=separator, temperature=opts.temperature,
                                        top_p=opts.top_p, seed=opts.seed, device=opts.device, dtype=opts.dtype,
                                        reuse_cache=opts.reuse_cache,
-                                       return_hidden=opts.return_hidden and role == "draft")
+                                       return_hidden=opts.return_hidden and role == "draft",
+                                       static_slots=opts.static_slots if opts.fast_decode else 0,
+                                       static_len=opts.static_len, compile=opts.fast_decode)
 
 
 def _judge_prm(spec: str, role: str, opts: ModelOptions, separator: str):
@@ -59,6 +61,23 @@ def _router(spec: str, role: str, opts: ModelOptions, separator: str):
     return HFRouter.from_pretrained(spec, device=opts.device, dtype=opts.dtype, reuse_cache=opts.reuse_cache)
 
 
+def _replicas(kind: str):
+    """A loader for `URL1,URL2,...`: each replica loaded as one server, behind one `Replicas`."""
+    load_one = {"generator": _generator, "prm": _prm, "router": _router}[kind]
+
+    def load(spec: str, role: str, opts: ModelOptions, separator: str):
+        from .backends.replicas import Replicas, split_urls
+
+        return Replicas([load_one(url, role, opts, separator) for url in split_urls(spec)])
+    return load
+
+
+def _is_replicas(spec: str) -> bool:
+    from .backends.replicas import split_urls
+
+    return split_urls(spec) is not None
+
+
 def _data(spec: str, **options):
     from .data import load_records
 
@@ -66,6 +85,9 @@ def _data(spec: str, **options):
 
 
 def register(registry) -> None:
+    for kind in ("generator", "prm", "router"):
+        registry.add_loader(kind, "several servers", _is_replicas, _replicas(kind), priority=15,
+                            help="URL1,URL2,...: replicas of one model, each problem kept on one of them")
     registry.add_loader("generator", "server URL", is_url, _generator, priority=10,
                         help="http://HOST:PORT/v1 of an OpenAI-compatible server (vLLM, SGLang, llama.cpp)")
     registry.add_loader("generator", "local directory or hub id", lambda s: True, _generator, priority=LOWEST,

@@ -28,6 +28,9 @@ class ModelOptions:
     served_names: dict | None = None  # role -> model name on its server; "prm_tokenizer"/"router_tokenizer" too
     server_api: str = "completions"   # completions (vLLM, SGLang, llama.cpp /v1) | llamacpp (llama.cpp /completion)
     pooling_route: str = "pooling"    # pooling (vLLM POST /pooling) | embeddings (the paper's served plugins)
+    fast_decode: bool = False       # in-process generators: static KV cache + compiled decode (static_kv.py)
+    static_slots: int = 8           # problems a fast-path generator holds at once (set to the engine's concurrency)
+    static_len: int = 4096          # tokens per problem in the static cache
 
 
 def is_url(spec: str) -> bool:

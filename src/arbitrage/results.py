@@ -166,6 +166,48 @@ def record_session(out_dir: str, settings: dict, speed: dict, n_todo: int) -> No
     write_json_atomic(os.path.join(out_dir, MANIFEST), {"settings": settings, "sessions": sessions})
 
 
+def run_dir_of(path: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def check_shards(paths: Sequence[str]) -> None:
+    """Refuse the results of sharded runs (`arbitrage run --shard K/N`) that overlap or leave a shard out.
+
+    Runs are grouped by their settings apart from the shard; within a group the shards must share N and cover
+    0..N-1 exactly once. Unsharded runs pass as they are; a mix of sharded and unsharded runs of the same
+    settings is refused too (the unsharded run holds the shards' problems already)."""
+    groups: dict[str, list[tuple[str, str | None]]] = {}
+    for p in paths:
+        manifest = read_manifest(run_dir_of(p)) or {"settings": {}}
+        settings = dict(manifest["settings"])
+        shard = settings.pop("shard", None)
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append((p, shard))
+    for members in groups.values():
+        shards = [(p, s) for p, s in members if s]
+        if not shards:
+            continue
+        if len(shards) != len(members):
+            whole = next(p for p, s in members if not s)
+            raise DataError(f"{whole} is an unsharded run of the same settings as the sharded runs given with it "
+                            f"(e.g. {shards[0][0]}): its problems would be counted twice")
+        parsed = {}
+        for p, s in shards:
+            k, _, n = s.partition("/")
+            parsed.setdefault(int(n), {}).setdefault(int(k), []).append(p)
+        if len(parsed) > 1:
+            raise DataError(f"shards of one run must share N: got N = {sorted(parsed)} ({shards[0][0]} ...)")
+        (n, by_k), = parsed.items()
+        twice = {k: ps for k, ps in by_k.items() if len(ps) > 1}
+        if twice:
+            k, ps = next(iter(twice.items()))
+            raise DataError(f"shard {k}/{n} is given twice ({', '.join(ps)}): overlapping shards")
+        missing = sorted(set(range(n)) - set(by_k))
+        if missing:
+            raise DataError(f"missing shard(s) {', '.join(f'{k}/{n}' for k in missing)} of this run (given: "
+                            f"{', '.join(f'{k}/{n}' for k in sorted(by_k))}); give every shard's directory")
+
+
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 def _percentile(xs: list[float], q: float) -> float:

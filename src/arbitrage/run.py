@@ -47,7 +47,8 @@ class RunConfig:
     FREE = frozenset({"out", "limit", "offset", "progress", "grade_timeout"})
     # Change how fast problems run, not what they produce: recorded per session in run.json (a resumed run with
     # other values is allowed, and its metrics say that latencies come from mixed sessions).
-    SPEED_ONLY = frozenset({"concurrency", "parallel", "device", "threads", "server_concurrency"})
+    SPEED_ONLY = frozenset({"concurrency", "parallel", "device", "threads", "server_concurrency", "fast_decode",
+                            "static_slots", "static_len"})
 
     def settings(self) -> dict:
         """Everything that must match for a re-run to continue this run, derived from the config's fields (so a
@@ -68,7 +69,8 @@ class RunConfig:
 
     def speed_settings(self) -> dict:
         return {**{k: getattr(self.engine, k) for k in ("concurrency", "parallel")},
-                **{k: getattr(self.model_options, k) for k in ("device", "threads", "server_concurrency")}}
+                **{k: getattr(self.model_options, k) for k in ("device", "threads", "server_concurrency",
+                                                               "fast_decode")}}
 
 
 def _plain(v):

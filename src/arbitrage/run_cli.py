@@ -62,6 +62,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-hidden-states", action="store_true",
                    help="record the draft's last hidden state per step (for probe routers trained on it)")
     g.add_argument("--no-cache-reuse", action="store_true", help="recompute every step's prefix (for comparison)")
+    g.add_argument("--fast-decode", action="store_true",
+                   help="in-process draft/target: a static KV cache (one slot per problem in flight) and a decoding "
+                        "step compiled once with torch.compile (CUDA graphs on a GPU); same greedy output")
+    g.add_argument("--static-cache-len", type=int, default=MODEL_DEFAULTS.static_len,
+                   help="with --fast-decode: tokens per problem in the static cache (default: %(default)s)")
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,7 +158,9 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
                                    prm_format=args.prm_format, served_names=served or None,
                                    server_api=args.server_api, pooling_route=args.pooling_route,
                                    server_concurrency=args.server_concurrency,
-                                   return_hidden=getattr(args, "draft_hidden_states", False)),
+                                   return_hidden=getattr(args, "draft_hidden_states", False),
+                                   fast_decode=args.fast_decode, static_slots=args.concurrency,
+                                   static_len=args.static_cache_len),
         progress=not getattr(args, "quiet", False))
 
 

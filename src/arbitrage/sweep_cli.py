@@ -35,6 +35,15 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .sweep import merge_shards
+
+    merge_shards(args.shards, args.out, plots=not args.no_plots)
+    with open(os.path.join(args.out, "sweep.txt")) as f:
+        print(f.read(), end="")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="policies x thresholds on one dataset; Pareto frontiers and matched-accuracy "
                                      "speedups",
@@ -61,3 +70,12 @@ def register(sub) -> None:
     add_data_arguments(p)
     add_decoding_arguments(p)
     p.set_defaults(func=cmd_sweep, threshold=None)
+
+    m = sub.add_parser("sweep-merge", help="one sweep report from sweeps run on shards of the problems",
+                       description="Join the sweeps N machines ran with --shard K/N (each into its own --out): every "
+                                   "point's shards are checked (same settings, each shard once) and joined, and the "
+                                   "report covers the whole problem set.")
+    m.add_argument("shards", nargs="+", help="the shard sweeps' output directories")
+    m.add_argument("--out", required=True, help="directory for the merged points and report")
+    m.add_argument("--no-plots", action="store_true")
+    m.set_defaults(func=cmd_merge)

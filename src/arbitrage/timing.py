@@ -20,10 +20,12 @@ class ForwardTimer:
         if self.cuda:
             torch.cuda.synchronize()
 
+    @torch.compiler.disable  # a timer, not part of any compiled graph
     def _pre(self, *_) -> None:
         self._sync()
         self._t0 = time.perf_counter()
 
+    @torch.compiler.disable
     def _post(self, *_) -> None:
         self._sync()
         self.seconds += time.perf_counter() - self._t0

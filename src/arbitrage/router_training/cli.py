@@ -58,7 +58,10 @@ def cmd_train(args) -> int:
         hyper.update(hyper_heads)
     out = train_router(args.data, args.out, kind=args.kind, base=args.base, seed=args.seed,
                        shuffle_labels=args.shuffle_labels, log=log, **hyper)
-    print(out)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the process that wrote the router
+        print(out)
     return 0
 
 

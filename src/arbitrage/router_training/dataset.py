@@ -24,7 +24,7 @@ from ..errors import DataError
 from ..formats import RouterFormat
 from ..records import FEATURES as DRAFT_FEATURES
 from ..records import ProblemRecord, Proposal
-from ..results import RESULTS, read_manifest
+from ..results import RESULTS, check_shards, read_manifest
 from ..types import DEFAULT_SEPARATOR, Step
 
 TRAIN, VALIDATION, META = "train.jsonl", "validation.jsonl", "meta.json"
@@ -140,13 +140,18 @@ def read_results(paths: Sequence[str], margin: float = 0.0,
     """Every step of every problem in the results files, and the separator their runs used (if recorded)."""
     if label_from not in LABEL_FROM:
         raise DataError(f"label_from must be one of {LABEL_FROM}, not {label_from!r}")
+    check_shards([_results_path(p) for p in paths])
     examples: list[Example] = []
     seps = set()
+    seen: dict[str, str] = {}
     for p in paths:
         path = _results_path(p)
         sep = run_separator(path)
         if sep is not None:
             seps.add(sep)
+        settings = dict((read_manifest(os.path.dirname(path)) or {"settings": {}})["settings"])
+        settings.pop("shard", None)
+        run_key = json.dumps(settings, sort_keys=True)  # shards of one run share it
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
@@ -157,6 +162,10 @@ def read_results(paths: Sequence[str], margin: float = 0.0,
                 except ValueError as exc:
                     raise DataError(f"{path}:{n}: (line): not valid JSON ({exc})") from exc
                 rec = ProblemRecord.from_json(d, f"{path}:{n}")
+                key = f"{run_key}|{rec.id}"
+                if key in seen and seen[key] != path:
+                    raise DataError(f"{path}:{n}: problem {rec.id!r} is also in {seen[key]} (overlapping runs)")
+                seen[key] = path
                 examples.extend(examples_from_record(rec, f"{path}:{n}", margin, label_from))
     if len(seps) > 1:
         raise DataError(f"the results files come from runs with different step separators {sorted(seps)!r}; "

@@ -171,7 +171,8 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     train_rows = _rows(tokenizer, train, labels, separator, author_tags, max_length)
     val_labels = [e.label for e in val] if edges is None else classes_of([e.advantage for e in val], edges).tolist()
     val_rows = _rows(tokenizer, val, val_labels, separator, author_tags, max_length)
-    steps_per_epoch = math.ceil(len(train_rows) / (batch_size * grad_accum))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # > 1 under torchrun / accelerate launch: DDP, one process each
+    steps_per_epoch = math.ceil(len(train_rows) / (batch_size * grad_accum * world))
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     work = tempfile.mkdtemp(prefix="arbitrage-router-")
     args = TrainingArguments(
@@ -180,17 +181,24 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
         warmup_steps=int(round(warmup * total_steps)), lr_scheduler_type="linear", optim="adamw_torch",
         weight_decay=weight_decay, seed=seed, data_seed=seed, logging_steps=logging_steps, save_strategy="no",
         eval_strategy="epoch" if val_rows else "no", report_to=[], use_cpu=not cuda, bf16=bool(bf16),
-        dataloader_num_workers=0, disable_tqdm=True, **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
+        dataloader_num_workers=0, disable_tqdm=True,
+        **({"ddp_backend": "nccl" if cuda else "gloo"} if world > 1 else {}),
+        **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
     trainer = (OrdinalTrainer if ordinal else Trainer)(model=model, args=args, train_dataset=_Rows(train_rows),
                       eval_dataset=_Rows(val_rows) if val_rows else None, data_collator=LastTokenCollator(pad_id))
-    log(f"classifier router: {len(train_rows)} training examples ({class_counts(train)}), {len(val_rows)} "
-        f"validation, {total_steps} optimizer steps on {'cuda' if cuda else 'cpu'}{' bf16' if bf16 else ''}")
+    rank0 = trainer.is_world_process_zero()
+    if rank0:
+        log(f"classifier router: {len(train_rows)} training examples ({class_counts(train)}), {len(val_rows)} "
+            f"validation, {total_steps} optimizer steps on {'cuda' if cuda else 'cpu'}{' bf16' if bf16 else ''}"
+            + (f", {world} processes (DDP, each on its share of every batch)" if world > 1 else ""))
     try:
         out = trainer.train()
         history = [h for h in trainer.state.log_history if "eval_loss" in h]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - t0
+    if not rank0:  # only one process writes the checkpoint and arbitrage_router.json
+        return out_dir
     os.makedirs(out_dir, exist_ok=True)
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -203,7 +211,7 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
                    "n_classes": n_classes, "head": head, "edges": edges, "positive_classes": positive,
                    "train_loss": round(float(out.training_loss), 5),
                    "eval_loss": [round(h["eval_loss"], 5) for h in history],
-                   "train_seconds": round(seconds, 2), "device": "cuda" if cuda else "cpu"}
+                   "train_seconds": round(seconds, 2), "device": "cuda" if cuda else "cpu", "processes": world}
     write_router_meta(out_dir, router_meta)
     log(f"classifier router: trained in {seconds:.1f} s (train loss {out.training_loss:.4f}) -> {out_dir}")
     return out_dir

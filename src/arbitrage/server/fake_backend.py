@@ -19,7 +19,9 @@ from ..types import DEFAULT_SEPARATOR
 
 
 def make_app(name: str = "fake", per_token_s: float = 0.01, tokens_per_step: int = 8, steps: int = 4,
-             separator: str = DEFAULT_SEPARATOR):
+             separator: str = DEFAULT_SEPARATOR, capacity: int = 0):
+    """`capacity` > 0: at most that many requests are served at once (the rest wait, as on a server whose batch
+    is full); 0: no limit. `app.state.prompts` keeps every prompt answered (tests)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -28,6 +30,8 @@ def make_app(name: str = "fake", per_token_s: float = 0.01, tokens_per_step: int
     app.state.in_flight = 0
     app.state.max_in_flight = 0
     app.state.busy_s = 0.0
+    app.state.prompts = []
+    slots = asyncio.Semaphore(capacity) if capacity > 0 else None
 
     @app.get("/v1/models")
     async def models():
@@ -47,6 +51,9 @@ def make_app(name: str = "fake", per_token_s: float = 0.01, tokens_per_step: int
         last = k + 1 >= steps
         n = max(1, min(int(body.get("max_tokens") or tokens_per_step), tokens_per_step))
         app.state.requests += 1
+        app.state.prompts.append(prompt)
+        if slots is not None:
+            await slots.acquire()
         app.state.in_flight += 1
         app.state.max_in_flight = max(app.state.max_in_flight, app.state.in_flight)
         t0 = time.perf_counter()
@@ -55,6 +62,8 @@ def make_app(name: str = "fake", per_token_s: float = 0.01, tokens_per_step: int
         finally:
             app.state.in_flight -= 1
             app.state.busy_s += time.perf_counter() - t0
+            if slots is not None:
+                slots.release()
         if n < tokens_per_step:
             text, finish, stop_reason = f"step {k} " + "x" * (n - 1), "length", None
         elif last:
@@ -81,9 +90,10 @@ def main(argv=None) -> None:
     ap.add_argument("--per-token-ms", type=float, default=10.0)
     ap.add_argument("--tokens-per-step", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--capacity", type=int, default=0, help="requests served at once (0: no limit)")
     a = ap.parse_args(argv)
-    uvicorn.run(make_app(a.name, a.per_token_ms / 1000, a.tokens_per_step, a.steps), host=a.host, port=a.port,
-                log_level="warning")
+    uvicorn.run(make_app(a.name, a.per_token_ms / 1000, a.tokens_per_step, a.steps, capacity=a.capacity),
+                host=a.host, port=a.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""How router-data generation (`arbitrage run --policy generate`) scales with problems in flight and with
+replicas per model role, on fake servers of fixed per-token latency that serve at most `--capacity` requests at
+once (as a server whose batch is full): each configuration is one run of the same problems, in this process,
+the servers in their own processes (started fresh for each configuration).
+
+    python bench/scaleout.py        # writes bench/results/scaleout.json and prints a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from engine_parallel import start_fake  # noqa: E402  (the same fake-server launcher)
+
+CONFIGS = ((1, 1), (4, 1), (16, 1), (16, 2), (32, 2), (32, 4))  # (problems in flight, replicas per role)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problems", type=int, default=48)
+    ap.add_argument("--per-token-ms", type=float, default=5.0)
+    ap.add_argument("--tokens-per-step", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--capacity", type=int, default=4, help="requests each fake server serves at once")
+    ap.add_argument("--port", type=int, default=18201)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "scaleout.json"))
+    a = ap.parse_args(argv)
+
+    from arbitrage.cli import main as cli
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "problems.jsonl")
+        with open(data, "w") as f:
+            for i in range(a.problems):
+                f.write(json.dumps({"id": f"p{i}", "question": f"Problem {i}.", "answer": "1",
+                                    "prompt": f"Problem {i}."}) + "\n")
+        for concurrency, replicas in CONFIGS:
+            procs, urls = [], {"draft": [], "target": []}
+            port = a.port
+            for role in ("draft", "target"):
+                for _ in range(replicas):
+                    procs.append(start_fake(role, a.per_token_ms, a.tokens_per_step, a.steps, port,
+                                            capacity=a.capacity))
+                    urls[role].append(f"http://127.0.0.1:{port}/v1")
+                    port += 1
+            out = os.path.join(tmp, f"c{concurrency}-r{replicas}")
+            try:
+                t0 = time.perf_counter()
+                rc = cli(["run", "--policy", "generate", "--draft", ",".join(urls["draft"]), "--target",
+                          ",".join(urls["target"]), "--prm", "testbed-checker", "--data", data, "--out", out,
+                          "--quiet", "--concurrency", str(concurrency), "--max-steps", "8"])
+                wall = time.perf_counter() - t0
+            finally:
+                for p in procs:
+                    p.terminate()
+                    p.wait(10)
+            if rc != 0:
+                raise RuntimeError(f"the run failed ({concurrency} in flight, {replicas} replicas)")
+            rows.append({"concurrency": concurrency, "replicas": replicas, "wall_s": wall,
+                         "problems_per_s": a.problems / wall})
+            print(f"{concurrency} in flight, {replicas} replica(s): {wall:.2f} s", file=sys.stderr, flush=True)
+    base = rows[0]["wall_s"]
+    for r in rows:
+        r["speedup_vs_first"] = base / r["wall_s"]
+    report = {"setup": f"generate on {a.problems} problems; fake draft and target servers, {a.per_token_ms:g} ms per "
+                       f"token, {a.tokens_per_step} tokens per step, {a.steps} steps, each serving at most "
+                       f"{a.capacity} requests at once; PRM: the free testbed checker",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows}
+    lines = [report["setup"], f"{'in flight':>10}{'replicas':>10}{'wall (s)':>10}{'problems/s':>12}{'speed-up':>10}"]
+    for r in rows:
+        lines.append(f"{r['concurrency']:>10}{r['replicas']:>10}{r['wall_s']:>10.2f}{r['problems_per_s']:>12.2f}"
+                     f"{r['speedup_vs_first']:>9.2f}x")
+    print("\n".join(lines))
+    report["table"] = lines
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
