@@ -70,14 +70,15 @@ def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]
 
 
 def builtin_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    tried = []
     for d in data_dir_candidates(data_dir):
         for p in (d / name / "test.jsonl", d / f"{name}.jsonl"):
             if p.is_file():
                 return p
-        tried.append(str(d / name / "test.jsonl"))
-    raise DataError(f"built-in dataset {name!r} not found; looked in: {', '.join(tried)} "
-                    "(pass data_dir=... or set ARBITRAGE_DATA_DIR)")
+    where = f"in {data_dir}" if data_dir is not None else \
+        f"in $ARBITRAGE_DATA_DIR ({os.environ['ARBITRAGE_DATA_DIR']})" if os.environ.get("ARBITRAGE_DATA_DIR") \
+        else "(set ARBITRAGE_DATA_DIR to the folder holding it)"
+    raise DataError(f"built-in dataset {name!r} not found {where}: expected {name}/test.jsonl there; or pass the "
+                    f"JSON-lines file itself as --data, or hf:org/name")
 
 
 # ---------------------------------------------------------------- reading records
