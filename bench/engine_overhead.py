@@ -80,8 +80,6 @@ def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
                        ({"router": models.router} if models.router else {})), cfg).run(problems[:2], lambda r: None)
     for t in timers:  # the warm-up above is not counted
         t.reset()
-    for g in gens.values():
-        g.stats.clear()
     done = []
     t0 = time.perf_counter()
     Engine(pol, models, cfg).run(problems, done.append)

@@ -12,7 +12,7 @@ Measured for each batch size (problems in flight; 1 = the paper's batch size 1):
   CUDA synchronised at both ends of each pass); goal <= 1.10;
 - latency per problem of target-only and of the router policy at fixed escalation rates (default 20%, 40%),
   and the speedup target / router;
-- prefill tokens per call of each generator (HFGenerator.stats): with KV reuse a call computes only the tokens
+- prefill tokens per call of each generator (Generation.n_prefill): with KV reuse a call computes only the tokens
   appended to the problem's context since that model's previous call (and the last token it sampled), never
   the whole context: `prefill_mean` against `appended_mean` and `context_mean`, and the share of calls with
   prefill <= appended (must be 1.0).
