@@ -48,7 +48,7 @@ def test_static_cache_steps_equal_the_plain_paths(tiny_dir):
     static, d, t = run(tiny_dir, static_slots=4, static_len=256, compile=False)
     assert static == plain
     assert any(a == "target" for steps in static.values() for a, *_ in steps)
-    assert all(not ids for ids in d._slot_ids) and not d._slot_of  # every finished problem released its slot
+    assert all(not ids for ids in d.static.slot_ids) and not d.static.slot_of  # every finished problem freed its slot
 
 
 def test_compiled_decode_equals_the_plain_path_and_compiles_once(tiny_dir):

@@ -153,8 +153,6 @@ def test_replicas_stick_by_problem_and_fail_only_when_all_are_down():
 def test_router_training_under_torchrun_matches_one_process(tmp_path):
     """DDP with two CPU processes (gloo): the run completes, one process writes the router, and its held-out
     figures agree with a single-process run's (same data and recipe) within 0.05 ROC-AUC."""
-    import torch  # noqa: F401  (torchrun ships with it)
-
     from arbitrage.router_training import evaluate_router
     from arbitrage.testing import make_causal_lm
     from test_router_training_models import synthetic_results

@@ -23,18 +23,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable
 
-from .errors import ConfigError
-from .policies import Continue, Decision, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
+from .models import ROLES, Models
+from .policies import Continue, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
+from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
 from .protocols import can_cancel, lane_capacity, lane_of
-from .records import Proposal, StepRecord
 from .types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Problem, RouteRequest, Sampling,
                     ScoreRequest, Step)
-
-ROLES = ("draft", "target", "prm", "router", "judge")
-
 
 @dataclass
 class EngineConfig:
@@ -44,116 +41,6 @@ class EngineConfig:
     concurrency: int = 8           # problems in flight at once
     separator: str = DEFAULT_SEPARATOR
     parallel: bool = True          # models on different lanes work at the same time
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-problem overrides of the engine's limits, and stop strings that end the solution where they occur."""
-
-    max_steps: int | None = None
-    max_step_tokens: int | None = None
-    max_total_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Models:
-    draft: object | None = None
-    target: object | None = None
-    prm: object | None = None
-    router: object | None = None
-    judge: object | None = None
-
-    def check(self, policy: Policy) -> None:
-        missing = [m for m in sorted(policy.needs) if getattr(self, m) is None]
-        if missing:
-            flags = " ".join(f"--{m} MODEL" for m in missing if m != "judge")
-            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" +
-                              (f": give {flags}" if flags else ""))
-        policy.check_models(self)
-
-    def all(self) -> list[tuple[str, object]]:
-        return [(n, getattr(self, n)) for n in ROLES if getattr(self, n) is not None]
-
-    def distinct(self) -> list[object]:
-        """Each model object once (the judge is usually the target itself)."""
-        seen, out = set(), []
-        for _, m in self.all():
-            if id(m) not in seen:
-                seen.add(id(m))
-                out.append(m)
-        return out
-
-
-@dataclass
-class ProblemResult:
-    problem: Problem
-    steps: list[Step]
-    records: list[StepRecord]  # one per step: author, text, scores, discarded proposals, seconds
-    finish: str                # eos | max_steps | budget | stop | cancelled
-    latency_s: float
-    seconds: dict              # wall time this problem waited on each model
-    counts: dict               # draft_tokens_accepted, draft_tokens_discarded, target_tokens, target_calls, ...
-    solution: str = ""         # the accepted steps joined as in the context
-
-
-def new_counts() -> dict:
-    return {"draft_tokens_accepted": 0, "draft_tokens_discarded": 0, "target_tokens": 0, "target_calls": 0,
-            "draft_calls": 0, "escalated_steps": 0, "judge_calls": 0}
-
-
-class Ticket:
-    """A submitted problem: `cancel()` it, `wait()` for its `result` (a ProblemResult, or None if cancelled)."""
-
-    def __init__(self, engine: "Engine", problem: Problem):
-        self.engine, self.problem = engine, problem
-        self.result: ProblemResult | None = None
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self) -> None:
-        self.engine.cancel(self)
-
-    def wait(self, timeout: float | None = None) -> ProblemResult | None:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"problem {self.problem.id} still running")
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-@dataclass
-class _State:
-    ticket: Ticket
-    policy: Policy
-    limits: Limits
-    sampling: Sampling | None
-    on_done: Callable | None
-    on_step: Callable | None
-    start: float = 0.0
-    coro: object = None
-    pending: object = None
-    in_call: bool = False
-    cancelled: bool = False
-    steps: list[Step] = field(default_factory=list)
-    records: list[StepRecord] = field(default_factory=list)
-    seconds: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
-    step_seconds: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
-    counts: dict = field(default_factory=new_counts)
-    used_tokens: int = 0
-    finish: str | None = None
-
-    @property
-    def key(self) -> str:
-        return self.ticket.problem.id
-
-    @property
-    def problem(self) -> Problem:
-        return self.ticket.problem
 
 
 class _Lane:
@@ -201,11 +88,11 @@ class Engine:
         self._lane_of_role: dict[str, _Lane] = {}
         self._build_lanes()
         self._cv = threading.Condition()
-        self._incoming: deque[_State] = deque()
+        self._incoming: deque[ProblemState] = deque()
         self._cancel: list[Ticket] = []
-        self._completions: list[tuple[_Lane, str, list[_State], object, float, float]] = []
-        self._active: list[_State] = []
-        self._by_ticket: dict[int, _State] = {}
+        self._completions: list[tuple[_Lane, str, list[ProblemState], object, float, float]] = []
+        self._active: list[ProblemState] = []
+        self._by_ticket: dict[int, ProblemState] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._ids = itertools.count()
@@ -237,7 +124,7 @@ class Engine:
         policy = policy or self.policy
         self.models.check(policy)
         ticket = Ticket(self, problem)
-        st = _State(ticket, policy, limits or Limits(), sampling, on_done, on_step)
+        st = ProblemState(ticket, policy, limits or Limits(), sampling, on_done, on_step)
         with self._cv:
             self._incoming.append(st)
             self._cv.notify_all()
@@ -329,7 +216,7 @@ class Engine:
             self._by_ticket[id(st.ticket)] = st
             self._next_step(st)
 
-    def _ready(self, role: str) -> list[_State]:
+    def _ready(self, role: str) -> list[ProblemState]:
         return [s for s in self._active if not s.in_call and s.finish is None and s.pending is not None
                 and role_of(s.pending) == role]
 
@@ -368,7 +255,7 @@ class Engine:
             lane.submit(self._job(lane, role, batch, requests))
         return None
 
-    def _job(self, lane: _Lane, role: str, batch: list[_State], requests):
+    def _job(self, lane: _Lane, role: str, batch: list[ProblemState], requests):
         def work():
             t0 = self.clock()
             try:
@@ -381,7 +268,7 @@ class Engine:
                 self._cv.notify_all()
         return work
 
-    def _apply(self, role: str, batch: list[_State], results, t0: float, t1: float) -> None:
+    def _apply(self, role: str, batch: list[ProblemState], results, t0: float, t1: float) -> None:
         if isinstance(results, BaseException):
             raise results
         if self.on_call is not None:
@@ -452,87 +339,25 @@ class Engine:
         self._flush_releases()
 
     # --- one problem -------------------------------------------------------------------------------------
-    def _next_step(self, st: _State) -> None:
+    def _next_step(self, st: ProblemState) -> None:
         st.step_seconds = dict.fromkeys(ROLES, 0.0)
         st.coro = st.policy.decide()
         st.pending = next(st.coro)
 
-    def _resume(self, st: _State, value) -> None:
+    def _resume(self, st: ProblemState, value) -> None:
         try:
             st.pending = st.coro.send(value)
         except StopIteration as stop:
             st.pending = None
-            self._commit(st, stop.value)
+            commit(st, stop.value, self.config, self.record_features)
             if st.finish is None:
                 self._next_step(st)
 
-    def _limit(self, st: _State, name: str) -> int:
-        v = getattr(st.limits, name)
-        return v if v is not None else getattr(self.config, name)
-
-    def _commit(self, st: _State, d: Decision) -> None:
-        c = st.counts
-        discarded = 0
-        if d.draft is not None:
-            c["draft_calls"] += 1
-            if d.step is d.draft:
-                c["draft_tokens_accepted"] += d.draft.n_tokens
-            else:
-                discarded = d.draft.n_tokens
-                c["draft_tokens_discarded"] += discarded
-        if d.target is not None:
-            c["target_calls"] += 1
-            c["target_tokens"] += d.target.n_tokens
-        for s in d.target_samples or ():
-            c["target_calls"] += 1
-            c["target_tokens"] += s.n_tokens
-        c["escalated_steps"] += int(d.escalated)
-        scores = dict(d.scores)
-        if "prm_draft" in scores and "prm_target" in scores:
-            scores["advantage"] = scores["prm_target"] - scores["prm_draft"]
-        feats = self.record_features
-        record = StepRecord(
-            index=len(st.steps), author=d.step.author, text=d.step.text, stop=d.step.stop, n_tokens=d.step.n_tokens,
-            escalated=d.escalated, scores=scores,
-            draft=Proposal.of(d.draft, feats) if d.draft is not None and (d.draft is not d.step or feats) else None,
-            target=Proposal.of(d.target) if d.target is not None and d.target is not d.step else None,
-            seconds={k: round(v, 6) for k, v in st.step_seconds.items() if v}, discarded_draft_tokens=discarded,
-            target_samples=[Proposal.of(s) for s in d.target_samples] if d.target_samples else None)
-        step = d.step
-        stop_at = self._stop_string(st, step)
-        if stop_at is not None:  # a stop string ends the solution where it occurs
-            step = replace(step, text=step.text[:stop_at], stop="eos")
-            record.text, record.stop = step.text, "eos"
-        st.records.append(record)
-        st.steps.append(step)
-        st.used_tokens += step.n_tokens
-        if st.on_step is not None:
-            st.on_step(st.ticket, record, step)
-        if stop_at is not None:
-            st.finish = "stop"
-        elif step.stop == "eos":
-            st.finish = "eos"
-        elif len(st.steps) >= self._limit(st, "max_steps"):
-            st.finish = "max_steps"
-        elif st.used_tokens >= self._limit(st, "max_total_tokens"):
-            st.finish = "budget"
-
-    def _stop_string(self, st: _State, step: Step) -> int | None:
-        """Where a stop string first occurs in this step's text (also one that began in the step before)."""
-        if not st.limits.stop:
-            return None
-        before = "".join(s.context_text(self.config.separator) for s in st.steps)[-max(map(len, st.limits.stop)):]
-        text = before + step.context_text(self.config.separator)
-        hits = [text.find(s) for s in st.limits.stop if s and text.find(s) >= 0]
-        if not hits:
-            return None
-        return max(0, min(hits) - len(before))
-
     # --- model calls -------------------------------------------------------------------------------------
-    def _call(self, role: str, batch: list[_State]):
+    def _call(self, role: str, batch: list[ProblemState]):
         return self._send(role, self._requests(role, batch))
 
-    def _requests(self, role: str, batch: list[_State]) -> list:
+    def _requests(self, role: str, batch: list[ProblemState]) -> list:
         if role in ("draft", "target"):
             return [self._generation_request(st) for st in batch]
         if role == "prm":
@@ -552,10 +377,10 @@ class Engine:
             return model.predict(requests)
         return model.judge(requests)
 
-    def _generation_request(self, st: _State) -> GenerationRequest:
+    def _generation_request(self, st: ProblemState) -> GenerationRequest:
         a = st.pending
-        budget = self._limit(st, "max_total_tokens") - st.used_tokens
-        step_max = min(self._limit(st, "max_step_tokens"), budget)
+        budget = st.limit("max_total_tokens", self.config) - st.used_tokens
+        step_max = min(st.limit("max_step_tokens", self.config), budget)
         prefix, sample = None, 0
         if isinstance(a, Glimpse):
             step_max = min(step_max, a.tokens)

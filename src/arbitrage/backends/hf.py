@@ -182,8 +182,6 @@ class HFGenerator:
             from .static_kv import StaticDecoder
 
             self.static = StaticDecoder(model, static_slots, static_len, compile=compile)
-            self._slot_of: dict[str, int] = {}
-            self._slot_ids: list[list[int]] = [[] for _ in range(static_slots)]
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, device: str | None = "auto", dtype: str | None = "auto", **kw):
@@ -246,7 +244,9 @@ class HFGenerator:
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         if self.static is not None:
-            return self._generate_static(requests)
+            from .static_kv import generate_static
+
+            return generate_static(self, requests)
         results: list[Generation | None] = [None] * len(requests)
         active = []
         for i, req in enumerate(requests):
@@ -332,106 +332,6 @@ class HFGenerator:
             logits, hidden = batch.decode(torch.tensor([out_ids[i][-1] for i in rows], device=self.device))
         return results  # type: ignore[return-value]
 
-    # --- the fast path: static cache, compiled decode ------------------------------------------------------
-    def _slot(self, key: str) -> int:
-        if key not in self._slot_of:
-            free = sorted(set(range(self.static.cache.slots)) - set(self._slot_of.values()))
-            if not free:
-                raise RuntimeError(f"{self.name}: all {self.static.cache.slots} static-cache slots are taken; give "
-                                   f"at least as many slots as problems in flight")
-            self._slot_of[key] = free[0]
-            self._slot_ids[free[0]] = []
-        return self._slot_of[key]
-
-    def _generate_static(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        from .kv import common_prefix
-
-        results: list[Generation | None] = [None] * len(requests)
-        active = []
-        for i, req in enumerate(requests):
-            if req.max_new_tokens <= 0 or req.key in self._cancelled:
-                prefix = req.prefix
-                results[i] = Generation(text=prefix.text if prefix else "", stop="length",
-                                        token_ids=list(prefix.token_ids or []) if prefix else [],
-                                        logprobs=list(prefix.logprobs or []) if prefix else [],
-                                        extras={"generator": self.name})
-            else:
-                active.append(i)
-        if not active:
-            return results  # type: ignore[return-value]
-        slots, news, starts, n_prefill, full = [], [], [], {}, {}
-        for i in active:
-            req = requests[i]
-            ids = self.context_ids(req.prompt, req.steps)
-            if req.prefix is not None:
-                ids += list(req.prefix.token_ids or self.encode(req.prefix.text, False))
-            slot = self._slot(req.key)
-            n = min(common_prefix(self._slot_ids[slot], ids), len(ids) - 1) if self.reuse_cache else 0
-            slots.append(slot)
-            news.append(ids[n:])
-            starts.append(n)
-            n_prefill[i], full[i] = len(ids) - n, ids
-            self._slot_ids[slot] = list(ids)
-        logits = self.static.prefill(slots, news, starts, self.pad_id)
-        temps, top_ps, gens = [], [], []
-        for i in active:
-            req = requests[i]
-            t, p = self._sampling(req)
-            temps.append(t)
-            top_ps.append(p)
-            g = None
-            if t > 0:
-                g = torch.Generator(device=self.device)
-                seed = self.seed if req.sampling is None or req.sampling.seed is None else req.sampling.seed
-                g.manual_seed(request_seed(seed, req.key, req.step_index, req.sample))
-            gens.append(g)
-        rows = list(active)
-        slot_of_row = dict(zip(active, slots))
-        out_ids, logps, ents, limit = {}, {}, {}, {}
-        for i in active:
-            prefix = requests[i].prefix
-            out_ids[i] = list(prefix.token_ids or []) if prefix is not None else []
-            logps[i] = list(prefix.logprobs or []) if prefix is not None else []
-            ents[i] = list(prefix.extras.get("entropies") or []) if prefix is not None else []
-            limit[i] = len(out_ids[i]) + requests[i].max_new_tokens
-        S = self.static.cache.slots
-        while rows:
-            tokens = self._pick(logits, temps, top_ps, gens)
-            logp = torch.log_softmax(logits, -1)
-            chosen_lp = logp.gather(1, tokens[:, None])[:, 0].tolist()
-            entropy = (-(logp.exp() * logp).sum(-1)).tolist()
-            keep = []
-            for r, i in enumerate(rows):
-                req = requests[i]
-                if req.key in self._cancelled:
-                    results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[],
-                                            extras={"generator": self.name, "cancelled": True})
-                    continue
-                t = int(tokens[r])
-                out_ids[i].append(t)
-                logps[i].append(chosen_lp[r])
-                ents[i].append(entropy[r])
-                done = self._finish(out_ids[i], logps[i], ents[i], t, limit[i], None)
-                if done is None:
-                    keep.append(r)
-                    continue
-                done.n_prefill, done.n_reused = n_prefill[i], len(full[i]) - n_prefill[i]
-                results[i] = done
-            if not keep:
-                break
-            rows = [rows[r] for r in keep]
-            temps, top_ps, gens = [temps[r] for r in keep], [top_ps[r] for r in keep], [gens[r] for r in keep]
-            tok_all = torch.full((S,), self.pad_id, dtype=torch.long, device=self.device)
-            pos_all = torch.tensor([min(len(ids), self.static.cache.max_len - 1) for ids in self._slot_ids],
-                                   device=self.device)
-            for i in rows:  # the sampled token of each continuing row goes into its slot
-                s = slot_of_row[i]
-                tok_all[s] = out_ids[i][-1]
-                self._slot_ids[s].append(out_ids[i][-1])
-            logits_all = self.static.decode(tok_all, pos_all)
-            logits = logits_all[torch.tensor([slot_of_row[i] for i in rows], device=self.device)]
-        return results  # type: ignore[return-value]
-
     def _finish(self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int,
                 hidden: torch.Tensor | None) -> Generation | None:
         """A Generation if this row's step is complete after token `last`, else None."""
@@ -492,5 +392,5 @@ class HFGenerator:
     def release(self, key: str) -> None:
         self.store.drop(key)
         self._cancelled.discard(key)
-        if self.static is not None and key in self._slot_of:
-            self._slot_ids[self._slot_of.pop(key)] = []
+        if self.static is not None:
+            self.static.free(key)

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from ..engine import ProblemResult, new_counts
+from ..problem import ProblemResult, new_counts
 from ..errors import ConfigError
 from ..records import StepRecord
 from ..timing import ForwardTimer
