@@ -163,3 +163,18 @@ def test_classifier_heads_train_and_route(tiny_dir, tmp_path, classes, ordinal):
     assert y == pytest.approx(probs[:, meta["positive_classes"]].sum(-1).tolist())
     m = evaluate_router(str(out), str(tmp_path / "data"))
     assert m["n_classes"] == meta["n_classes"] and "per_class_accuracy" in m
+
+
+def test_matched_within_a_point_of_the_targets_accuracy():
+    """router vs target-only: the router's latency at the target's accuracy minus one point (interpolated on its
+    frontier) against the target's own latency."""
+    from arbitrage import evidence
+
+    n = 100
+    target = evidence.Point("target", "target", None, {str(i): (i < 90, 2.0) for i in range(n)})
+    cheap = evidence.Point("r@0.5", "router", 0.5, {str(i): (i < 80, 1.0) for i in range(n)})
+    dear = evidence.Point("r@0.1", "router", 0.1, {str(i): (i < 95, 1.5) for i in range(n)})
+    m = evidence.matched([cheap, dear], [target], relative_to_b_accuracy=-0.01, n_boot=200)
+    # at 0.89: 0.8 + (0.89 - 0.8) / (0.95 - 0.8) of the way from 1.0 s to 1.5 s = 1.3 s; target 2.0 s
+    assert m["accuracy"] == pytest.approx(0.89) and m["speedup"] == pytest.approx(2.0 / 1.3)
+    assert m["ci95"][0] <= m["speedup"] <= m["ci95"][1]

@@ -77,7 +77,28 @@ def test_shipped_models_fit_the_budget_and_carry_their_card():
         info = card["models"][role]
         assert info["command"].startswith("arbitrage testbed train") and "answer_accuracy" in info["test"]
     assert card["models"]["target"]["parameters"] >= 3 * card["models"]["draft"]["parameters"]
-    assert card["models"]["target"]["test"]["answer_accuracy"] > card["models"]["draft"]["test"]["answer_accuracy"]
+    # the paper's regime, as recorded on 500 held-out problems: target >= 0.75, draft >= 0.35 and >= half of it
+    t, d = (card["models"][r]["test"] for r in ("target", "draft"))
+    assert t["n"] >= 500 and t["answer_accuracy"] >= 0.75
+    assert d["answer_accuracy"] >= 0.35 and d["answer_accuracy"] >= t["answer_accuracy"] / 2
+
+
+def test_the_shipped_pair_loads_and_solves_as_its_card_says():
+    """The shipped models load through their specs and, on held-out problems, the target solves most and the draft
+    about half (greedy, a sample of the card's 500); chat prompts render as the task's own prompt."""
+    from arbitrage.factory import ModelOptions, build_models
+    from arbitrage.testbed.evaluate import answer_accuracy, default_models_dir, load_model
+    from arbitrage.testbed.task import make_chains
+
+    models = build_models({"draft", "target"}, {"draft": "testbed:draft", "target": "testbed:target"},
+                          ModelOptions(device="cpu", dtype="float32"))
+    assert models.draft.model.config.num_hidden_layers == 2 and models.target.model.config.num_hidden_layers == 12
+    chains = make_chains("test", 60, 0)
+    accs = {r: answer_accuracy(*load_model(default_models_dir(), r), chains) for r in ("draft", "target")}
+    assert accs["target"] >= 0.75 and 0.25 <= accs["draft"] <= accs["target"] - 0.15
+    tok = models.draft.tokenizer
+    q = chains[0].question()
+    assert tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False) == q + "\n\n"
 
 
 @pytest.mark.slow

@@ -48,10 +48,15 @@ def common_ids(points: Sequence[Point]) -> list[str]:
     return sorted(ids)
 
 
-def _ratio(a_front, b_front, accuracy: float | None):
-    """(speedup b/a, accuracy) at `accuracy`, or at b's best accuracy that a also reaches; None if none."""
+def _ratio(a_front, b_front, accuracy: float | None, b_at_best: bool = False):
+    """(speedup b/a, accuracy) at `accuracy`, or at b's best accuracy that a also reaches; None if none.
+    `b_at_best`: b's latency is that of its best point (a is compared at `accuracy`, e.g. b's minus a point)."""
     if not a_front or not b_front:
         return None
+    if b_at_best:
+        la = latency_at(a_front, accuracy)
+        lb = b_front[-1]["latency_s_mean"]
+        return (lb / la, accuracy) if la is not None and la > 0 else None
     if accuracy is None:
         hi = min(a_front[-1]["accuracy"], b_front[-1]["accuracy"])
         lo = max(a_front[0]["accuracy"], b_front[0]["accuracy"])
@@ -68,7 +73,8 @@ def matched(a: Sequence[Point], b: Sequence[Point], accuracy: float | None = Non
             seed: int = 0, relative_to_b_accuracy: float | None = None) -> dict:
     """Latency of the points `a` (one policy) against `b` at matched accuracy: `speedup` = b's latency / a's
     (> 1: a is faster), with a paired bootstrap 95% interval. `accuracy`: compare at this accuracy;
-    `relative_to_b_accuracy` = -0.01: at b's best accuracy minus one point (recomputed in each resample).
+    `relative_to_b_accuracy` = -0.01: a at b's best accuracy minus one point (recomputed in each resample) against
+    b's best point itself (e.g. the router within a point of the target's accuracy, against target-only).
     When a's frontier does not reach the accuracy, `speedup` is None and `reason` says why."""
     ids = common_ids([*a, *b])
     if not ids:
@@ -82,7 +88,8 @@ def matched(a: Sequence[Point], b: Sequence[Point], accuracy: float | None = Non
     def once(sample):
         a_front = pareto_frontier([p.on(sample) for p in a])
         b_front = pareto_frontier([p.on(sample) for p in b])
-        return _ratio(a_front, b_front, target_accuracy(b_front) if b_front else None), a_front, b_front
+        return (_ratio(a_front, b_front, target_accuracy(b_front) if b_front else None,
+                       b_at_best=relative_to_b_accuracy is not None), a_front, b_front)
 
     point, a_front, b_front = once(ids)
     out = {"n": len(ids), "n_boot": n_boot, "a_frontier": [f["label"] for f in a_front],

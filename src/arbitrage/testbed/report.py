@@ -67,6 +67,8 @@ def summarize(out: Path, metrics: list[dict], cfg, counts: dict, router_eval: di
 
     comparisons = {f"router_vs_{b}": vs("router", b) for b in ("rsd", "confidence", "glimpse")}
     comparisons["router_vs_target"] = vs("router", "target", relative_to_b_accuracy=-0.01)
+    for other in ("rsd", "confidence"):  # the same question asked of the baselines, for context
+        comparisons[f"{other}_vs_target"] = vs(other, "target", relative_to_b_accuracy=-0.01)
     early = next((p for p in points if p.startswith("router-k")), None)
     if early:
         comparisons["early_router_vs_router"] = vs(early, "router")
@@ -165,8 +167,8 @@ def format_report(s: dict) -> str:
     w = s["wasted_rsd_escalations"]["pooled"]
     lines.append(f"RSD escalations where the target's step was no better (exact checker): {w['wasted']} of "
                  f"{w['escalations']} ({_f(w['wasted_fraction'])})")
-    for key in ("router_vs_rsd", "router_vs_target", "router_vs_confidence", "router_vs_glimpse",
-                "early_router_vs_router", "early_router_vs_rsd", "early_router_vs_target"):
+    for key in ("router_vs_rsd", "router_vs_target", "router_vs_confidence", "router_vs_glimpse", "rsd_vs_target",
+                "confidence_vs_target", "early_router_vs_router", "early_router_vs_rsd", "early_router_vs_target"):
         if key in s and s[key] is not None:
             lines.append("latency " + _cmp_line(key.replace("_", " "), s[key]))
     d = s.get("discarded_draft_tokens")
