@@ -18,6 +18,8 @@ DRAFT_PORT=${DRAFT_PORT:-8091}
 TARGET_PORT=${TARGET_PORT:-8092}
 THREADS=${THREADS:-1}   # at most 2; 1 measured faster on the shared, oversubscribed 2-core machine (README)
 CTX=${CTX:-4096}
+DRAFT_SLOTS=${DRAFT_SLOTS:-1}   # parallel slots per server (bench/engine_parallel.py uses 8: one per problem in flight)
+TARGET_SLOTS=${TARGET_SLOTS:-2}
 SERVER=${SERVER:-cpp}
 DRAFT_GGUF=$GGUF/qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf
 TARGET_GGUF=$GGUF/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
@@ -61,8 +63,8 @@ stop_one() {
 
 case "${1:-}" in
   start)
-    start_one draft "$DRAFT_GGUF" "$DRAFT_PORT" 1
-    start_one target "$TARGET_GGUF" "$TARGET_PORT" 2
+    start_one draft "$DRAFT_GGUF" "$DRAFT_PORT" "$DRAFT_SLOTS"
+    start_one target "$TARGET_GGUF" "$TARGET_PORT" "$TARGET_SLOTS"
     wait_ready "$DRAFT_PORT"; wait_ready "$TARGET_PORT"; echo "servers ready" ;;
   stop) stop_one draft; stop_one target ;;
   status)

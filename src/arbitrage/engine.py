@@ -191,7 +191,12 @@ class Engine:
             self._retire()
             with self._cv:
                 self._admit()
-            inline = self._dispatch(allow_inline=until_idle)
+            # In run() a lone call runs in this thread (nothing could overlap it). A serving engine does the same
+            # while it holds a single problem and none waits: a request arriving meanwhile waits for at most this
+            # one call, and a lone request pays no thread hand-offs.
+            with self._cv:
+                lone = len(self._active) <= 1 and not self._incoming
+            inline = self._dispatch(allow_inline=until_idle or lone)
             if inline is not None:
                 self._apply(*inline)
                 self._retire()
@@ -224,7 +229,7 @@ class Engine:
         """Send a batch to every free lane that has work. In `run()`, when only one batch goes out and no other
         lane is busy, it runs right here (every other problem is waiting on it, so nothing could overlap it),
         which keeps batch-size-1 latency free of thread hand-offs; returns its completion for the caller to
-        apply. A serving engine always uses the lanes' threads, so new problems start while a call runs."""
+        apply."""
         jobs = []
         for lane in self._lanes.values():
             if lane.idle:
