@@ -4,8 +4,8 @@
 #   bench/real_lm/build_servers.sh            # llama-server (C++) from the llama.cpp sources in the llama-cpp-python sdist
 #   bench/real_lm/build_servers.sh --python   # also the llama-cpp-python[server] venv (python -m llama_cpp.server)
 #
-# Both come from PyPI (the only network this benchmark assumes). AMX stays off: on CPUs that report it inside a
-# VM that has not granted the tile state, llama-server dies with SIGILL at start. The C++ server is the one the benchmark uses:
+# Both come from PyPI (the only network this benchmark assumes). Built for AVX2 rather than -march=native: on CPUs
+# that report AMX inside a VM that has not granted the tile state, a native build dies with SIGILL at start. The C++ server is the one the benchmark uses:
 # its /completion endpoint reports why it stopped (stop_type eos|word|limit) and returns top-k log-probs
 # computed in C++ (partial sort); llama-cpp-python's server sorts the whole 152k vocabulary in Python for every
 # token whenever log-probs are requested (see README.md here). Idempotent: an existing binary is kept.
@@ -25,8 +25,8 @@ if [[ ! -x "$BIN" ]]; then
   fi
   (cd "$SRC" &&
    nice -n 10 cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON \
-     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF &&
+     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON &&
    nice -n 10 cmake --build build --target llama-server -j "$JOBS")
 fi
 ln -sf "$BIN" "$CACHE/llama-server"

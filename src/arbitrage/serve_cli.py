@@ -9,10 +9,10 @@ from .run_cli import add_decoding_arguments, add_model_arguments, config_from_ar
 
 EPILOG = """\
 example (the testbed's shipped models, in-process):
-  arbitrage serve --policy router --threshold 0.5 --draft testbed:draft --target testbed:target \\
-      --router ROUTER_DIR --port 8000
+  arbitrage serve --policy rsd --threshold 0.5 --draft testbed:draft --target testbed:target \\
+      --prm testbed-checker:0.1:0.1 --port 8000
   curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
-      -d '{"model": "arbitrage", "prompt": "Let a = 5. b = a + 3. What is b?\\n\\n", "max_tokens": 64}'
+      -d '{"model": "arbitrage", "prompt": "Let a = 12. b = a + 7. c = b - 4. What is c?\\n\\n", "max_tokens": 64}'
 
 Per request (extra JSON fields, e.g. the openai client's extra_body): policy, threshold, max_steps,
 decide_after. Every model given is loaded, so a request may pick any policy those models allow.
