@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from arbitrage.backends.hf import HFGenerator
+from arbitrage.testing import EveryOtherRouter
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.scoring.hf import HFPRM, HFRouter
@@ -30,20 +31,11 @@ def generators(tiny_dir, reuse, **kw):
 def run_alternating(tiny_dir, reuse, concurrency=4, **kw):
     """The router policy with a router that escalates every other step: both models extend each context."""
 
-    class EveryOther:
-        name = "router"
-
-        def predict(self, reqs):
-            return [1.0 if len(r.steps) % 2 else 0.0 for r in reqs]
-
-        def release(self, key):
-            pass
-
     d, t = generators(tiny_dir, reuse, **kw)
     for g in (d, t):  # random models: keep them from ending a problem at its first step, whatever the version
         g.eos_ids = set()
     done = []
-    Engine(make_policy("router", 0.5), Models(draft=d, target=t, router=EveryOther()),
+    Engine(make_policy("router", 0.5), Models(draft=d, target=t, router=EveryOtherRouter()),
            EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency)).run(problems(), done.append)
     return {r.problem.id: [(s.author, s.text, s.stop) for s in r.steps] for r in done}, d, t
 

@@ -99,3 +99,16 @@ def make_value_head_prm(out_dir: str, hidden: int = 64, layers: int = 2, heads: 
     head = {"v_head.summary.weight": torch.randn(1, hidden) * 0.5, "v_head.summary.bias": torch.zeros(1)}
     save_file(head, os.path.join(out_dir, "value_head.safetensors"))
     return base, tok
+
+
+class EveryOtherRouter:
+    """A scripted router that escalates every other step (y_hat 1 at odd step indices, else 0), so that each model
+    extends contexts the other one wrote: what the KV-reuse and fast-path checks need."""
+
+    name = "router"
+
+    def predict(self, requests):
+        return [1.0 if len(r.steps) % 2 else 0.0 for r in requests]
+
+    def release(self, key):
+        pass

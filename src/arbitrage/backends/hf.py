@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from ..errors import ModelLoadError
-from ..types import DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Step, request_seed
+from ..types import DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Step
+from .decoding import Call, Decoding
 from .kv import KVBatch, SlotStore, cache_kwargs
 
 
@@ -247,90 +248,32 @@ class HFGenerator:
             from .static_kv import generate_static
 
             return generate_static(self, requests)
-        results: list[Generation | None] = [None] * len(requests)
-        active = []
-        for i, req in enumerate(requests):
-            if req.max_new_tokens <= 0 or req.key in self._cancelled:
-                prefix = req.prefix
-                results[i] = Generation(text=prefix.text if prefix else "", stop="length",
-                                        token_ids=list(prefix.token_ids or []) if prefix else [],
-                                        logprobs=list(prefix.logprobs or []) if prefix else [],
-                                        extras={"generator": self.name})
-            else:
-                active.append(i)
-        if not active:
-            return results  # type: ignore[return-value]
-        full, pasts, news = {}, [], []
-        for i in active:
-            req = requests[i]
-            ids = self.context_ids(req.prompt, req.steps)
-            if req.prefix is not None:
-                ids += list(req.prefix.token_ids or self.encode(req.prefix.text, False))
-            full[i] = ids
-            entry, n = self.store.best(req.key, ids) if self.reuse_cache else (None, 0)
+        call = Call(self, requests)
+        if not call.active:
+            return call.results  # type: ignore[return-value]
+        pasts, news = [], []
+        for i in call.active:
+            ids = call.full[i]
+            entry, n = self.store.best(requests[i].key, ids) if self.reuse_cache else (None, 0)
             pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
             news.append(ids[n:])
         batch = KVBatch(self._forward, pasts, news, self.pad_id, self.device)
         logits, hidden = batch.prefill()
-        temps, top_ps, gens = [], [], []
-        for i in active:
-            req = requests[i]
-            t, p = self._sampling(req)
-            temps.append(t)
-            top_ps.append(p)
-            if t > 0:
-                g = torch.Generator(device=self.device)
-                seed = self.seed if req.sampling is None or req.sampling.seed is None else req.sampling.seed
-                g.manual_seed(request_seed(seed, req.key, req.step_index, req.sample))
-                gens.append(g)
-            else:
-                gens.append(None)
-        rows = list(active)  # request index of each batch row
-        out_ids: dict[int, list[int]] = {}
-        logps: dict[int, list[float]] = {}
-        ents: dict[int, list[float]] = {}
-        limit: dict[int, int] = {}
-        for j, i in enumerate(active):
-            prefix = requests[i].prefix
-            out_ids[i] = list(prefix.token_ids or []) if prefix is not None else []
-            logps[i] = list(prefix.logprobs or []) if prefix is not None else []
-            ents[i] = list(prefix.extras.get("entropies") or []) if prefix is not None else []
-            limit[i] = len(out_ids[i]) + requests[i].max_new_tokens
-        n_prefill = {i: len(news[j]) for j, i in enumerate(active)}
-        while rows:
-            tokens = self._pick(logits, temps, top_ps, gens)
-            logp = torch.log_softmax(logits, -1)
-            chosen_lp = logp.gather(1, tokens[:, None])[:, 0].tolist()
-            entropy = (-(logp.exp() * logp).sum(-1)).tolist()
-            keep = []
-            for r, i in enumerate(rows):
-                req = requests[i]
-                if req.key in self._cancelled:  # dropped: nothing more is computed for it
-                    results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[],
-                                            extras={"generator": self.name, "cancelled": True})
-                    continue
-                t = int(tokens[r])
-                out_ids[i].append(t)
-                logps[i].append(chosen_lp[r])
-                ents[i].append(entropy[r])
-                done = self._finish(out_ids[i], logps[i], ents[i], t, limit[i],
-                                    None if hidden is None else hidden[r])
-                if done is None:
-                    keep.append(r)
-                    continue
-                done.n_prefill = n_prefill[i]
-                done.n_reused = len(full[i]) - n_prefill[i]
-                results[i] = done
-                if self.reuse_cache:
-                    self.store.put(req.key, batch.row(r))
+        dec = Decoding(call, {i: len(news[j]) for j, i in enumerate(call.active)})
+
+        def keep_cache(r: int, i: int) -> None:  # the finished row's keys/values, for its problem's next step
+            if self.reuse_cache:
+                self.store.put(requests[i].key, batch.row(r))
+
+        while True:
+            n_rows = len(dec.rows)
+            keep = dec.advance(logits, hidden, keep_cache)
             if not keep:
                 break
-            if len(keep) < len(rows):
+            if len(keep) < n_rows:
                 batch.select(keep)
-                rows = [rows[r] for r in keep]
-                temps, top_ps, gens = [temps[r] for r in keep], [top_ps[r] for r in keep], [gens[r] for r in keep]
-            logits, hidden = batch.decode(torch.tensor([out_ids[i][-1] for i in rows], device=self.device))
-        return results  # type: ignore[return-value]
+            logits, hidden = batch.decode(torch.tensor(dec.last_tokens(), device=self.device))
+        return call.results  # type: ignore[return-value]
 
     def _finish(self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int,
                 hidden: torch.Tensor | None) -> Generation | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from ..types import Generation, request_seed
 from .kv import common_prefix
 
 
@@ -165,89 +164,31 @@ class StaticDecoder:
 def generate_static(self, requests) -> list:
     """HFGenerator.generate on the fast path (`self` is the generator): prefill each request's new tokens into
     its problem's slot, then decode every slot at once with the compiled step until each request's step ends."""
+    from .decoding import Call, Decoding
 
-    results: list[Generation | None] = [None] * len(requests)
-    active = []
-    for i, req in enumerate(requests):
-        if req.max_new_tokens <= 0 or req.key in self._cancelled:
-            prefix = req.prefix
-            results[i] = Generation(text=prefix.text if prefix else "", stop="length",
-                                    token_ids=list(prefix.token_ids or []) if prefix else [],
-                                    logprobs=list(prefix.logprobs or []) if prefix else [],
-                                    extras={"generator": self.name})
-        else:
-            active.append(i)
-    if not active:
-        return results  # type: ignore[return-value]
-    slots, news, starts, n_prefill, full = [], [], [], {}, {}
-    for i in active:
-        req = requests[i]
-        ids = self.context_ids(req.prompt, req.steps)
-        if req.prefix is not None:
-            ids += list(req.prefix.token_ids or self.encode(req.prefix.text, False))
-        slot = self.static.slot(req.key, self.name)
+    call = Call(self, requests)
+    if not call.active:
+        return call.results
+    slots, news, starts = [], [], []
+    for i in call.active:
+        ids = call.full[i]
+        slot = self.static.slot(requests[i].key, self.name)
         n = min(common_prefix(self.static.slot_ids[slot], ids), len(ids) - 1) if self.reuse_cache else 0
         slots.append(slot)
         news.append(ids[n:])
         starts.append(n)
-        n_prefill[i], full[i] = len(ids) - n, ids
         self.static.slot_ids[slot] = list(ids)
     logits = self.static.prefill(slots, news, starts, self.pad_id)
-    temps, top_ps, gens = [], [], []
-    for i in active:
-        req = requests[i]
-        t, p = self._sampling(req)
-        temps.append(t)
-        top_ps.append(p)
-        g = None
-        if t > 0:
-            g = torch.Generator(device=self.device)
-            seed = self.seed if req.sampling is None or req.sampling.seed is None else req.sampling.seed
-            g.manual_seed(request_seed(seed, req.key, req.step_index, req.sample))
-        gens.append(g)
-    rows = list(active)
-    slot_of_row = dict(zip(active, slots))
-    out_ids, logps, ents, limit = {}, {}, {}, {}
-    for i in active:
-        prefix = requests[i].prefix
-        out_ids[i] = list(prefix.token_ids or []) if prefix is not None else []
-        logps[i] = list(prefix.logprobs or []) if prefix is not None else []
-        ents[i] = list(prefix.extras.get("entropies") or []) if prefix is not None else []
-        limit[i] = len(out_ids[i]) + requests[i].max_new_tokens
+    dec = Decoding(call, {i: len(news[j]) for j, i in enumerate(call.active)})
+    slot_of_row = dict(zip(call.active, slots))
     S = self.static.cache.slots
-    while rows:
-        tokens = self._pick(logits, temps, top_ps, gens)
-        logp = torch.log_softmax(logits, -1)
-        chosen_lp = logp.gather(1, tokens[:, None])[:, 0].tolist()
-        entropy = (-(logp.exp() * logp).sum(-1)).tolist()
-        keep = []
-        for r, i in enumerate(rows):
-            req = requests[i]
-            if req.key in self._cancelled:
-                results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[],
-                                        extras={"generator": self.name, "cancelled": True})
-                continue
-            t = int(tokens[r])
-            out_ids[i].append(t)
-            logps[i].append(chosen_lp[r])
-            ents[i].append(entropy[r])
-            done = self._finish(out_ids[i], logps[i], ents[i], t, limit[i], None)
-            if done is None:
-                keep.append(r)
-                continue
-            done.n_prefill, done.n_reused = n_prefill[i], len(full[i]) - n_prefill[i]
-            results[i] = done
-        if not keep:
-            break
-        rows = [rows[r] for r in keep]
-        temps, top_ps, gens = [temps[r] for r in keep], [top_ps[r] for r in keep], [gens[r] for r in keep]
+    while dec.advance(logits, None):
         tok_all = torch.full((S,), self.pad_id, dtype=torch.long, device=self.device)
         pos_all = torch.tensor([min(len(ids), self.static.cache.max_len - 1) for ids in self.static.slot_ids],
                                device=self.device)
-        for i in rows:  # the sampled token of each continuing row goes into its slot
-            s = slot_of_row[i]
-            tok_all[s] = out_ids[i][-1]
-            self.static.slot_ids[s].append(out_ids[i][-1])
+        for i, t in zip(dec.rows, dec.last_tokens()):  # each continuing row's sampled token goes into its slot
+            tok_all[slot_of_row[i]] = t
+            self.static.slot_ids[slot_of_row[i]].append(t)
         logits_all = self.static.decode(tok_all, pos_all)
-        logits = logits_all[torch.tensor([slot_of_row[i] for i in rows], device=self.device)]
-    return results  # type: ignore[return-value]
+        logits = logits_all[torch.tensor([slot_of_row[i] for i in dec.rows], device=self.device)]
+    return call.results
