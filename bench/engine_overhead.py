@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                 print(f"{size:>9} {policy:>7} batch {conc:>2}: wall {r['wall_s']:7.2f}s  forward "
                       f"{r['forward_s']:7.2f}s  overhead x{r['overhead']:.3f}  {r['ms_per_token']:.2f} ms/token",
                       file=sys.stderr)
-    print(f"\n| target size | policy | batch | wall s | forward s | wall / forward | ms/token |")
+    print("\n| target size | policy | batch | wall s | forward s | wall / forward | ms/token |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['policy']} | {r['concurrency']} | {r['wall_s']:.2f} | {r['forward_s']:.2f} | "

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import finish  # noqa: E402
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.types import Problem
@@ -186,13 +188,7 @@ def main(argv=None) -> dict:
                      f"{row['throughput_ratio']['mean']:>7.2f}x{row['batch1_latency_ratio']['mean']:>10.3f}"
                      f"{str(row['same_outputs']):>6}")
     lines.append("b1 ratio: batch-size-1 latency, parallel engine / one call at a time (1 = no worse)")
-    print("\n".join(lines))
-    report["table"] = lines
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return finish(report, a.out, lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Measured for each batch size (problems in flight; 1 = the paper's batch size 1):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -37,6 +36,8 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import finish  # noqa: E402
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import RouterPolicy, TargetOnly
@@ -268,12 +269,7 @@ def _main(argv=None) -> dict:
         print(f"batch {b}: " + ", ".join(f"{name}: {v['latency_s_mean']:.3f} s/problem, overhead "
                                          f"{v['engine_overhead']:.3f}" for name, v in row.items()
                                          if isinstance(v, dict)), file=sys.stderr, flush=True)
-    print(json.dumps(report, indent=2))
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return finish(report, a.out)
 
 
 if __name__ == "__main__":

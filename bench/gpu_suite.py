@@ -20,7 +20,6 @@ through the engine; engine overhead <= 1.10.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,8 +29,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gpu_paper_scale as gps  # noqa: E402
+from _report import finish  # noqa: E402
 
 from arbitrage.backends.hf import HFGenerator  # noqa: E402
+from arbitrage.testing import EveryOtherRouter  # noqa: E402
 from arbitrage.engine import Engine, EngineConfig, Models  # noqa: E402
 from arbitrage.policies import RouterPolicy, TargetOnly  # noqa: E402
 from arbitrage.types import GenerationRequest  # noqa: E402
@@ -114,15 +115,6 @@ def ms_per_token(g, device, batch: int, prompt: int, tokens: int, vocab: int, re
 
 def equality(device, dtype, tok, shape, steps: int) -> dict:
     """(a): the same problems through the engine, plain and fast, both models extending each other's steps."""
-    class EveryOther:
-        name = "router"
-
-        def predict(self, reqs):
-            return [1.0 if len(r.steps) % 2 else 0.0 for r in reqs]
-
-        def release(self, key):
-            pass
-
     out = {}
     models = {r: gps.build(shape, "lm", device, dtype, seed) for r, seed in (("draft", 11), ("target", 12))}
     probs = gps.problems(4, 16, tok.vocab_size, 5, "eq")
@@ -131,7 +123,7 @@ def equality(device, dtype, tok, shape, steps: int) -> dict:
         for g in gens.values():  # a separator the random models do emit now and then: steps of varied length
             g.separator = "<7>"
         done = []
-        Engine(RouterPolicy(0.5), Models(draft=gens["draft"], target=gens["target"], router=EveryOther()),
+        Engine(RouterPolicy(0.5), Models(draft=gens["draft"], target=gens["target"], router=EveryOtherRouter()),
                EngineConfig(max_steps=steps, max_step_tokens=12, concurrency=4)).run(probs, done.append)
         out["fast" if fast else "plain"] = {r.problem.id: [(s.author, s.token_ids) for s in r.steps] for r in done}
     same = out["fast"] == out["plain"]
@@ -226,12 +218,7 @@ def _main(argv=None) -> dict:
         "engine_overhead_le_1.10": all(v["engine_overhead"] <= 1.10 for row in paper.values()
                                        for v in row.values() if isinstance(v, dict) and "engine_overhead" in v),
     }
-    print(json.dumps(report, indent=2))
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return finish(report, a.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _report import finish  # noqa: E402
 from engine_parallel import start_fake  # noqa: E402  (the same fake-server launcher)
 
 CONFIGS = ((1, 1), (4, 1), (16, 1), (16, 2), (32, 2), (32, 4))  # (problems in flight, replicas per role)
@@ -79,13 +80,7 @@ def main(argv=None) -> dict:
     for r in rows:
         lines.append(f"{r['concurrency']:>10}{r['replicas']:>10}{r['wall_s']:>10.2f}{r['problems_per_s']:>12.2f}"
                      f"{r['speedup_vs_first']:>9.2f}x")
-    print("\n".join(lines))
-    report["table"] = lines
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return finish(report, a.out, lines)
 
 
 if __name__ == "__main__":

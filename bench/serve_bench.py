@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,9 @@ import sys
 import time
 
 import httpx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import finish  # noqa: E402
 
 
 def start_server(port: int, args: list[str]) -> subprocess.Popen:
@@ -146,13 +148,7 @@ def main(argv=None) -> dict:
     for t in report["throughput"]:
         lines.append(f"{t['in_flight']:>10}{t['requests']:>10}{t['problems_per_s']:>12.2f}{t['latency_s_mean']:>18.3f}"
                      f"{t['latency_s_p90']:>9.3f}")
-    print("\n".join(lines))
-    report["table"] = lines
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return finish(report, a.out, lines)
 
 
 if __name__ == "__main__":
