@@ -37,7 +37,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import finish  # noqa: E402
+from _common import finish  # noqa: E402
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import RouterPolicy, TargetOnly

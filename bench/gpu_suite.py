@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gpu_paper_scale as gps  # noqa: E402
-from _report import finish  # noqa: E402
+from _common import finish  # noqa: E402
 
 from arbitrage.backends.hf import HFGenerator  # noqa: E402
 from arbitrage.testing import EveryOtherRouter  # noqa: E402

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _report import finish  # noqa: E402
+from _common import finish  # noqa: E402
 from engine_parallel import start_fake  # noqa: E402  (the same fake-server launcher)
 
 CONFIGS = ((1, 1), (4, 1), (16, 1), (16, 2), (32, 2), (32, 4))  # (problems in flight, replicas per role)

@@ -28,23 +28,13 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import finish  # noqa: E402
+from _common import finish, wait_healthy  # noqa: E402
 
 
 def start_server(port: int, args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "arbitrage.cli", "serve", "--port", str(port), "--threads", "1", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the server did not start")
+    return wait_healthy(proc, port, "arbitrage serve", timeout_s=180)
 
 
 def main(argv=None) -> dict:
