@@ -61,6 +61,11 @@ class Sampling:
     top_p: float | None = None
     seed: int | None = None
 
+    def over(self, temperature: float, top_p: float, seed: int | None) -> tuple[float, float, int | None]:
+        """(temperature, top_p, seed): these settings where set, the generator's defaults where not."""
+        return (temperature if self.temperature is None else self.temperature,
+                top_p if self.top_p is None else self.top_p, seed if self.seed is None else self.seed)
+
 
 @dataclass
 class GenerationRequest:

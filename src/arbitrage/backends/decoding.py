@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..types import Generation, GenerationRequest, request_seed
+from ..types import Generation, GenerationRequest, Sampling, request_seed
 
 
 class Call:
@@ -51,13 +51,12 @@ class Decoding:
         self.out_ids, self.logps, self.ents, self.limit = {}, {}, {}, {}
         for i in self.rows:
             req = reqs[i]
-            t, p = gen._sampling(req)
+            t, p, seed = (req.sampling or Sampling()).over(gen.temperature, gen.top_p, gen.seed)
             self.temps.append(t)
             self.top_ps.append(p)
             g = None
             if t > 0:
                 g = torch.Generator(device=gen.device)
-                seed = gen.seed if req.sampling is None or req.sampling.seed is None else req.sampling.seed
                 g.manual_seed(request_seed(seed, req.key, req.step_index, req.sample))
             self.gens.append(g)
             prefix = req.prefix
@@ -75,13 +74,14 @@ class Decoding:
         logp = torch.log_softmax(logits, -1)
         chosen_lp = logp.gather(1, tokens[:, None])[:, 0].tolist()
         entropy = (-(logp.exp() * logp).sum(-1)).tolist()
+        tokens = tokens.tolist()  # one read off the device per token, not one per row
         keep = []
         for r, i in enumerate(self.rows):
             if call.requests[i].key in gen._cancelled:  # dropped: nothing more is computed for it
                 call.results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[],
                                              extras={"generator": gen.name, "cancelled": True})
                 continue
-            t = int(tokens[r])
+            t = tokens[r]
             self.out_ids[i].append(t)
             self.logps[i].append(chosen_lp[r])
             self.ents[i].append(entropy[r])

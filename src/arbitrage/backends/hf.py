@@ -213,12 +213,6 @@ class HFGenerator:
         hidden = out.hidden_states[-1][:, -1].float() if self.return_hidden else None
         return logits, hidden
 
-    def _sampling(self, req: GenerationRequest) -> tuple[float, float]:
-        s = req.sampling
-        temp = self.temperature if s is None or s.temperature is None else s.temperature
-        top_p = self.top_p if s is None or s.top_p is None else s.top_p
-        return temp, top_p
-
     @staticmethod
     def _pick(logits: torch.Tensor, temps: list[float], top_ps: list[float],
               gens: list[torch.Generator | None]) -> torch.Tensor:
@@ -277,15 +271,19 @@ class HFGenerator:
 
     def _finish(self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int,
                 hidden: torch.Tensor | None) -> Generation | None:
-        """A Generation if this row's step is complete after token `last`, else None."""
-        extras: dict = {"generator": self.name, "entropies": list(ents)}
-        if hidden is not None:
-            extras["last_hidden"] = hidden.tolist()
+        """A Generation if this row's step is complete after token `last`, else None. Called at every token: it
+        copies nothing (and reads no hidden state off the device) until the step is complete."""
+        def extras() -> dict:
+            out: dict = {"generator": self.name, "entropies": list(ents)}
+            if hidden is not None:
+                out["last_hidden"] = hidden.tolist()
+            return out
+
         if last in self.eos_ids:
             body = ids[:-1]
             text = self.tokenizer.decode(body, skip_special_tokens=False)
             if self.separator not in text:
-                return Generation(text=text, stop="eos", token_ids=body, logprobs=list(logps), extras=extras)
+                return Generation(text=text, stop="eos", token_ids=body, logprobs=list(logps), extras=extras())
         # The separator can first appear only around the newest token: look at a short tail of the step
         # before decoding all of it (decoding the whole step at every token is quadratic in its length).
         tail = self.tokenizer.decode(ids[-(2 * len(self.separator) + 4):], skip_special_tokens=False)
@@ -297,9 +295,9 @@ class HFGenerator:
             step_text = text[:cut]
             own = ids if text == step_text + self.separator else \
                 list(self.encode(step_text + self.separator, False))  # the last token ran past the separator
-            return Generation(text=step_text, stop="separator", token_ids=own, logprobs=list(logps), extras=extras)
+            return Generation(text=step_text, stop="separator", token_ids=own, logprobs=list(logps), extras=extras())
         if len(ids) >= limit:
-            return Generation(text=text, stop="length", token_ids=list(ids), logprobs=list(logps), extras=extras)
+            return Generation(text=text, stop="length", token_ids=list(ids), logprobs=list(logps), extras=extras())
         return None
 
     # --- judging (StepJudge: the SpecReason-style baseline, arbitrage/target_judge.py) ---------------------

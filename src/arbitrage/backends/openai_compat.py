@@ -20,8 +20,8 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import BackendError, ModelLoadError
-from ..types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, StopReason, context_text,
-                     request_seed)
+from ..types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Sampling, StopReason,
+                     context_text, request_seed)
 from .http_common import HttpClient, event_loop, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -229,15 +229,8 @@ class OpenAICompletionsGenerator:
             ids += prefix.token_ids if prefix.token_ids else self._encode(prefix.text, False)
         return ids
 
-    def _sampling(self, req: GenerationRequest) -> tuple[float, float, int | None]:
-        s = req.sampling
-        temp = self.temperature if s is None or s.temperature is None else s.temperature
-        top_p = self.top_p if s is None or s.top_p is None else s.top_p
-        seed = self.seed if s is None or s.seed is None else s.seed
-        return temp, top_p, seed
-
     def payload(self, req: GenerationRequest) -> dict:
-        temp, top_p, seed = self._sampling(req)
+        temp, top_p, seed = (req.sampling or Sampling()).over(self.temperature, self.top_p, self.seed)
         sampling = temp > 0
         body: dict[str, Any] = {"prompt": self.prompt_for(req), "temperature": temp,
                                 "top_p": top_p if sampling else 1.0, "stop": [self.separator]}

@@ -183,12 +183,12 @@ def generate_static(self, requests) -> list:
     slot_of_row = dict(zip(call.active, slots))
     S = self.static.cache.slots
     while dec.advance(logits, None):
-        tok_all = torch.full((S,), self.pad_id, dtype=torch.long, device=self.device)
         pos_all = torch.tensor([min(len(ids), self.static.cache.max_len - 1) for ids in self.static.slot_ids],
                                device=self.device)
+        toks = [self.pad_id] * S
         for i, t in zip(dec.rows, dec.last_tokens()):  # each continuing row's sampled token goes into its slot
-            tok_all[slot_of_row[i]] = t
+            toks[slot_of_row[i]] = t
             self.static.slot_ids[slot_of_row[i]].append(t)
-        logits_all = self.static.decode(tok_all, pos_all)
+        logits_all = self.static.decode(torch.tensor(toks, device=self.device), pos_all)  # one copy to the device
         logits = logits_all[torch.tensor([slot_of_row[i] for i in dec.rows], device=self.device)]
     return call.results
