@@ -171,6 +171,7 @@ def test_every_result_changing_setting_is_checked_on_resume(tmp_path):
     for name in ("threshold", "dtype", "server_api", "pooling_route", "return_hidden", "temperature",
                  "separator", "max_steps", "template", "policy_options", "reuse_cache", "shard"):
         assert name in checked, name
+    assert set(base.speed_settings()) == RunConfig.SPEED_ONLY  # each session records every speed setting
 
 
 def test_speed_only_settings_may_change_and_metrics_say_so(tmp_path, tiny_dir, capsys):

@@ -121,6 +121,7 @@ def test_stop_strings_and_max_tokens(client):
     ({"model": "arbitrage", "prompt": "x", "threshold": 3.0}, 400, "threshold"),
     ({"model": "arbitrage", "prompt": "x", "policy": "router"}, 400, "policy"),  # no router loaded
     ({"model": "arbitrage", "prompt": "x", "policy": "draft", "threshold": 0.5}, 400, "threshold"),
+    ({"model": "arbitrage", "prompt": "x", "policy": "draft", "decide_after": 2}, 400, "decide_after"),
     ({"model": "arbitrage"}, 400, "prompt"),
     ({"prompt": "x"}, 400, "model"),
     ({"model": "gpt-4", "prompt": "x"}, 404, "model"),

@@ -33,6 +33,7 @@ from .protocols import can_cancel, lane_capacity, lane_of
 from .types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Problem, RouteRequest, Sampling,
                     ScoreRequest, Step)
 
+
 @dataclass
 class EngineConfig:
     max_steps: int = 64            # steps per problem
@@ -317,7 +318,7 @@ class Engine:
             ticket._done.set()
             return
         st = self._by_ticket.get(id(ticket))
-        if st is None or st.finish not in (None,):
+        if st is None or st.finish is not None:
             return
         st.cancelled, st.finish = True, "cancelled"
         if st.in_call and st.pending is not None:

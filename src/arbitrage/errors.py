@@ -6,7 +6,12 @@ class ArbitrageError(Exception):
 
 
 class ConfigError(ArbitrageError):
-    """A run was configured in a way that cannot work (e.g. router policy without a router)."""
+    """A run was configured in a way that cannot work (e.g. router policy without a router). `option`: the
+    setting at fault (e.g. "threshold"), when one is, so that a server can name the request field."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 class DataError(ArbitrageError):

@@ -44,9 +44,6 @@ def load_model(kind: str, spec: str, role: str, opts: ModelOptions, separator: s
     return registry().find(kind, spec).load(spec, role, opts, separator)
 
 
-KIND_OF_ROLE = {"draft": "generator", "target": "generator", "prm": "prm", "router": "router"}
-
-
 def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR) -> Models:
     """`needs`: the roles to build (a policy's `needs`); `specs` maps draft/target/prm/router to what the user
     gave. The router is built first, so a draft can be asked for the features the router reads (e.g. its last

@@ -126,13 +126,13 @@ class Policy:
         """The threshold to use: the default when None; a ConfigError when out of range or not taken."""
         if cls.threshold_range is None:
             if threshold is not None:
-                raise ConfigError(f"policy {cls.name!r} takes no --threshold")
+                raise ConfigError(f"policy {cls.name!r} takes no --threshold", "threshold")
             return None
         lo, hi = cls.threshold_range
         tau = cls.default_threshold if threshold is None else float(threshold)
         if tau is None or not lo <= tau <= hi:
             raise ConfigError(f"--threshold {tau:g} is out of range for policy {cls.name!r}: it must lie in "
-                              f"[{lo:g}, {hi:g}]")
+                              f"[{lo:g}, {hi:g}]", "threshold")
         return tau
 
 
@@ -186,7 +186,7 @@ class RouterPolicy(ThresholdPolicy):
     def __init__(self, threshold: float | None = None, decide_after: int | None = None):
         super().__init__(threshold)
         if decide_after is not None and decide_after < 1:
-            raise ConfigError("--decide-after must be at least 1 token")
+            raise ConfigError("--decide-after must be at least 1 token", "decide_after")
         self.decide_after = decide_after
 
     def describe(self) -> str:
@@ -198,7 +198,7 @@ class RouterPolicy(ThresholdPolicy):
         if trained != self.decide_after:
             have = f"reads the first {trained} tokens of a step" if trained else "reads whole steps"
             want = f"--decide-after {trained}" if trained else "no --decide-after"
-            raise ConfigError(f"the router {have} (it was trained so): run it with {want}")
+            raise ConfigError(f"the router {have} (it was trained so): run it with {want}", "decide_after")
 
     def decide(self) -> Decide:
         if self.decide_after is None:
@@ -248,7 +248,7 @@ class Generate(Policy):
 
     def __init__(self, target_samples: int = 1):
         if target_samples < 1:
-            raise ConfigError("--target-samples must be at least 1")
+            raise ConfigError("--target-samples must be at least 1", "target_samples")
         self.target_samples = target_samples
 
     def decide(self) -> Decide:
@@ -281,15 +281,10 @@ def make_policy(name: str, threshold: float | None = None, **options) -> Policy:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "threshold"}
     stray = [k for k, v in options.items() if v is not None and k not in accepted]
     if stray:
-        raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}")
+        raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}", stray[0])
     options = {k: v for k, v in options.items() if v is not None}
     if cls.threshold_range is None:
         cls.check_threshold(threshold)  # raises when a threshold is given
         return cls(**options)
     return cls(threshold, **options)
 
-
-def policy_names() -> tuple[str, ...]:
-    from .registry import registry
-
-    return tuple(registry().policies)

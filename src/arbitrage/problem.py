@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .models import ROLES
 from .policies import Decision, Policy
-from .records import Proposal, StepRecord
+from .records import COUNTS, Proposal, StepRecord
 from .types import Problem, Sampling, Step
 
 if TYPE_CHECKING:  # only for annotations: the engine imports this module
@@ -39,8 +39,7 @@ class ProblemResult:
 
 
 def new_counts() -> dict:
-    return {"draft_tokens_accepted": 0, "draft_tokens_discarded": 0, "target_tokens": 0, "target_calls": 0,
-            "draft_calls": 0, "escalated_steps": 0, "judge_calls": 0}
+    return dict.fromkeys(COUNTS, 0)
 
 
 class Ticket:
@@ -102,8 +101,6 @@ class ProblemState:
     @property
     def problem(self) -> Problem:
         return self.ticket.problem
-
-
 
 
 def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> None:

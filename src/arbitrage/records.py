@@ -10,7 +10,7 @@ validates the types and names the file, line and field of anything malformed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
@@ -18,7 +18,6 @@ from .types import AUTHORS, STOP_REASONS, Step
 
 # Per-token features a proposal may carry (router training reads them; kept only where asked for).
 FEATURES = ("logprobs", "entropies", "last_hidden")
-MODEL_ROLES = ("draft", "target", "prm", "router", "judge")
 COUNTS = ("draft_tokens_accepted", "draft_tokens_discarded", "target_tokens", "target_calls", "draft_calls",
           "escalated_steps", "judge_calls")
 
@@ -103,20 +102,21 @@ class StepRecord:
     def to_step(self) -> Step:
         return Step(author=self.author, text=self.text, stop=self.stop, n_tokens=self.n_tokens)  # type: ignore
 
-    def draft_proposal(self) -> Proposal | None:
-        """The draft's proposal at this step: recorded apart, or the kept step itself when the draft wrote it."""
-        if self.draft is not None:
-            return self.draft
-        if self.author == "draft":
+    def proposal(self, author: str) -> Proposal | None:
+        """`author`'s ("draft" or "target") proposal at this step: recorded apart, or the kept step itself when
+        that model wrote it; None when it wrote nothing here."""
+        recorded = self.draft if author == "draft" else self.target
+        if recorded is not None:
+            return recorded
+        if self.author == author:
             return Proposal(self.text, self.stop, self.n_tokens)
         return None
 
+    def draft_proposal(self) -> Proposal | None:
+        return self.proposal("draft")
+
     def target_proposal(self) -> Proposal | None:
-        if self.target is not None:
-            return self.target
-        if self.author == "target":
-            return Proposal(self.text, self.stop, self.n_tokens)
-        return None
+        return self.proposal("target")
 
     def to_json(self) -> dict:
         d = {"index": self.index, "author": self.author, "text": self.text, "stop": self.stop,
@@ -209,7 +209,3 @@ class ProblemRecord:
                    policy=str(d.get("policy", "")), threshold=d.get("threshold"), finish=str(d.get("finish", "")),
                    latency_s=float(d.get("latency_s", 0.0)), seconds=dict(d.get("seconds") or {}),
                    counts=dict(d.get("counts") or {}), solution=str(d.get("solution", "")), steps=steps)
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]

@@ -11,7 +11,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from .errors import ConfigError, DataError
 from .records import ProblemRecord
@@ -271,7 +271,3 @@ def sessions_note(out_dir: str) -> str | None:
         return (f"{out_dir}: problems ran in sessions with different speed settings ({', '.join(keys)}: "
                 f"{sorted(seen, key=str)}); their latencies are not comparable")
     return None
-
-
-def ids_of(records: Iterable[dict]) -> set:
-    return {r["id"] for r in records}

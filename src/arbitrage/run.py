@@ -68,9 +68,9 @@ class RunConfig:
         return out
 
     def speed_settings(self) -> dict:
-        return {**{k: getattr(self.engine, k) for k in ("concurrency", "parallel")},
-                **{k: getattr(self.model_options, k) for k in ("device", "threads", "server_concurrency",
-                                                               "fast_decode")}}
+        """This session's SPEED_ONLY values (recorded per session in run.json)."""
+        return {g.name: _plain(getattr(obj, g.name)) for obj in (self.engine, self.model_options)
+                for g in dataclasses.fields(obj) if g.name in self.SPEED_ONLY}
 
 
 def _plain(v):

@@ -24,9 +24,6 @@ from .http_common import Unreachable
 
 log = logging.getLogger(__name__)
 
-METHODS = {"generate": "generate", "score": "score", "predict": "predict", "judge": "judge"}
-
-
 class Replicas:
     """One model served by several replicas, behind the same protocol as one of them (generator, PRM, router
     or judge)."""

@@ -131,9 +131,7 @@ async def _wait(request: Request, ticket, queue: asyncio.Queue):
         event = await _next(request, ticket, queue)
         if event is None:
             return None
-        if event[0] == "done":
-            return event[1]
-        if event[0] == "error":
+        if event[0] in ("done", "error"):  # the result, or the exception that ended it
             return event[1]
 
 

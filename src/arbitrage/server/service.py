@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import threading
 import time
 from dataclasses import dataclass
 
 from ..engine import Engine, EngineConfig, Models, ProblemResult
 from ..errors import ConfigError
 from ..policies import Policy, make_policy
-from ..registry import registry
 from ..types import Problem
 from .metrics import ServerMetrics
 from .requests import ParsedRequest, RequestError
@@ -57,7 +55,6 @@ class Service:
         self.engine = Engine(policy, models, config, on_call=self.metrics.on_call)
         self.ids = itertools.count()
         self.started = time.time()
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         self.engine.start()
@@ -78,9 +75,7 @@ class Service:
             policy = make_policy(name, threshold, **options)
             self.models.check(policy)
         except ConfigError as exc:
-            param = "threshold" if "threshold" in str(exc) else "decide_after" if "decide-after" in str(exc) \
-                else "policy"
-            raise RequestError(str(exc), param) from None
+            raise RequestError(str(exc), exc.option or "policy") from None
         return policy
 
     def prompt_of(self, req: ParsedRequest) -> str:
@@ -149,13 +144,3 @@ def _answers(root: str, timeout: float = 1.0) -> bool:
         except httpx.HTTPError:
             continue
     return False
-
-
-def default_served_name(specs: dict) -> str:
-    draft, target = specs.get("draft") or "", specs.get("target") or ""
-    short = lambda s: os.path.basename(s.rstrip("/")) or s  # noqa: E731
-    return f"arbitrage:{short(draft)}+{short(target)}" if draft and target else "arbitrage"
-
-
-def thresholded() -> dict:
-    return registry().thresholded()

@@ -12,25 +12,12 @@ from pathlib import Path
 
 from .. import evidence
 from ..results import read_records
-from ..sweep_report import EPS, label, pareto_frontier
+from ..sweep_report import label, latency_at, pareto_frontier
 from . import analysis
 
 
 def _point(out: Path, m: dict) -> evidence.Point:
     return evidence.Point.of(label(m), m["policy"], m.get("threshold"), read_records(out / "sweep" / m["dir"]))
-
-
-def interpolate(front: list[dict], accuracy: float, key: str) -> float | None:
-    """`key` along a frontier at `accuracy`, linear between the frontier points (as latency_at does)."""
-    if not front or accuracy < front[0]["accuracy"] - EPS or accuracy > front[-1]["accuracy"] + EPS:
-        return None
-    for a, b in zip(front, front[1:]):
-        if a["accuracy"] - EPS <= accuracy <= b["accuracy"] + EPS:
-            if b["accuracy"] - a["accuracy"] <= EPS:
-                return a[key]
-            w = (accuracy - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
-            return a[key] + w * (b[key] - a[key])
-    return front[-1][key]
 
 
 def _brief(c: dict | None) -> dict | None:
@@ -82,8 +69,7 @@ def summarize(out: Path, metrics: list[dict], cfg, counts: dict, router_eval: di
         per = {}
         for name in ("router", early):
             front = pareto_frontier(by_policy[name])
-            per[name] = interpolate([{**m, "discarded": m["draft_tokens_discarded_per_problem"]} for m in front],
-                                    acc, "discarded")
+            per[name] = latency_at(front, acc, x="draft_tokens_discarded_per_problem")  # along the frontier
         discarded = {"accuracy": acc, "per_problem": per,
                      "reduction": (1 - per[early] / per["router"]) if per.get("router") and per[early] is not None
                      else None}
