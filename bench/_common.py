@@ -1,12 +1,20 @@
-"""What every benchmark shares: waiting for a server it started, and the one way it ends (print its table, or
-the JSON when it has none, and write the JSON report)."""
+"""What every benchmark shares: the spread of repeated measurements, waiting for a server it started, and the
+one way it ends (print its table, or the JSON when it has none, and write the JSON report)."""
+
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 
 from arbitrage.results import write_json_atomic
+
+
+def spread(xs) -> dict:
+    """Repeated runs of one measurement: mean, min, max and the runs themselves."""
+    xs = list(xs)
+    return {"mean": statistics.fmean(xs), "min": min(xs), "max": max(xs), "n": len(xs), "runs": xs}
 
 
 def finish(report: dict, out: str | None, lines: list[str] | None = None) -> dict:

@@ -17,40 +17,23 @@ synchronise around it on a GPU), so it includes every forward of the draft and t
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import finish, spread  # noqa: E402
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
-from arbitrage.testing import make_causal_lm
+from arbitrage.testing import ShareRouter, make_causal_lm
 from arbitrage.timing import ForwardTimer
 from arbitrage.types import Problem
-
-
-class FixedShareRouter:
-    """Escalates a seeded `share` of the steps, whatever the text (no model call)."""
-
-    name = "router"
-
-    def __init__(self, share: float):
-        self.share = share
-
-    def predict(self, requests):
-        def u(r):
-            h = hashlib.sha256(f"{r.key}:{len(r.steps)}".encode()).digest()
-            return int.from_bytes(h[:4], "little") / 2 ** 32
-        return [1.0 if u(r) < self.share else 0.0 for r in requests]
-
-    def release(self, key):
-        pass
 
 
 def build(root: str, hidden: int, layers: int) -> tuple[str, str]:
@@ -71,24 +54,28 @@ def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
     pol = make_policy(policy, 0.5 if policy == "router" else None)
     models = Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs})
     if policy == "router":
-        models.router = FixedShareRouter(args.escalate)
+        models.router = ShareRouter(args.escalate)
     problems = [Problem(id=f"p{i}", question=f"q{i}", prompt=f"Question {i}: what is {i} * {i + 3}?\n\n")
                 for i in range(args.problems)]
     cfg = EngineConfig(max_steps=args.steps, max_step_tokens=args.step_tokens, concurrency=concurrency,
                        max_total_tokens=10 ** 6)
     Engine(pol, Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs} |
                        ({"router": models.router} if models.router else {})), cfg).run(problems[:2], lambda r: None)
-    for t in timers:  # the warm-up above is not counted
-        t.reset()
-    done = []
-    t0 = time.perf_counter()
-    Engine(pol, models, cfg).run(problems, done.append)
-    wall = time.perf_counter() - t0
+    walls, forwards, overheads = [], [], []
+    for _ in range(args.repeats):
+        for t in timers:
+            t.reset()
+        done = []
+        t0 = time.perf_counter()
+        Engine(pol, models, cfg).run(problems, done.append)
+        walls.append(time.perf_counter() - t0)
+        forwards.append(sum(t.seconds for t in timers))
+        overheads.append(walls[-1] / forwards[-1])
     tokens = sum(r.counts["draft_tokens_accepted"] + r.counts["draft_tokens_discarded"] + r.counts["target_tokens"]
                  for r in done)
-    forward = sum(t.seconds for t in timers)
-    return {"policy": policy, "concurrency": concurrency, "wall_s": wall, "forward_s": forward,
-            "overhead": wall / forward, "forward_calls": sum(t.calls for t in timers), "tokens": tokens,
+    wall = statistics.fmean(walls)
+    return {"policy": policy, "concurrency": concurrency, "wall_s": wall, "forward_s": statistics.fmean(forwards),
+            "overhead": spread(overheads), "forward_calls": sum(t.calls for t in timers), "tokens": tokens,
             "ms_per_token": 1000 * wall / tokens}
 
 
@@ -104,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="runs of each configuration (their spread is reported)")
     p.add_argument("--models-dir", default=os.path.join(tempfile.gettempdir(), "arbitrage-bench-models"))
     p.add_argument("--json", default="bench/results/engine_overhead.json")
     args = p.parse_args(argv)
@@ -117,17 +105,17 @@ def main(argv=None) -> int:
                 r = measure(d, t, policy, conc, args) | {"size": size}
                 rows.append(r)
                 print(f"{size:>9} {policy:>7} batch {conc:>2}: wall {r['wall_s']:7.2f}s  forward "
-                      f"{r['forward_s']:7.2f}s  overhead x{r['overhead']:.3f}  {r['ms_per_token']:.2f} ms/token",
-                      file=sys.stderr)
-    print("\n| target size | policy | batch | wall s | forward s | wall / forward | ms/token |")
-    print("|---|---|---|---|---|---|---|")
+                      f"{r['forward_s']:7.2f}s  overhead x{r['overhead']['mean']:.3f}  {r['ms_per_token']:.2f} "
+                      f"ms/token", file=sys.stderr)
+    lines = [f"means of {args.repeats} runs; wall / forward with its min-max over the runs",
+             "| target size | policy | batch | wall s | forward s | wall / forward (min-max) | ms/token |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        print(f"| {r['size']} | {r['policy']} | {r['concurrency']} | {r['wall_s']:.2f} | {r['forward_s']:.2f} | "
-              f"{r['overhead']:.3f} | {r['ms_per_token']:.2f} |")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"args": vars(args), "device": args.device, "torch": torch.__version__,
-                   "machine": platform.platform(), "rows": rows}, f, indent=2)
+        o = r["overhead"]
+        lines.append(f"| {r['size']} | {r['policy']} | {r['concurrency']} | {r['wall_s']:.2f} | {r['forward_s']:.2f} | "
+                     f"{o['mean']:.3f} ({o['min']:.3f}-{o['max']:.3f}) | {r['ms_per_token']:.2f} |")
+    finish({"args": vars(args), "device": args.device, "torch": torch.__version__, "machine": platform.platform(),
+            "rows": rows}, args.json, lines)
     return 0
 
 

@@ -19,7 +19,6 @@ Prints a table and writes JSON (default bench/results/engine_parallel.json).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import statistics
@@ -28,29 +27,11 @@ import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import finish, wait_healthy  # noqa: E402
+from _common import finish, spread, wait_healthy  # noqa: E402
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
+from arbitrage.testing import ShareRouter
 from arbitrage.types import Problem
-
-
-class HashRouter:
-    """Escalates step k of problem p iff hash(p, k) falls below `rate`: the same decisions in every run."""
-
-    name = "router"
-
-    def __init__(self, rate: float):
-        self.rate = rate
-
-    def predict(self, requests):
-        out = []
-        for r in requests:
-            h = int.from_bytes(hashlib.sha256(f"{r.key}:{len(r.steps)}".encode()).digest()[:4], "big") / 2 ** 32
-            out.append(0.9 if h < self.rate else 0.1)
-        return out
-
-    def release(self, key):
-        pass
 
 
 def make_problems(n: int, source: str | None) -> list[Problem]:
@@ -106,20 +87,16 @@ def measure(models, problems, b1, a, cfg_kw) -> dict:
     # a real server's batched kernels need not be batch-invariant: greedy text can change with what shares the batch
     differing = max(sum(r["solutions"].get(k) != v for k, v in first.items()) for r in runs["parallel"] + runs["serial"])
 
-    def summary(rs, key):
-        xs = [r[key] for r in rs]
-        return {"mean": statistics.fmean(xs), "min": min(xs), "max": max(xs), "runs": xs}
-
     tp = [p["problems_per_s"] / s["problems_per_s"] for p, s in zip(runs["parallel"], runs["serial"])]
     lat = [p["latency_s_mean"] / s["latency_s_mean"] for p, s in zip(runs["parallel_b1"], runs["serial_b1"])]
     return {"steps_per_run": runs["parallel"][0]["steps"], "target_calls_per_run": runs["parallel"][0]["target_calls"],
             "same_outputs": same, "problems_with_other_text": differing,
-            "throughput_problems_per_s": {"parallel": summary(runs["parallel"], "problems_per_s"),
-                                          "serial": summary(runs["serial"], "problems_per_s")},
-            "throughput_ratio": {"mean": statistics.fmean(tp), "min": min(tp), "max": max(tp)},
-            "batch1_latency_s": {"parallel": summary(runs["parallel_b1"], "latency_s_mean"),
-                                 "serial": summary(runs["serial_b1"], "latency_s_mean")},
-            "batch1_latency_ratio": {"mean": statistics.fmean(lat), "min": min(lat), "max": max(lat)}}
+            "throughput_problems_per_s": {"parallel": spread(r["problems_per_s"] for r in runs["parallel"]),
+                                          "serial": spread(r["problems_per_s"] for r in runs["serial"])},
+            "throughput_ratio": spread(tp),
+            "batch1_latency_s": {"parallel": spread(r["latency_s_mean"] for r in runs["parallel_b1"]),
+                                 "serial": spread(r["latency_s_mean"] for r in runs["serial_b1"])},
+            "batch1_latency_ratio": spread(lat)}
 
 
 def main(argv=None) -> dict:
@@ -151,7 +128,8 @@ def main(argv=None) -> dict:
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "configs": []}
     lines = [f"engine_parallel: {a.problems} problems, {a.concurrency} in flight, a scripted router, "
              f"{a.repeats} repetitions alternating the engines (one call at a time = the engine before lanes)",
-             f"{'setup':<44}{'parallel /s':>12}{'serial /s':>11}{'ratio':>8}{'b1 ratio':>10}{'same':>6}"]
+             f"{'setup':<44}{'parallel /s':>12}{'serial /s':>11}{'ratio (min-max)':>20}{'b1 ratio (min-max)':>24}"
+             f"{'other text':>11}"]
     for rate, d_ms, t_ms in configs:
         servers = []
         if given:
@@ -165,7 +143,7 @@ def main(argv=None) -> dict:
         print(kind, file=sys.stderr, flush=True)
         gens = {role: OpenAICompletionsGenerator(url, name=role, api=a.server_api, concurrency=64, tokenizer=None)
                 for role, url in urls.items()}
-        models = Models(draft=gens["draft"], target=gens["target"], router=HashRouter(rate))
+        models = Models(draft=gens["draft"], target=gens["target"], router=ShareRouter(rate))
         try:
             row = {"setup": kind, "escalation_rate_scripted": rate, "draft_ms_per_token": d_ms,
                    "target_ms_per_token": t_ms, **measure(models, problems, b1, a, cfg_kw)}
@@ -176,11 +154,12 @@ def main(argv=None) -> dict:
                 s.terminate()
                 s.wait(10)
         report["configs"].append(row)
-        tp = row["throughput_problems_per_s"]
+        tp, r, b = row["throughput_problems_per_s"], row["throughput_ratio"], row["batch1_latency_ratio"]
         lines.append(f"{kind:<44}{tp['parallel']['mean']:>12.2f}{tp['serial']['mean']:>11.2f}"
-                     f"{row['throughput_ratio']['mean']:>7.2f}x{row['batch1_latency_ratio']['mean']:>10.3f}"
-                     f"{str(row['same_outputs']):>6}")
-    lines.append("b1 ratio: batch-size-1 latency, parallel engine / one call at a time (1 = no worse)")
+                     f"{r['mean']:>8.2f}x ({r['min']:.2f}-{r['max']:.2f}){b['mean']:>11.3f} ({b['min']:.3f}-{b['max']:.3f})"
+                     f"{row['problems_with_other_text']:>6}/{a.problems}")
+    lines.append("ratio: throughput, parallel engine / one call at a time, per repetition; b1 ratio: batch-size-1 "
+                 "latency, the same (1 = no worse); other text: problems whose text differed between runs")
     return finish(report, a.out, lines)
 
 

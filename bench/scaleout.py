@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How router-data generation (`arbitrage run --policy generate`) scales with problems in flight and with
 replicas per model role, on fake servers of fixed per-token latency that serve at most `--capacity` requests at
-once (as a server whose batch is full): each configuration is one run of the same problems, in this process,
+once (as a server whose batch is full): each configuration is `--repeats` runs of the same problems, in this process,
 the servers in their own processes (started fresh for each configuration).
 
     python bench/scaleout.py        # writes bench/results/scaleout.json and prints a table
@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import finish  # noqa: E402
+from _common import finish, spread  # noqa: E402
 from engine_parallel import start_fake  # noqa: E402  (the same fake-server launcher)
 
 CONFIGS = ((1, 1), (4, 1), (16, 1), (16, 2), (32, 2), (32, 4))  # (problems in flight, replicas per role)
@@ -32,6 +32,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--capacity", type=int, default=4, help="requests each fake server serves at once")
     ap.add_argument("--port", type=int, default=18201)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration (their spread is reported)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "scaleout.json"))
     a = ap.parse_args(argv)
 
@@ -53,33 +54,39 @@ def main(argv=None) -> dict:
                                             capacity=a.capacity))
                     urls[role].append(f"http://127.0.0.1:{port}/v1")
                     port += 1
-            out = os.path.join(tmp, f"c{concurrency}-r{replicas}")
+            walls = []
             try:
-                t0 = time.perf_counter()
-                rc = cli(["run", "--policy", "generate", "--draft", ",".join(urls["draft"]), "--target",
-                          ",".join(urls["target"]), "--prm", "testbed-checker", "--data", data, "--out", out,
-                          "--quiet", "--concurrency", str(concurrency), "--max-steps", "8"])
-                wall = time.perf_counter() - t0
+                for rep in range(a.repeats):
+                    out = os.path.join(tmp, f"c{concurrency}-r{replicas}-{rep}")
+                    t0 = time.perf_counter()
+                    rc = cli(["run", "--policy", "generate", "--draft", ",".join(urls["draft"]), "--target",
+                              ",".join(urls["target"]), "--prm", "testbed-checker", "--data", data, "--out", out,
+                              "--quiet", "--concurrency", str(concurrency), "--max-steps", "8"])
+                    walls.append(time.perf_counter() - t0)
+                    if rc != 0:
+                        raise RuntimeError(f"the run failed ({concurrency} in flight, {replicas} replicas)")
             finally:
                 for p in procs:
                     p.terminate()
                     p.wait(10)
-            if rc != 0:
-                raise RuntimeError(f"the run failed ({concurrency} in flight, {replicas} replicas)")
-            rows.append({"concurrency": concurrency, "replicas": replicas, "wall_s": wall,
-                         "problems_per_s": a.problems / wall})
-            print(f"{concurrency} in flight, {replicas} replica(s): {wall:.2f} s", file=sys.stderr, flush=True)
-    base = rows[0]["wall_s"]
-    for r in rows:
-        r["speedup_vs_first"] = base / r["wall_s"]
+            w = spread(walls)
+            rows.append({"concurrency": concurrency, "replicas": replicas, "wall_s": w,
+                         "problems_per_s": a.problems / w["mean"]})
+            print(f"{concurrency} in flight, {replicas} replica(s): {w['mean']:.2f} s", file=sys.stderr, flush=True)
+    base = rows[0]["wall_s"]["mean"]
+    for r in rows:  # against the first configuration's mean; the range from this one's fastest and slowest run
+        w = r["wall_s"]
+        r["speedup_vs_first"] = {"mean": base / w["mean"], "min": base / w["max"], "max": base / w["min"]}
     report = {"setup": f"generate on {a.problems} problems; fake draft and target servers, {a.per_token_ms:g} ms per "
                        f"token, {a.tokens_per_step} tokens per step, {a.steps} steps, each serving at most "
                        f"{a.capacity} requests at once; PRM: the free testbed checker",
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows}
-    lines = [report["setup"], f"{'in flight':>10}{'replicas':>10}{'wall (s)':>10}{'problems/s':>12}{'speed-up':>10}"]
+    lines = [report["setup"] + f"; {a.repeats} runs each",
+             f"{'in flight':>10}{'replicas':>10}{'wall (s)':>10}{'problems/s':>12}{'speed-up (min-max)':>22}"]
     for r in rows:
-        lines.append(f"{r['concurrency']:>10}{r['replicas']:>10}{r['wall_s']:>10.2f}{r['problems_per_s']:>12.2f}"
-                     f"{r['speedup_vs_first']:>9.2f}x")
+        s = r["speedup_vs_first"]
+        lines.append(f"{r['concurrency']:>10}{r['replicas']:>10}{r['wall_s']['mean']:>10.2f}{r['problems_per_s']:>12.2f}"
+                     f"{s['mean']:>10.2f}x ({s['min']:.2f}-{s['max']:.2f})")
     return finish(report, a.out, lines)
 
 

@@ -28,7 +28,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import finish, wait_healthy  # noqa: E402
+from _common import finish, spread, wait_healthy  # noqa: E402
 
 
 def start_server(port: int, args: list[str]) -> subprocess.Popen:
@@ -45,6 +45,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--overhead-problems", type=int, default=40)
     ap.add_argument("--load-problems", type=int, default=128)
     ap.add_argument("--levels", default="1,8,64")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each load level (their spread is reported)")
     ap.add_argument("--port", type=int, default=18111)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "serve_bench.json"))
     a = ap.parse_args(argv)
@@ -54,6 +55,7 @@ def main(argv=None) -> dict:
 
     from arbitrage.engine import Engine, EngineConfig
     from arbitrage.factory import ModelOptions, build_models
+    from arbitrage.evidence import paired_ratio_ci
     from arbitrage.policies import make_policy
     from arbitrage.testbed.task import make_problems
     from arbitrage.types import Problem
@@ -88,12 +90,13 @@ def main(argv=None) -> dict:
                     text = client.completions.create(model="arbitrage", prompt=p.prompt).choices[0].text
                     server_s.append(time.perf_counter() - t0)
             same += text == done[0].solution
-        ratio = statistics.fmean(server_s) / statistics.fmean(engine_s)
+        ratio = paired_ratio_ci(server_s, engine_s)
         per = [s / e for s, e in zip(server_s, engine_s)]
         report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                   "policy": policy.describe(), "prm": a.prm, "models": "testbed:draft / testbed:target in-process",
                   "overhead": {"problems": len(probs), "engine_s_mean": statistics.fmean(engine_s),
-                               "server_s_mean": statistics.fmean(server_s), "ratio": ratio,
+                               "server_s_mean": statistics.fmean(server_s), "ratio": ratio["ratio"],
+                               "ratio_ci95": ratio["ci95"],
                                "ratio_median_per_problem": statistics.median(per), "same_text": same},
                   "throughput": []}
         del models  # free this process's copy before the load test
@@ -118,11 +121,14 @@ def main(argv=None) -> dict:
         prompts = [p.prompt for p in make_problems("test", a.load_problems, seed=8)]
         for level in (int(x) for x in a.levels.split(",")):
             n = min(len(prompts), max(16, 2 * level)) if level == 1 else len(prompts)
-            wall, lat = asyncio.run(load(level, prompts[:n]))
-            report["throughput"].append({"in_flight": level, "requests": n, "problems_per_s": n / wall,
+            runs = [asyncio.run(load(level, prompts[:n])) for _ in range(a.repeats)]
+            lat = [x for _, lats in runs for x in lats]
+            report["throughput"].append({"in_flight": level, "requests": n,
+                                         "problems_per_s": spread(n / wall for wall, _ in runs),
                                          "latency_s_mean": statistics.fmean(lat),
                                          "latency_s_p90": sorted(lat)[int(0.9 * (len(lat) - 1))]})
-            print(f"{level} in flight: {n / wall:.2f} problems/s", file=sys.stderr, flush=True)
+            print(f"{level} in flight: {report['throughput'][-1]['problems_per_s']['mean']:.2f} problems/s",
+                  file=sys.stderr, flush=True)
         metrics = httpx.get(url.replace("/v1", "/metrics")).text
         report["server_errors"] = sum(1 for line in metrics.splitlines()
                                       if line.startswith("arbitrage_requests_total") and 'status="5' in line)
@@ -132,12 +138,15 @@ def main(argv=None) -> dict:
     o = report["overhead"]
     lines = [f"serve_bench: {report['policy']}, PRM {a.prm}, testbed models in-process, 1 torch thread each side",
              f"overhead, {o['problems']} problems one at a time: engine {o['engine_s_mean'] * 1000:.1f} ms, server "
-             f"{o['server_s_mean'] * 1000:.1f} ms per problem: {o['ratio']:.3f}x (median per problem "
+             f"{o['server_s_mean'] * 1000:.1f} ms per problem: {o['ratio']:.3f}x (95% CI "
+             f"{o['ratio_ci95'][0]:.3f}-{o['ratio_ci95'][1]:.3f}, paired bootstrap over problems; median per problem "
              f"{o['ratio_median_per_problem']:.3f}x); same text {o['same_text']}/{o['problems']}",
-             f"{'in flight':>10}{'requests':>10}{'problems/s':>12}{'latency mean (s)':>18}{'p90 (s)':>9}"]
+             f"{'in flight':>10}{'requests':>10}{'problems/s (min-max over ' + str(a.repeats) + ' runs)':>36}"
+             f"{'latency mean (s)':>18}{'p90 (s)':>9}"]
     for t in report["throughput"]:
-        lines.append(f"{t['in_flight']:>10}{t['requests']:>10}{t['problems_per_s']:>12.2f}{t['latency_s_mean']:>18.3f}"
-                     f"{t['latency_s_p90']:>9.3f}")
+        tp = t["problems_per_s"]
+        lines.append(f"{t['in_flight']:>10}{t['requests']:>10}{tp['mean']:>20.2f} ({tp['min']:.2f}-{tp['max']:.2f})"
+                     f"{t['latency_s_mean']:>18.3f}{t['latency_s_p90']:>9.3f}")
     return finish(report, a.out, lines)
 
 

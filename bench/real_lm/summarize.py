@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
 
+from arbitrage.evidence import paired_ratio_ci, sign_test_p
 from arbitrage.results import read_records
 from arbitrage.sweep_report import label as point_key
 
@@ -66,16 +65,6 @@ def records(run_dir: str) -> dict:
     return {r.id: (bool(r.correct), float(r.latency_s)) for r in read_records(run_dir)}
 
 
-def sign_test_p(wins: int, losses: int) -> float:
-    """Exact two-sided sign test (McNemar's exact test) on the discordant problems."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
 def paired(summary: dict, sweep_dir: str, reference: str = "target", resamples: int = 4000, seed: int = 0) -> str:
     """Every point against the reference policy on the same problems: accuracy difference with the discordant
     problems and the exact sign-test p, and the latency ratio (reference / point) with a bootstrap 95% interval
@@ -85,7 +74,6 @@ def paired(summary: dict, sweep_dir: str, reference: str = "target", resamples: 
     if ref is None:
         return f"(no {reference} point with its records)"
     base = records(dirs[ref])
-    rng = random.Random(seed)
     rows = [f"| point | n | accuracy − {reference} | right only here / only {reference} | sign-test p "
             f"| latency ratio {reference} / point (95% CI) |", "|---|---|---|---|---|---|"]
     for i, m in enumerate(summary["points"]):
@@ -97,11 +85,10 @@ def paired(summary: dict, sweep_dir: str, reference: str = "target", resamples: 
             continue
         wins = sum(mine[i][0] and not base[i][0] for i in ids)
         losses = sum(base[i][0] and not mine[i][0] for i in ids)
-        ratio = lambda sample: sum(base[i][1] for i in sample) / sum(mine[i][1] for i in sample)  # noqa: E731
-        boots = sorted(ratio([rng.choice(ids) for _ in ids]) for _ in range(resamples))
-        lo, hi = boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]
+        r = paired_ratio_ci([base[i][1] for i in ids], [mine[i][1] for i in ids], n_boot=resamples, seed=seed)
+        (lo, hi) = r["ci95"]
         rows.append(f"| {label(m)} | {len(ids)} | {(wins - losses) / len(ids):+.3f} | {wins} / {losses} "
-                    f"| {sign_test_p(wins, losses):.2f} | {ratio(ids):.2f}x ({lo:.2f}–{hi:.2f}) |")
+                    f"| {sign_test_p(wins, losses):.2f} | {r['ratio']:.2f}x ({lo:.2f}–{hi:.2f}) |")
     return "\n".join(rows)
 
 

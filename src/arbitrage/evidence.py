@@ -43,6 +43,34 @@ class Point:
         return {"label": self.label, "accuracy": acc, "latency_s_mean": lat}
 
 
+def percentile_ci(values: Sequence[float], level: float = 0.95) -> list[float]:
+    """The central `level` interval of bootstrap replicates (percentile method)."""
+    v = sorted(values)
+    tail = (1 - level) / 2
+    return [v[int(tail * (len(v) - 1))], v[int(math.ceil((1 - tail) * (len(v) - 1)))]]
+
+
+def paired_ratio_ci(num: Sequence[float], den: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    """sum(num) / sum(den) over paired items (num[i] and den[i] measured on the same problem), with a 95% paired
+    bootstrap interval that resamples the items."""
+    if len(num) != len(den) or not num:
+        raise ValueError("paired samples of equal, non-zero length")
+    rng, n = random.Random(seed), len(num)
+    boot = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        boot.append(sum(num[i] for i in idx) / sum(den[i] for i in idx))
+    return {"ratio": sum(num) / sum(den), "ci95": percentile_ci(boot), "n": n, "n_boot": n_boot}
+
+
+def sign_test_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided sign test (McNemar's exact test) on the discordant problems."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, j) for j in range(min(only_a, only_b) + 1)) / 2 ** n)
+
+
 def common_ids(points: Sequence[Point]) -> list[str]:
     ids = set.intersection(*(set(p.outcomes) for p in points)) if points else set()
     return sorted(ids)
@@ -111,9 +139,7 @@ def matched(a: Sequence[Point], b: Sequence[Point], accuracy: float | None = Non
             misses += 1
         else:
             ratios.append(r[0])
-    ratios.sort()
-    ci = [ratios[int(0.025 * (len(ratios) - 1))], ratios[int(math.ceil(0.975 * (len(ratios) - 1)))]] \
-        if len(ratios) >= 20 else None
+    ci = percentile_ci(ratios) if len(ratios) >= 20 else None
     out.update(speedup=point[0], ci95=ci, accuracy=point[1], reason=None,
                resamples_without_overlap=misses)
     if misses:
@@ -126,9 +152,7 @@ def sign_test(a: Point, b: Point) -> dict:
     ids = common_ids([a, b])
     only_a = sum(a.outcomes[i][0] and not b.outcomes[i][0] for i in ids)
     only_b = sum(b.outcomes[i][0] and not a.outcomes[i][0] for i in ids)
-    n = only_a + only_b
-    k = min(only_a, only_b)
-    p = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n) if n else 1.0
+    p = sign_test_p(only_a, only_b)
     acc_a = sum(a.outcomes[i][0] for i in ids) / len(ids) if ids else 0.0
     acc_b = sum(b.outcomes[i][0] for i in ids) / len(ids) if ids else 0.0
     return {"a": a.label, "b": b.label, "n": len(ids), "accuracy_a": acc_a, "accuracy_b": acc_b,

@@ -6,6 +6,7 @@ with a fixed seed; nothing comes from the Hugging Face hub.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -109,6 +110,27 @@ class EveryOtherRouter:
 
     def predict(self, requests):
         return [1.0 if len(r.steps) % 2 else 0.0 for r in requests]
+
+    def release(self, key):
+        pass
+
+
+class ShareRouter:
+    """A scripted router that escalates step k of problem p iff a hash of (p, k) falls below `share` (y_hat 1, else
+    0): a fixed, seeded share of the steps, the same decisions in every run and under every scheduling, with no
+    model call. For benchmarks that must compare engines or sizes on exactly the same work."""
+
+    name = "router"
+
+    def __init__(self, share: float):
+        self.share = share
+
+    def escalates(self, key: str, step_index: int) -> bool:
+        h = hashlib.sha256(f"{key}:{step_index}".encode()).digest()
+        return int.from_bytes(h[:4], "big") / 2 ** 32 < self.share
+
+    def predict(self, requests):
+        return [1.0 if self.escalates(r.key, len(r.steps)) else 0.0 for r in requests]
 
     def release(self, key):
         pass
