@@ -13,16 +13,24 @@ from arbitrage import data
 from arbitrage.data import BUILTIN, INSTRUCTION, format_prompt, load_problems
 from arbitrage.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
-COUNTS = {"math500": 500, "olympiadbench": 675, "gsm8k": 1319, "aime24": 30, "svamp": 1000, "asdiv": 2215,
-          "mawps": 2065, "college_math": 2818}
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+SHIPPED = {"math500": 500, "gsm8k": 1319, "svamp": 1000}
+NOT_SHIPPED = ("aime24", "olympiadbench", "asdiv", "mawps", "college_math")
 
 
 @pytest.fixture(autouse=True)
-def _from_repo_root(monkeypatch):
-    """Built-in sets must be found the way a user in the repository would find them (../shared/data)."""
+def _a_users_machine(monkeypatch, tmp_path):
+    """A user's machine: no $ARBITRAGE_DATA_DIR, run from an unrelated folder, no hub."""
     monkeypatch.delenv("ARBITRAGE_DATA_DIR", raising=False)
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` fails: no hub unless a test fakes it
+
+
+@pytest.fixture
+def data_dir(monkeypatch):
+    """The tests' own made-up records of the sets that are not shipped, as a user's $ARBITRAGE_DATA_DIR."""
+    monkeypatch.setenv("ARBITRAGE_DATA_DIR", str(FIXTURES))
+    return FIXTURES
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -32,42 +40,74 @@ def write_jsonl(path: Path, rows) -> Path:
 
 # ---------------------------------------------------------------- built-in sets
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_builtin_sets_load(name):
+def test_every_builtin_set_says_where_it_comes_from():
+    assert set(data.ORIGINS) == set(BUILTIN)
+    assert {n for n, o in data.ORIGINS.items() if o.shipped} == set(SHIPPED)
+    for name in SHIPPED:
+        assert (data.BUNDLED_DIR / f"{name}.jsonl.gz").is_file()
+        assert "MIT" in data.ORIGINS[name].licence
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_sets_load_with_nothing_beside_the_package(name):
     problems = load_problems(name)
-    assert len(problems) == COUNTS[name]
+    assert len(problems) == SHIPPED[name]
     assert len({p.id for p in problems}) == len(problems)
-    assert all(p.question and p.gold for p in problems)
-    assert all(isinstance(p.gold, str) for p in problems)
+    assert all(p.question and p.gold and isinstance(p.gold, str) for p in problems)
     p = problems[0]
     assert p.prompt.startswith("<|im_start|>system\n" + INSTRUCTION) and p.question in p.prompt
     assert p.meta["source"] == name and p.meta["line"] == 1
 
 
-def test_builtin_fields_and_golds():
+def test_shipped_fields_and_golds():
     gsm = load_problems("gsm8k", limit=2)
     assert [p.gold for p in gsm] == ["18", "3"] and gsm[0].id == "0"
     assert "####" not in gsm[0].gold
-    assert load_problems("asdiv", limit=1)[0].gold == "9"  # "9 (apples)"
-    assert load_problems("mawps", limit=1)[0].gold == "43"  # 43.0
     sv = load_problems("svamp", limit=1)[0]
     assert (sv.id, sv.gold) == ("chal-777", "145")
     assert sv.question.endswith("organized into 93 groups. How big is each group of bananas?")
-    ob = load_problems("olympiadbench", limit=6)
-    assert ob[0].gold == "2" and ob[5].gold == "(1,8,19), (2,7,13), (4,5,7)"  # list gold, $ stripped
     m5 = load_problems("math500", limit=1)[0]
     assert m5.id == "test/precalculus/807.json" and m5.gold == r"\left( 3, \frac{\pi}{2} \right)"
     assert m5.meta["level"] == 2 and "solution" not in m5.meta
-    cm = load_problems("college_math", limit=2)
+
+
+@pytest.mark.parametrize("name", NOT_SHIPPED)
+def test_sets_not_shipped_load_from_the_users_folder(name, data_dir):
+    problems = load_problems(name)
+    assert problems and all(p.question and p.gold for p in problems)
+    assert problems[0].meta["source"] == name
+
+
+def test_layouts_of_the_sets_not_shipped(data_dir):
+    assert load_problems("asdiv", limit=1)[0].gold == "9"  # "9 (apples)"
+    assert load_problems("asdiv", limit=1)[0].question == "Ann had 5 apples and found 4 more. How many apples does she have?"
+    assert load_problems("mawps", limit=1)[0].gold == "43"  # 43.0
+    ob = load_problems("olympiadbench")
+    assert ob[0].gold == "11" and ob[1].gold == "(2,3,5), (2,5,3)"  # list gold, $ stripped
+    cm = load_problems("college_math")
     assert [p.id for p in cm] == ["1", "2"] and cm[0].gold == "10-4 n"  # line numbers: question_number repeats
+    assert [p.id for p in load_problems("aime24")] == ["60", "61", "62"]
 
 
-def test_limit_and_offset():
+@pytest.mark.parametrize("name", NOT_SHIPPED)
+def test_a_set_not_shipped_and_not_found_says_what_to_do(name):
+    with pytest.raises(DataError) as err:
+        load_problems(name)
+    msg = str(err.value)
+    assert "\n" not in msg and "shared" not in msg  # users have no such folder: the message names theirs
+    for words in ("ARBITRAGE_DATA_DIR", f"{name}/test.jsonl", "--data"):
+        assert words in msg, (words, msg)
+    if data.ORIGINS[name].hub:
+        assert "arbitrage[hub]" in msg  # the hub route needs the datasets library
+    else:
+        assert "licence" in msg
+
+
+def test_limit_and_offset(data_dir):
     full = load_problems("math500")
     part = load_problems("math500", limit=5, offset=10)
     assert [p.id for p in part] == [p.id for p in full[10:15]]
-    assert load_problems("aime24", offset=28)[-1].id == load_problems("aime24")[-1].id
-    assert len(load_problems("aime24", offset=28)) == 2
+    assert [p.id for p in load_problems("aime24", offset=1)] == ["61", "62"]
     assert load_problems("aime24", limit=0) == []
     assert load_problems("aime24", offset=100) == []
     with pytest.raises(ConfigError):
@@ -80,24 +120,40 @@ def test_resolution_order(tmp_path, monkeypatch):
     write_jsonl(mine / "gsm8k" / "test.jsonl", [{"question": "1+1?", "answer": "so\n#### 2", "idx": 7}])
     assert [p.id for p in load_problems("gsm8k", data_dir=mine)] == ["7"]
     monkeypatch.setenv("ARBITRAGE_DATA_DIR", str(mine))
-    assert len(load_problems("gsm8k")) == 1  # the environment comes before ./shared/data
+    assert len(load_problems("gsm8k")) == 1  # the user's folder comes before the shipped copy
     monkeypatch.delenv("ARBITRAGE_DATA_DIR")
-    monkeypatch.chdir(tmp_path)
-    assert len(load_problems("gsm8k")) == 1319  # found from the repository root, wherever we run
-    with pytest.raises(DataError, match="built-in dataset 'aime24' not found in .*mine"):
+    assert len(load_problems("gsm8k")) == 1319
+    with pytest.raises(DataError, match="built-in dataset 'aime24' .* not found in .*mine"):
         load_problems("aime24", data_dir=mine)  # an explicit data_dir is the only place looked
 
 
-def test_resolution_error_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "_repo_root", lambda: tmp_path / "repo")
-    monkeypatch.delenv("ARBITRAGE_DATA_DIR", raising=False)
+def test_sets_not_shipped_come_from_the_hub_with_their_columns_mapped(monkeypatch):
+    calls = []
+    rows = {"HuggingFaceH4/aime_2024": [{"id": 60, "problem": "P1", "answer": "204", "url": "u"}],
+            "EleutherAI/asdiv": [{"body": "B1", "question": "Q1?", "answer": "9 (apples)"},
+                                 {"body": "B2", "question": "Q2?", "answer": "3 (cats); 4 (dogs)"},
+                                 {"body": "B3.", "question": "Q3?", "answer": "5"}],
+            "Hothan/OlympiadBench": [{"id": 7, "question": "Q", "final_answer": ["$\\frac{1}{2}$"]}]}
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        if name not in rows:
+            raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+        return rows[name]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    aime = load_problems("aime24")
+    assert calls[-1] == ("HuggingFaceH4/aime_2024", None, "train") and [(p.id, p.gold) for p in aime] == [("60", "204")]
+    asdiv = load_problems("asdiv")
+    assert calls[-1] == ("EleutherAI/asdiv", "asdiv", "validation")
+    assert [(p.id, p.gold, p.question) for p in asdiv] == [("1", "9", "B1. Q1?"), ("2", "5", "B3. Q3?")]  # ';' left out
+    ob = load_problems("olympiadbench")
+    assert calls[-1] == ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train") and ob[0].gold == "\\frac{1}{2}"
+    rows.clear()  # offline, not cached
     with pytest.raises(DataError) as err:
-        load_problems("math500")
+        load_problems("aime24")
     msg = str(err.value)
-    assert "\n" not in msg and "shared" not in msg  # users have no such folder: the message names theirs
-    for words in ("ARBITRAGE_DATA_DIR", "math500/test.jsonl", "--data"):
-        assert words in msg
+    assert "Couldn't reach" in msg and "ARBITRAGE_DATA_DIR/aime24/test.jsonl" in msg and "\n" not in msg
 
 
 # ---------------------------------------------------------------- user files
@@ -164,7 +220,7 @@ def test_empty_and_missing_files(tmp_path):
 
 def test_hub_needs_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(DataError, match="pip install datasets"):
+    with pytest.raises(DataError, match=r"pip install 'arbitrage\[hub\]'"):
         load_problems("hf:HuggingFaceH4/MATH-500")
 
 
@@ -183,7 +239,8 @@ def test_hub_with_fake_datasets(monkeypatch):
     assert [(p.id, p.gold) for p in ps] == [("1", "1000"), ("2", "2")]  # gsm8k layout, row numbers as ids
     load_problems("hf:someone/set:cfg:train", limit=1)
     assert calls[-1] == ("someone/set", "cfg", "train")
-    with pytest.raises(DataError, match=r"hf:nobody/missing: could not load from the hub: Dataset 'nobody"):
+    with pytest.raises(DataError, match=r"hf:nobody/missing: could not load nobody/missing \(test\) from the "
+                                        r"Hugging Face hub: Dataset 'nobody"):
         load_problems("hf:nobody/missing")
 
 
@@ -208,7 +265,7 @@ def test_templates():
     assert format_prompt(q, "Q: {question}\nA: \\boxed{}") == "Q: " + q + "\nA: \\boxed{}"
 
 
-def test_template_from_file_and_errors(tmp_path):
+def test_template_from_file_and_errors(tmp_path, data_dir):
     t = tmp_path / "t.txt"
     t.write_text("Problem: {question}\nSolution:")
     p = load_problems("aime24", limit=1, template=f"@{t}")[0]
@@ -233,7 +290,7 @@ def test_chat_template_without_system_role():
     assert format_prompt("2+2?", "chat", tok) == f"[user] 2+2?\n{INSTRUCTION}\n[assistant] "
 
 
-def test_chat_template_needs_a_tokenizer_with_one():
+def test_chat_template_needs_a_tokenizer_with_one(data_dir):
     with pytest.raises(ConfigError, match="needs a tokenizer"):
         load_problems("aime24", limit=1, template="chat")
     with pytest.raises(ConfigError, match="needs a tokenizer"):

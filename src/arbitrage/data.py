@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -25,9 +26,8 @@ TEMPLATES = {
     "plain": "{question}\n" + INSTRUCTION + "\n\n",
 }
 
-# Built-in sets: file layout NAME/test.jsonl. A question spec "A+B" joins fields A and B (the Qwen2.5-Math
-# evaluation does the same for SVAMP/ASDiv: body, a full stop if it lacks one, the question).
-# id None: the line number (college_math's question_number repeats).
+# Built-in sets. A question spec "A+B" joins fields A and B (the Qwen2.5-Math evaluation does the same for
+# SVAMP/ASDiv: body, a full stop if it lacks one, the question). id None: the line number.
 BUILTIN: dict[str, dict[str, str | None]] = {
     "math500": {"question": "problem", "answer": "answer", "id": "unique_id"},
     "olympiadbench": {"question": "question", "answer": "final_answer", "id": "id"},
@@ -39,11 +39,53 @@ BUILTIN: dict[str, dict[str, str | None]] = {
     "college_math": {"question": "question", "answer": "answer", "id": None},
 }
 
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a built-in set comes from when it is not in $ARBITRAGE_DATA_DIR: shipped with the package (sets
+    whose licence allows it), or a Hugging Face hub dataset read with `datasets` (its columns mapped to ours)."""
+
+    licence: str
+    source: str
+    shipped: bool = False
+    hub: tuple[str, str | None, str] | None = None   # (dataset id, config, split)
+    hub_fields: dict | None = None                    # our mapping for the hub copy's columns
+    hub_skip: str | None = None                       # rows whose answer contains this are left out
+    note: str = ""
+
+
+ORIGINS: dict[str, Origin] = {
+    "math500": Origin("MIT (MATH, Hendrycks et al. 2021; the 500-problem subset of OpenAI's PRM800K)",
+                      "Qwen2.5-Math evaluation data (= HuggingFaceH4/MATH-500)", shipped=True),
+    "gsm8k": Origin("MIT (OpenAI, grade-school-math)", "Qwen2.5-Math evaluation data (= openai/gsm8k main test)",
+                    shipped=True),
+    "svamp": Origin("MIT (Patel et al. 2021)", "Qwen2.5-Math evaluation data (SVAMP train + test, 1000 problems)",
+                    shipped=True),
+    "aime24": Origin("not openly licensed (MAA competition problems); not shipped", "the Hugging Face hub",
+                     hub=("HuggingFaceH4/aime_2024", None, "train")),
+    "olympiadbench": Origin("no licence stated by the authors; not shipped", "the Hugging Face hub",
+                            hub=("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
+                            note="the hub copy has 674 problems (Qwen2.5-Math's file: 675)"),
+    "asdiv": Origin("CC BY-NC 4.0 (non-commercial use only); not shipped", "the Hugging Face hub",
+                    hub=("EleutherAI/asdiv", "asdiv", "validation"),
+                    hub_fields={"question": "body+question", "answer": "answer", "id": None}, hub_skip=";",
+                    note="rows with several answers (';') are left out, as Qwen2.5-Math does: 2215 problems"),
+    "mawps": Origin("no licence stated by the authors; not shipped", "a local file only",
+                    note="no hub copy holds the 2065-problem set of the Qwen2.5-Math evaluation"),
+    "college_math": Origin("per problem, some CC BY-NC-SA or GFDL; not shipped", "a local file only",
+                           note="each record carries its own licence in Qwen2.5-Math's evaluation file"),
+}
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_data"
+
+
 # Hub datasets whose layout matches a built-in one: (built-in name, config).
 HUB_ALIASES = {
     "HuggingFaceH4/MATH-500": ("math500", None),
     "openai/gsm8k": ("gsm8k", "main"),
     "gsm8k": ("gsm8k", "main"),
+    "HuggingFaceH4/aime_2024": ("aime24", None),
+    "Hothan/OlympiadBench": ("olympiadbench", "OE_TO_maths_en_COMP"),
+    "EleutherAI/asdiv": ("asdiv", "asdiv"),
 }
 
 # Tried in order when a user file or hub dataset does not name its fields.
@@ -53,32 +95,33 @@ _ANSWER_GUESSES = ("answer", "final_answer", "Answer", "target", "gold", "label"
 
 # ---------------------------------------------------------------- locating files
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]  # src/arbitrage/data.py -> repository root
-
-
 def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Where built-in sets are looked for, in order (an explicit `data_dir` is the only place looked)."""
+    """Folders searched for NAME/test.jsonl before a set's own origin: `data_dir` if given, else
+    $ARBITRAGE_DATA_DIR if set (a folder of your own copies, e.g. Qwen2.5-Math's evaluation/data)."""
     if data_dir is not None:
         return [Path(data_dir)]
-    out: list[Path] = []
-    if os.environ.get("ARBITRAGE_DATA_DIR"):
-        out.append(Path(os.environ["ARBITRAGE_DATA_DIR"]))
-    out += [Path("shared/data"), Path("../shared/data"), _repo_root() / "shared/data",
-            _repo_root().parent / "shared/data"]
-    return out
+    return [Path(os.environ["ARBITRAGE_DATA_DIR"])] if os.environ.get("ARBITRAGE_DATA_DIR") else []
 
 
-def builtin_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+def builtin_path(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The file a built-in set is read from: your folder's copy, else the shipped one; None when the set comes
+    from the hub. A DataError says how to get a set that is in neither."""
     for d in data_dir_candidates(data_dir):
-        for p in (d / name / "test.jsonl", d / f"{name}.jsonl"):
+        for p in (d / name / "test.jsonl", d / f"{name}.jsonl", d / name / "test.jsonl.gz"):
             if p.is_file():
                 return p
-    where = f"in {data_dir}" if data_dir is not None else \
-        f"in $ARBITRAGE_DATA_DIR ({os.environ['ARBITRAGE_DATA_DIR']})" if os.environ.get("ARBITRAGE_DATA_DIR") \
-        else "(set ARBITRAGE_DATA_DIR to the folder holding it)"
-    raise DataError(f"built-in dataset {name!r} not found {where}: expected {name}/test.jsonl there; or pass the "
-                    f"JSON-lines file itself as --data, or hf:org/name")
+    origin = ORIGINS[name]
+    if data_dir is None and origin.shipped:
+        return BUNDLED_DIR / f"{name}.jsonl.gz"
+    if data_dir is None and origin.hub is not None:
+        return None
+    looked = f"in {data_dir}" if data_dir is not None else (
+        f"in $ARBITRAGE_DATA_DIR ({os.environ['ARBITRAGE_DATA_DIR']})" if os.environ.get("ARBITRAGE_DATA_DIR")
+        else "($ARBITRAGE_DATA_DIR is not set)")
+    raise DataError(f"built-in dataset {name!r} is not shipped with arbitrage (licence: {origin.licence}) and comes "
+                    f"from {origin.source}; it was not found {looked}: put its JSON-lines file at "
+                    f"$ARBITRAGE_DATA_DIR/{name}/test.jsonl (e.g. from Qwen2.5-Math's evaluation/data), or pass "
+                    f"the file itself as --data")
 
 
 # ---------------------------------------------------------------- reading records
@@ -86,10 +129,16 @@ def builtin_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; a file holding one JSON array is accepted too."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".gz":
+            import gzip
+
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file (built-in names: {', '.join(BUILTIN)})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
@@ -128,18 +177,31 @@ def _read_hub(spec: str) -> tuple[str, Iterator[tuple[int, dict]], str | None]:
         raise DataError(f"{spec}: expected hf:org/name[:split] or hf:org/name:config:split")
     layout, alias_config = HUB_ALIASES.get(name, (None, None))
     config = config or alias_config
+    rows = _hub_rows(name, config, split, spec, "or download the file and pass its path")
+    return spec, rows, layout
+
+
+def _hub_rows(name: str, config: str | None, split: str, label: str, instead: str,
+              skip: tuple[str, str] | None = None) -> Iterator[tuple[int, dict]]:
+    """Rows of a hub dataset through `datasets` (which caches it); `skip` = (field, text): leave out rows whose
+    field contains the text (numbering the kept rows)."""
     try:
         import datasets  # noqa: PLC0415  (optional dependency)
     except ImportError:
-        raise DataError(f"{spec}: loading hub datasets needs the `datasets` library "
-                        "(pip install datasets, or pip install 'arbitrage[hub]') and network access to the "
-                        "Hugging Face hub; or download the file and pass its path") from None
+        raise DataError(f"{label}: loading hub datasets needs the `datasets` library "
+                        f"(pip install 'arbitrage[hub]') and, the first time, network access to the Hugging Face "
+                        f"hub; {instead}") from None
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # noqa: BLE001  network, auth, unknown split: all one line for the user
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{spec}: could not load from the hub: {msg}") from None
-    return spec, ((i, dict(row)) for i, row in enumerate(ds, 1)), layout
+        raise DataError(f"{label}: could not load {name}{':' + config if config else ''} ({split}) from the "
+                        f"Hugging Face hub: {msg}. It is cached after one load where the hub can be reached; "
+                        f"{instead}") from None
+    kept = (dict(row) for row in ds)
+    if skip is not None:
+        kept = (row for row in kept if skip[1] not in str(row.get(skip[0], "")))
+    return ((i, row) for i, row in enumerate(kept, 1))
 
 
 def _pick(rec: dict, guesses: Iterable[str]) -> str | None:
@@ -254,21 +316,34 @@ def load_records(src: str, *, question_field: str | None = None, answer_field: s
                  data_dir: str | os.PathLike | None = None) -> list[Problem]:
     """The core data source: a built-in set, a JSON-lines file or a hub dataset, read into Problems."""
     layout: str | None = None
+    hub_mapping: dict | None = None
     if src.startswith("hf:"):
         label, rows, layout = _read_hub(src)
     elif src in BUILTIN and not Path(src).is_file():
         layout = src
         path = builtin_path(src, data_dir)
-        label, rows = str(path), _read_jsonl(path)
+        if path is not None:
+            label, rows = str(path), _read_jsonl(path)
+        else:
+            origin = ORIGINS[src]
+            hub_id, config, split = origin.hub  # type: ignore[misc]
+            label = f"{src} (hub: {hub_id})"
+            skip = (((origin.hub_fields or BUILTIN[src])["answer"] or "answer"), origin.hub_skip) \
+                if origin.hub_skip else None
+            rows = _hub_rows(hub_id, config, split, f"built-in dataset {src!r}",
+                             f"or put its JSON-lines file at $ARBITRAGE_DATA_DIR/{src}/test.jsonl, or pass the "
+                             f"file as --data", skip)
+            hub_mapping = origin.hub_fields
     else:
         path = Path(src)
         label, rows = str(path), _read_jsonl(path)
-    mapping = BUILTIN.get(layout or "", {})
+    mapping = hub_mapping or BUILTIN.get(layout or "", {})
     q_spec = question_field or mapping.get("question")
     a_spec = answer_field or mapping.get("answer")
     id_spec = id_field if id_field is not None else mapping.get("id")
-    unit = "row" if src.startswith("hf:") else "line"
-    guess_id = id_field is None and (layout is None or src.startswith("hf:"))
+    from_hub = src.startswith("hf:") or label.startswith(f"{src} (hub:")
+    unit = "row" if from_hub else "line"
+    guess_id = id_field is None and (layout is None or from_hub)
 
     problems: list[Problem] = []
     prompts: list[str | None] = []
