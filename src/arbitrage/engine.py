@@ -19,6 +19,7 @@ backend can (`cancel(key)`), else its result is dropped.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -32,6 +33,10 @@ from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
 from .protocols import can_cancel, lane_capacity, lane_of
 from .types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Problem, RouteRequest, Sampling,
                     ScoreRequest, Step)
+
+
+class EngineStopped(RuntimeError):
+    """The background engine stopped on an error and takes no more problems."""
 
 
 @dataclass
@@ -78,13 +83,17 @@ class _Lane:
 class Engine:
     def __init__(self, policy: Policy, models: Models, config: EngineConfig | None = None,
                  clock: Callable[[], float] = time.perf_counter, record_features: bool | None = None,
-                 on_call: Callable[[str, int, float, float], None] | None = None):
+                 on_call: Callable[[str, int, float, float], None] | None = None, isolate_failures: bool = False):
         models.check(policy)
         self.policy, self.models, self.config, self.clock = policy, models, config or EngineConfig(), clock
         # Per-token draft features (log-probs, entropies) are what probe routers learn from: keep them in the
         # records of `generate` runs, where router training data comes from.
         self.record_features = policy.name == "generate" if record_features is None else record_features
         self.on_call = on_call  # (role, batch size, start, end) of every batched call, for benchmarks
+        # A serving engine fails only the problem a model call failed for (a batch that fails is retried one
+        # problem at a time to find it) and keeps serving the others; `run()` stops at the first failure.
+        self.isolate_failures = isolate_failures
+        self.failure: BaseException | None = None  # what stopped the background thread, if anything did
         self._lanes: dict[Hashable, _Lane] = {}
         self._lane_of_role: dict[str, _Lane] = {}
         self._build_lanes()
@@ -117,15 +126,23 @@ class Engine:
         with self._cv:
             return len(self._active) + len(self._incoming)
 
+    @property
+    def alive(self) -> bool:
+        """Whether a background engine can take problems (False once its thread stopped on an error)."""
+        return self.failure is None and (self._thread is None or self._thread.is_alive())
+
     def submit(self, problem: Problem, *, on_done: Callable | None = None, on_step: Callable | None = None,
                policy: Policy | None = None, limits: Limits | None = None,
-               sampling: Sampling | None = None) -> Ticket:
+               sampling: Sampling | None = None, on_error: Callable | None = None) -> Ticket:
         """Queue one problem (thread-safe). `on_step(ticket, record, step)` is called as each step is accepted,
-        `on_done(result)` when it ends (not when cancelled); both from the engine's thread."""
+        `on_done(result)` when it ends, `on_error(exception)` when a model call failed for it (with
+        `isolate_failures`; not when cancelled); all from the engine's thread."""
+        if not self.alive:
+            raise EngineStopped(f"the engine stopped: {self.failure!r}")
         policy = policy or self.policy
         self.models.check(policy)
         ticket = Ticket(self, problem)
-        st = ProblemState(ticket, policy, limits or Limits(), sampling, on_done, on_step)
+        st = ProblemState(ticket, policy, limits or Limits(), sampling, on_done, on_step, on_error=on_error)
         with self._cv:
             self._incoming.append(st)
             self._cv.notify_all()
@@ -170,13 +187,16 @@ class Engine:
         try:
             self._loop(until_idle=False)
         except BaseException as exc:  # fail every waiting ticket rather than leave clients hanging
+            self.failure = exc
+            logging.getLogger("arbitrage").error("the engine stopped: %r", exc, exc_info=exc)
             with self._cv:
                 states = self._active + list(self._incoming)
                 self._active, self._incoming = [], deque()
             for st in states:
                 st.ticket.error = exc
                 st.ticket._done.set()
-            raise
+                if st.on_error is not None:
+                    st.on_error(exc)
 
     def _loop(self, until_idle: bool) -> None:
         while True:
@@ -223,8 +243,10 @@ class Engine:
             self._next_step(st)
 
     def _ready(self, role: str) -> list[ProblemState]:
-        return [s for s in self._active if not s.in_call and s.finish is None and s.pending is not None
-                and role_of(s.pending) == role]
+        ready = [s for s in self._active if not s.in_call and s.finish is None and s.pending is not None
+                 and role_of(s.pending) == role]
+        solo = next((s for s in ready if s.solo), None)
+        return [solo] if solo is not None else ready  # a problem of a failed batch goes alone
 
     def _dispatch(self, allow_inline: bool = True):
         """Send a batch to every free lane that has work. In `run()`, when only one batch goes out and no other
@@ -253,7 +275,10 @@ class Engine:
         if allow_inline and len(jobs) == 1 and all(lane.idle for lane in self._lanes.values()):
             lane, role, batch = jobs[0]
             t0 = self.clock()
-            results = self._call(role, batch)
+            try:
+                results = self._call(role, batch)
+            except Exception as exc:  # handled like a failed lane job (_apply)
+                results = exc
             return role, batch, results, t0, self.clock()
         for lane, role, batch in jobs:
             lane.in_flight += 1
@@ -276,7 +301,10 @@ class Engine:
 
     def _apply(self, role: str, batch: list[ProblemState], results, t0: float, t1: float) -> None:
         if isinstance(results, BaseException):
-            raise results
+            if not self.isolate_failures or not isinstance(results, Exception):
+                raise results
+            self._isolate(batch, results)
+            return
         if self.on_call is not None:
             self.on_call(role, len(batch), t0, t1)
         dt = t1 - t0
@@ -289,7 +317,29 @@ class Engine:
                 continue
             st.seconds[role] += dt
             st.step_seconds[role] += dt
-            self._resume(st, res)
+            st.solo = False
+            if not self.isolate_failures:
+                self._resume(st, res)
+                continue
+            try:
+                self._resume(st, res)
+            except Exception as exc:  # a policy or callback failed for this problem only
+                self._fail(st, exc)
+
+    def _isolate(self, batch: list[ProblemState], exc: Exception) -> None:
+        """A batched call failed: a problem that was alone in it fails; the others go again one at a time."""
+        for st in batch:
+            st.in_call = False
+            if st.cancelled:
+                continue
+            if len(batch) == 1:
+                self._fail(st, exc)
+            else:
+                st.solo = True
+
+    @staticmethod
+    def _fail(st: ProblemState, exc: Exception) -> None:
+        st.error, st.finish, st.pending = exc, "error", None
 
     def _retire(self) -> None:
         for st in [s for s in self._active if s.finish is not None and not s.in_call]:
@@ -298,6 +348,12 @@ class Engine:
             self._release(st.key)
             if st.finish == "cancelled":
                 st.ticket._done.set()
+                continue
+            if st.finish == "error":
+                st.ticket.error = st.error
+                st.ticket._done.set()
+                if st.on_error is not None:
+                    st.on_error(st.error)
                 continue
             solution = "".join(s.context_text(self.config.separator) for s in st.steps)
             result = ProblemResult(st.problem, st.steps, st.records, st.finish, self.clock() - st.start,
@@ -396,7 +452,8 @@ class Engine:
         elif isinstance(a, Target):
             sample = a.sample
         return GenerationRequest(st.key, st.problem.prompt, list(st.steps), max(0, step_max), len(st.steps),
-                                 sampling=st.sampling, prefix=prefix, sample=sample)
+                                 sampling=st.sampling, prefix=prefix, sample=sample,
+                                 seed_key=st.problem.meta.get("seed_key"))
 
     @staticmethod
     def _to_step(author: str, g: Generation) -> Step:

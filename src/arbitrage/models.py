@@ -23,8 +23,9 @@ class Models:
         missing = [m for m in sorted(policy.needs) if getattr(self, m) is None]
         if missing:
             flags = " ".join(f"--{m} MODEL" for m in missing if m != "judge")
-            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" +
-                              (f": give {flags}" if flags else ""))
+            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" + (f": give {flags}" if flags else ""),
+                              "policy", f"policy {policy.name!r} needs a {' and a '.join(missing)} model, which "
+                                        f"this server did not load")
         policy.check_models(self)
 
     def all(self) -> list[tuple[str, object]]:

@@ -126,13 +126,15 @@ class Policy:
         """The threshold to use: the default when None; a ConfigError when out of range or not taken."""
         if cls.threshold_range is None:
             if threshold is not None:
-                raise ConfigError(f"policy {cls.name!r} takes no --threshold", "threshold")
+                raise ConfigError(f"policy {cls.name!r} takes no --threshold", "threshold",
+                                  f"policy {cls.name!r} takes no 'threshold'")
             return None
         lo, hi = cls.threshold_range
         tau = cls.default_threshold if threshold is None else float(threshold)
         if tau is None or not lo <= tau <= hi:
-            raise ConfigError(f"--threshold {tau:g} is out of range for policy {cls.name!r}: it must lie in "
-                              f"[{lo:g}, {hi:g}]", "threshold")
+            where = f"for policy {cls.name!r}: it must lie in [{lo:g}, {hi:g}]"
+            raise ConfigError(f"--threshold {tau:g} is out of range {where}", "threshold",
+                              f"'threshold' {tau:g} is out of range {where}")
         return tau
 
 
@@ -186,7 +188,8 @@ class RouterPolicy(ThresholdPolicy):
     def __init__(self, threshold: float | None = None, decide_after: int | None = None):
         super().__init__(threshold)
         if decide_after is not None and decide_after < 1:
-            raise ConfigError("--decide-after must be at least 1 token", "decide_after")
+            raise ConfigError("--decide-after must be at least 1 token", "decide_after",
+                              "'decide_after' must be at least 1 token")
         self.decide_after = decide_after
 
     def describe(self) -> str:
@@ -198,7 +201,9 @@ class RouterPolicy(ThresholdPolicy):
         if trained != self.decide_after:
             have = f"reads the first {trained} tokens of a step" if trained else "reads whole steps"
             want = f"--decide-after {trained}" if trained else "no --decide-after"
-            raise ConfigError(f"the router {have} (it was trained so): run it with {want}", "decide_after")
+            field = f"'decide_after': {trained}" if trained else "no 'decide_after'"
+            raise ConfigError(f"the router {have} (it was trained so): run it with {want}", "decide_after",
+                              f"the router {have} (it was trained so): send {field}")
 
     def decide(self) -> Decide:
         if self.decide_after is None:
@@ -248,7 +253,8 @@ class Generate(Policy):
 
     def __init__(self, target_samples: int = 1):
         if target_samples < 1:
-            raise ConfigError("--target-samples must be at least 1", "target_samples")
+            raise ConfigError("--target-samples must be at least 1", "target_samples",
+                              "'target_samples' must be at least 1")
         self.target_samples = target_samples
 
     def decide(self) -> Decide:
@@ -281,7 +287,8 @@ def make_policy(name: str, threshold: float | None = None, **options) -> Policy:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "threshold"}
     stray = [k for k, v in options.items() if v is not None and k not in accepted]
     if stray:
-        raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}", stray[0])
+        raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}", stray[0],
+                          f"'{stray[0]}' does not apply to policy {name!r}")
     options = {k: v for k, v in options.items() if v is not None}
     if cls.threshold_range is None:
         cls.check_threshold(threshold)  # raises when a threshold is given

@@ -88,6 +88,9 @@ class ProblemState:
     counts: dict = field(default_factory=new_counts)
     used_tokens: int = 0
     finish: str | None = None
+    on_error: Callable | None = None
+    error: BaseException | None = None
+    solo: bool = False  # a model call failed for a batch holding this problem: it goes alone next time
 
     @property
     def key(self) -> str:
@@ -135,7 +138,8 @@ def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> No
     step = d.step
     stop_at = stop_string_cut(st, step, config.separator)
     if stop_at is not None:  # a stop string ends the solution where it occurs
-        step = replace(step, text=step.text[:stop_at], stop="eos")
+        step = replace(step, text=step.text[:stop_at], stop="eos",
+                       extras={**step.extras, "chars_before_cut": len(step.context_text(config.separator))})
         record.text, record.stop = step.text, "eos"
     st.records.append(record)
     st.steps.append(step)

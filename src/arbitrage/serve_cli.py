@@ -39,11 +39,17 @@ def cmd_serve(args) -> int:
     models = build_models(roles, cfg.models, cfg.model_options, cfg.engine.separator)
     models.check(policy)
     tokenizer = _tokenizer(args, models)
+    if args.shutdown_timeout < 0:
+        raise ConfigError("--shutdown-timeout must be >= 0 seconds")
     service = Service(models, policy, cfg.engine, served_name=args.served_name, tokenizer=tokenizer,
-                      policy_options=cfg.policy_options)
+                      policy_options=cfg.policy_options, max_prompt_tokens=args.max_prompt_tokens)
     print(f"arbitrage serve: {args.served_name!r}, default policy {policy.describe()}, up to "
-          f"{args.max_concurrency} problems in flight, on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level)
+          f"{args.max_concurrency} problems in flight, prompts up to {service.max_prompt_tokens} tokens, on "
+          f"http://{args.host}:{args.port}/v1", flush=True)
+    # On SIGTERM/SIGINT uvicorn stops taking requests, waits up to --shutdown-timeout for those in flight, then
+    # cancels the rest (each cancelled request frees its problem in the engine).
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.shutdown_timeout)
     return 0
 
 
@@ -77,6 +83,12 @@ def register(sub) -> None:
     p.add_argument("--max-concurrency", type=int, default=64,
                    help="problems in flight in the engine; more requests wait their turn (default: %(default)s)")
     p.add_argument("--served-name", default="arbitrage", help="the model name clients ask for (default: %(default)s)")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="longest prompt taken, in tokens (default: the in-process models' positions minus one, else "
+                        "32768); longer ones get a 400, and a prompt's bytes are bounded before it is tokenized")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM, how long requests in flight may finish before they are cancelled "
+                        "(default: %(default)s)")
     p.add_argument("--tokenizer", help="tokenizer with the chat template (default: the in-process draft's)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     add_model_arguments(p)

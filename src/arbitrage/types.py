@@ -83,6 +83,13 @@ class GenerationRequest:
     sampling: Sampling | None = None
     prefix: Step | None = None
     sample: int = 0  # > 0: another sample from the same context (its own seed)
+    seed_key: str | None = None  # what the sampling seed is derived from (None: `key`); see `seed_source`
+
+    @property
+    def seed_source(self) -> str:
+        """The problem's name in its sampling seeds: a server request with its own `seed` uses a fixed name, so
+        the same request gets the same text every time (streamed or not); a run uses the problem id."""
+        return self.key if self.seed_key is None else self.seed_key
 
 
 @dataclass

@@ -57,7 +57,7 @@ class Decoding:
             g = None
             if t > 0:
                 g = torch.Generator(device=gen.device)
-                g.manual_seed(request_seed(seed, req.key, req.step_index, req.sample))
+                g.manual_seed(request_seed(seed, req.seed_source, req.step_index, req.sample))
             self.gens.append(g)
             prefix = req.prefix
             self.out_ids[i] = list(prefix.token_ids or []) if prefix is not None else []

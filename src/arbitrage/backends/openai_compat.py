@@ -235,7 +235,7 @@ class OpenAICompletionsGenerator:
         body: dict[str, Any] = {"prompt": self.prompt_for(req), "temperature": temp,
                                 "top_p": top_p if sampling else 1.0, "stop": [self.separator]}
         if sampling and seed is not None:
-            body["seed"] = request_seed(seed, req.key, req.step_index, req.sample)
+            body["seed"] = request_seed(seed, req.seed_source, req.step_index, req.sample)
         if self.api == "completions":
             body.update(max_tokens=req.max_new_tokens, return_token_ids=True)
             if self.model is not None:

@@ -15,7 +15,9 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..registry import registry
 from .requests import RequestError, parse_request
@@ -41,6 +43,26 @@ def create_app(service: Service) -> FastAPI:
         service.metrics.requests.labels(endpoint, str(exc.status)).inc()
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    def internal(exc: BaseException, endpoint: str) -> JSONResponse:
+        """Any failure no check caught: a JSON 500 in OpenAI's layout, counted, the server still serving."""
+        return error(RequestError(f"internal error: {type(exc).__name__}: {_short(exc)}", None, 500, "server_error"),
+                     endpoint)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        message = {404: f"no route {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return error(RequestError(message, None, exc.status_code, kind), "other")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error(RequestError(f"invalid request: {_short(exc)}"), "other")
+
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception):
+        return internal(exc, "other")
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": service.served_name, "object": "model",
@@ -65,9 +87,20 @@ def create_app(service: Service) -> FastAPI:
     async def complete(request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"
         try:
-            body = json.loads(await request.body() or b"null")
+            return await answer(request, chat, endpoint)
+        except Exception as exc:  # noqa: BLE001  nothing a request sends may take the server down
+            return internal(exc, endpoint)
+
+    async def answer(request: Request, chat: bool, endpoint: str):
+        try:
+            raw = await _read_body(request, service.max_body_bytes)
+            body = json.loads(raw or b"null")
+        except RequestError as exc:
+            return error(exc, endpoint)
+        except RecursionError:
+            return error(RequestError("the request body nests too deeply"), endpoint)
         except ValueError as exc:
-            return error(RequestError(f"the request body is not valid JSON ({exc})"), endpoint)
+            return error(RequestError(f"the request body is not valid JSON ({_short(exc)})"), endpoint)
         try:
             req = parse_request(body, chat, service.served_name, registry().policies, registry().thresholded())
             loop = asyncio.get_running_loop()
@@ -77,17 +110,16 @@ def create_app(service: Service) -> FastAPI:
             return error(exc, endpoint)
         rid = ("chatcmpl-" if chat else "cmpl-") + ticket.problem.id
         created = int(time.time())
-        if req.stream:
-            service.metrics.requests.labels(endpoint, "200").inc()
-            return StreamingResponse(_stream(request, service, ticket, queue, req, prompt, rid, created, chat),
-                                     media_type="text/event-stream")
+        if req.stream:  # counted when the stream ends: 200, 500 (a backend failed) or 499 (the client left)
+            return StreamingResponse(_stream(request, service, ticket, queue, req, prompt, rid, created, chat,
+                                             endpoint), media_type="text/event-stream")
         result = await _wait(request, ticket, queue)
         if result is None:  # the client went away; its work was cancelled
             service.metrics.requests.labels(endpoint, "499").inc()
             return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
         if isinstance(result, BaseException):
             service.metrics.requests.labels(endpoint, "500").inc()
-            return JSONResponse({"error": {"message": f"a backend failed: {result}", "type": "server_error",
+            return JSONResponse({"error": {"message": f"a backend failed: {_short(result)}", "type": "server_error",
                                            "param": None, "code": None}}, status_code=500)
         service.metrics.requests.labels(endpoint, "200").inc()
         finish = FINISH[result.finish]
@@ -140,7 +172,7 @@ def _sse(obj) -> str:
 
 
 async def _stream(request: Request, service: Service, ticket, queue: asyncio.Queue, req, prompt: str, rid: str,
-                  created: int, chat: bool):
+                  created: int, chat: bool, endpoint: str):
     name = service.served_name
     sep = service.config.separator
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -153,7 +185,7 @@ async def _stream(request: Request, service: Service, ticket, queue: asyncio.Que
             choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
         return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice]}
 
-    first = True
+    first, status = True, "499"
     try:
         while True:
             event = await _next(request, ticket, queue)
@@ -171,10 +203,34 @@ async def _stream(request: Request, service: Service, ticket, queue: asyncio.Que
                     yield _sse({"id": rid, "object": obj, "created": created, "model": name, "choices": [],
                                 "usage": service.usage(prompt, result).to_json()})
                 yield "data: [DONE]\n\n"
+                status = "200"
                 return
             else:
-                yield _sse({"error": {"message": f"a backend failed: {event[1]}", "type": "server_error"}})
+                status = "500"
+                yield _sse({"error": {"message": f"a backend failed: {_short(event[1])}", "type": "server_error",
+                                      "param": None, "code": None}})
                 return
     finally:  # the client closed the stream (or the server is shutting down): stop this problem's work
+        service.metrics.requests.labels(endpoint, status).inc()
         if not ticket.done:
             ticket.cancel()
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 past `limit` bytes (by its Content-Length before reading, else while
+    reading), so a huge request costs no memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"the request body is {declared} bytes; this server takes at most {limit}", None, 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"the request body is over {limit} bytes, the most this server takes", None, 413)
+        chunks.append(chunk)
+    return b"".join(chunks)

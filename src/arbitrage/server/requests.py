@@ -11,6 +11,20 @@ from ..engine import Limits
 from ..types import Sampling
 
 
+# Fields OpenAI's API has that this server does not implement: refused unless given their neutral value, so that
+# nothing a client asks for is silently ignored. name -> (values taken, what the server takes).
+UNSUPPORTED: dict[str, tuple[tuple, str]] = {
+    "n": ((1,), "one choice per request (n = 1)"), "best_of": ((1,), "best_of = 1"),
+    "echo": ((False,), "echo = false"), "suffix": (("",), "no suffix"), "logit_bias": (({},), "no logit_bias"),
+    "logprobs": ((False,), "no log-probs (logprobs = null or false)"),
+    "top_logprobs": ((0,), "no log-probs (top_logprobs = null or 0)"),
+    "presence_penalty": ((0, 0.0), "no presence_penalty"), "frequency_penalty": ((0, 0.0), "no frequency_penalty"),
+    "tools": (([],), "no tools"), "functions": (([],), "no functions"),
+    "tool_choice": (("none",), "no tools (tool_choice = none)"),
+    "response_format": (({"type": "text"},), "free text (response_format = text)"),
+}
+
+
 class RequestError(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400,
                  kind: str = "invalid_request_error"):
@@ -35,6 +49,10 @@ class ParsedRequest:
     limits: Limits = field(default_factory=Limits)
     stream: bool = False
     include_usage: bool = False
+    max_tokens_field: str = "max_tokens"
+
+
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what vLLM and OpenAI take: a 64-bit integer
 
 
 def _number(body: dict, name: str, lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -43,17 +61,81 @@ def _number(body: dict, name: str, lo: float | None = None, hi: float | None = N
     if v is None:
         return None
     ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok_type or not math.isfinite(v):
-        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, not {v!r}", name)
+    if isinstance(v, bool) or not ok_type:
+        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, not {_show(v)}", name)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise RequestError(f"'{name}' must be a finite number, not {v!r}", name)
+    if isinstance(v, int) and not integer and abs(v) > 2 ** 53:  # a float field given an integer no float holds
+        raise RequestError(f"'{name}' is out of range: {_show(v)}", name)
     if lo is not None and (v <= lo if lo_open else v < lo):
-        raise RequestError(f"'{name}' must be {'>' if lo_open else '>='} {lo:g}, not {v!r}", name)
+        raise RequestError(f"'{name}' must be {'>' if lo_open else '>='} {lo:g}, not {_show(v)}", name)
     if hi is not None and v > hi:
-        raise RequestError(f"'{name}' must be <= {hi:g}, not {v!r}", name)
+        raise RequestError(f"'{name}' must be <= {hi:g}, not {_show(v)}", name)
     return v
 
 
-UNSUPPORTED = {"n": "one choice per request (n = 1)", "best_of": "best_of = 1", "echo": "echo = false",
-               "suffix": "no suffix", "logit_bias": "no logit_bias", "tools": "no tools", "functions": "no functions"}
+def _show(v: Any, limit: int = 60) -> str:
+    """A short rendering of a bad value for an error message (a huge one is cut, never sent back whole)."""
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):  # e.g. an int beyond Python's digit limit for str()
+        return f"a {type(v).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_text(value: str, field: str) -> str:
+    """Text a tokenizer can take: valid Unicode (JSON can carry unpaired surrogates, which no UTF-8 tokenizer
+    accepts)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"'{field}' is not valid Unicode: an unpaired surrogate {value[exc.start]!r} at "
+                           f"character {exc.start}", field) from None
+    return value
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def _message_content(m: dict, i: int) -> str:
+    """A message's text: a string, or OpenAI's list of content parts ({"type": "text", "text": ...}), joined with
+    newlines as vLLM joins them."""
+    content = m.get("content")
+    field = f"messages[{i}].content"
+    if isinstance(content, str):
+        return check_text(content, field)
+    if isinstance(content, list) and content:
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RequestError(f"{field}[{j}] must be a text part {{\"type\": \"text\", \"text\": ...}}; "
+                                   f"this server reads text only (got {_show(kind)})", f"{field}[{j}]")
+            texts.append(check_text(part["text"], f"{field}[{j}].text"))
+        return "\n".join(texts)
+    raise RequestError(f"{field} must be a string or a non-empty list of text parts", field)
+
+
+def _messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise RequestError(f"messages[{i}] must be an object with a string 'role' and a 'content'",
+                               f"messages[{i}]")
+        role = m["role"]
+        if role not in CHAT_ROLES:
+            why = " (this server takes no tools)" if role in ("tool", "function") else ""
+            raise RequestError(f"messages[{i}].role {_show(role)} is not one of {', '.join(CHAT_ROLES)}{why}",
+                               f"messages[{i}].role")
+        if m.get("tool_calls") or m.get("function_call"):
+            raise RequestError(f"messages[{i}] has tool calls; this server takes no tools", f"messages[{i}]")
+        out.append({"role": "system" if role == "developer" else role, "content": _message_content(m, i)})
+    if not any(m["role"] == "user" for m in out):
+        raise RequestError("'messages' must hold at least one message with role 'user' (the question)", "messages")
+    return out
 
 
 def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thresholded: dict) -> ParsedRequest:
@@ -63,33 +145,30 @@ def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thres
     model = body.get("model")
     if model is None:
         raise RequestError("'model' is required", "model")
+    if not isinstance(model, str):
+        raise RequestError(f"'model' must be a string, not {_show(model)}", "model")
     if model != served_name:
-        raise RequestError(f"the model {model!r} does not exist; this server serves {served_name!r}", "model",
+        raise RequestError(f"the model {_show(model)} does not exist; this server serves {served_name!r}", "model",
                            status=404, kind="not_found_error")
-    for name, what in UNSUPPORTED.items():
+    for name, (allowed, what) in UNSUPPORTED.items():
         v = body.get(name)
-        if v is None or (name in ("n", "best_of") and v == 1) or (name == "echo" and v is False):
+        if v is None or any(v is a or (type(v) is type(a) and v == a) for a in allowed):
             continue
         raise RequestError(f"'{name}' is not supported: this server takes {what}", name)
     req = ParsedRequest(chat=chat)
     if chat:
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise RequestError("'messages' must be a non-empty list of {role, content} objects", "messages")
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise RequestError(f"messages[{i}] must be an object with string 'role' and 'content'",
-                                   f"messages[{i}]")
-        req.messages = msgs
+        req.messages = _messages(body)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("'prompt' must be a non-empty string (one prompt per request)", "prompt")
-        req.prompt = prompt
+        req.prompt = check_text(prompt, "prompt")
     policy = body.get("policy")
     if policy is not None:
+        if not isinstance(policy, str):
+            raise RequestError(f"'policy' must be a string, not {_show(policy)}", "policy")
         if policy not in policies:
             raise RequestError(f"unknown policy {policy!r}; choose one of {', '.join(policies)}", "policy")
         req.policy = policy
@@ -104,12 +183,12 @@ def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thres
         req.policy_options["decide_after"] = int(decide_after)
     temperature = _number(body, "temperature", lo=0, hi=2)
     top_p = _number(body, "top_p", lo=0, hi=1, lo_open=True)
-    seed = _number(body, "seed", integer=True)
+    seed = _number(body, "seed", lo=SEED_RANGE[0], hi=SEED_RANGE[1], integer=True)
     if temperature is not None or top_p is not None or seed is not None:
         req.sampling = Sampling(None if temperature is None else float(temperature),
                                 None if top_p is None else float(top_p), seed)
-    max_tokens = _number(body, "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
-                         lo=1, integer=True)
+    req.max_tokens_field = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _number(body, req.max_tokens_field, lo=1, integer=True)
     max_steps = _number(body, "max_steps", lo=1, integer=True)
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -117,6 +196,8 @@ def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thres
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
                              or len(stop) > 4):
         raise RequestError("'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+    for s in stop or ():
+        check_text(s, "stop")
     req.limits = Limits(max_steps=max_steps, max_total_tokens=max_tokens, stop=tuple(stop or ()))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):

@@ -12,9 +12,9 @@ import asyncio
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..engine import Engine, EngineConfig, Models, ProblemResult
+from ..engine import Engine, EngineConfig, Limits, Models, ProblemResult
 from ..errors import ConfigError
 from ..policies import Policy, make_policy
 from ..types import Problem
@@ -39,7 +39,20 @@ class Usage:
                 "steps": self.steps, "escalated_steps": self.escalated_steps}
 
 
-FINISH = {"eos": "stop", "stop": "stop", "max_steps": "length", "budget": "length"}
+FINISH = {"eos": "stop", "stop": "stop", "max_steps": "length", "budget": "length", "context": "length"}
+DEFAULT_MAX_PROMPT_TOKENS = 32768  # when no in-process model says how many positions it has
+BYTES_PER_TOKEN_BOUND = 16  # a prompt longer than this many bytes per allowed token is refused before tokenizing
+
+
+def context_window(models: Models) -> int | None:
+    """The fewest positions among the in-process draft and target (None when neither says: served models)."""
+    sizes = []
+    for model in (models.draft, models.target):
+        config = getattr(getattr(model, "model", None), "config", None)
+        n = getattr(config, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            sizes.append(n)
+    return min(sizes) if sizes else None
 
 
 class Service:
@@ -47,12 +60,22 @@ class Service:
     tokens (the draft's when it is in-process)."""
 
     def __init__(self, models: Models, policy: Policy, config: EngineConfig, served_name: str = "arbitrage",
-                 tokenizer=None, policy_options: dict | None = None):
+                 tokenizer=None, policy_options: dict | None = None, max_prompt_tokens: int | None = None):
         self.models, self.default_policy, self.config = models, policy, config
         self.served_name, self.tokenizer = served_name, tokenizer
         self.policy_options = dict(policy_options or {})
         self.metrics = ServerMetrics()
-        self.engine = Engine(policy, models, config, on_call=self.metrics.on_call)
+        self.engine = Engine(policy, models, config, on_call=self.metrics.on_call, isolate_failures=True)
+        self.window = context_window(models)
+        if max_prompt_tokens is None:
+            max_prompt_tokens = self.window - 1 if self.window else DEFAULT_MAX_PROMPT_TOKENS
+        if max_prompt_tokens < 1 or (self.window and max_prompt_tokens >= self.window):
+            raise ConfigError(f"--max-prompt-tokens {max_prompt_tokens}: must be at least 1 and below the models' "
+                              f"{self.window} positions", "max_prompt_tokens")
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_prompt_bytes = max_prompt_tokens * BYTES_PER_TOKEN_BOUND
+        # The whole body: the prompt (or messages) plus JSON quoting and the other fields.
+        self.max_body_bytes = max(1 << 20, 4 * self.max_prompt_bytes + (64 << 10))
         self.ids = itertools.count()
         self.started = time.time()
 
@@ -75,7 +98,7 @@ class Service:
             policy = make_policy(name, threshold, **options)
             self.models.check(policy)
         except ConfigError as exc:
-            raise RequestError(str(exc), exc.option or "policy") from None
+            raise RequestError(exc.for_request(), exc.option or "policy") from None
         return policy
 
     def prompt_of(self, req: ParsedRequest) -> str:
@@ -95,13 +118,44 @@ class Service:
             return 0
         return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
+    def limits_for(self, req: ParsedRequest, prompt: str) -> Limits:
+        """The request's limits with its prompt checked against --max-prompt-tokens and its output against the
+        models' positions (bytes are bounded before anything is tokenized)."""
+        field = "messages" if req.chat else "prompt"
+        size = len(prompt.encode("utf-8"))
+        if size > self.max_prompt_bytes:
+            raise RequestError(f"'{field}' is too long: {size} bytes; this server takes prompts of up to "
+                               f"{self.max_prompt_tokens} tokens", field)
+        limits = req.limits
+        if self.tokenizer is None:
+            return limits
+        n = self.prompt_tokens(prompt)
+        if n > self.max_prompt_tokens:
+            raise RequestError(f"'{field}' is {n} tokens long; this server takes prompts of up to "
+                               f"{self.max_prompt_tokens} tokens", field)
+        if self.window:
+            room = self.window - n
+            asked = limits.max_total_tokens
+            if asked is not None and asked > room:
+                name = "max_completion_tokens" if req.chat and req.max_tokens_field == "max_completion_tokens" \
+                    else "max_tokens"
+                raise RequestError(f"'{name}' {asked} and the prompt's {n} tokens exceed the models' context window "
+                                   f"of {self.window} tokens: ask for at most {room}", name)
+            limits = replace(limits, max_total_tokens=min(asked or self.config.max_total_tokens, room))
+        return limits
+
     def submit(self, req: ParsedRequest, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
         """Start one request's problem; steps and the end arrive on `queue` as ("step", record, step),
         ("done", result) or ("error", exception)."""
+        if not self.engine.alive:
+            raise RequestError(f"the engine stopped ({self.engine.failure!r}); restart the server", None, 503,
+                               "server_error")
         policy = self.policy_for(req)
         prompt = self.prompt_of(req)
+        limits = self.limits_for(req, prompt)
         pid = f"req-{os.getpid()}-{next(self.ids)}"
-        problem = Problem(id=pid, question=prompt, prompt=prompt)
+        meta = {"seed_key": "request"} if req.sampling is not None and req.sampling.seed is not None else {}
+        problem = Problem(id=pid, question=prompt, prompt=prompt, meta=meta)
 
         def on_step(ticket, record, step):
             self.metrics.on_step(record)
@@ -111,23 +165,39 @@ class Service:
             self.metrics.on_done(result)
             loop.call_soon_threadsafe(queue.put_nowait, ("done", result))
 
-        ticket = self.engine.submit(problem, on_done=on_done, on_step=on_step, policy=policy, limits=req.limits,
-                                    sampling=req.sampling)
+        def on_error(exc: BaseException):
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        ticket = self.engine.submit(problem, on_done=on_done, on_step=on_step, policy=policy, limits=limits,
+                                    sampling=req.sampling, on_error=on_error)
         self.metrics.in_flight.set(self.engine.in_flight)
         return ticket, prompt
 
     def usage(self, prompt: str, result: ProblemResult) -> Usage:
         c = result.counts
-        return Usage(prompt_tokens=self.prompt_tokens(prompt),
-                     completion_tokens=sum(s.n_tokens for s in result.steps),
+        return Usage(prompt_tokens=self.prompt_tokens(prompt), completion_tokens=self.returned_tokens(result),
                      draft_tokens=c["draft_tokens_accepted"] + c["draft_tokens_discarded"],
                      target_tokens=c["target_tokens"], discarded_draft_tokens=c["draft_tokens_discarded"],
                      steps=len(result.steps), escalated_steps=c["escalated_steps"])
 
+    def returned_tokens(self, result: ProblemResult) -> int:
+        """Tokens of the text returned: every step's own count, except a step a stop string cut, whose kept text
+        is counted (re-tokenized; by its share of the characters when the server has no tokenizer)."""
+        steps = result.steps
+        if result.finish != "stop" or not steps:
+            return sum(s.n_tokens for s in steps)
+        *whole, cut = steps
+        if self.tokenizer is not None:
+            kept = len(self.tokenizer(cut.text, add_special_tokens=False)["input_ids"]) if cut.text else 0
+        else:
+            kept = round(cut.n_tokens * len(cut.text) / max(1, cut.extras.get("chars_before_cut", len(cut.text))))
+        return sum(s.n_tokens for s in whole) + min(kept, cut.n_tokens)
+
     # --- health ------------------------------------------------------------------------------------------
     def health(self) -> dict:
-        """Which backends answer: in-process models always do; a server must answer within a second."""
-        status = {}
+        """Which backends answer (in-process models always do; a server must answer within a second), and whether
+        the engine runs ("engine": "down" once it stopped on an error)."""
+        status = {"engine": "up" if self.engine.alive else "down"}
         for role, model in self.models.all():
             http = getattr(model, "http", None) or getattr(getattr(model, "client", None), "http", None)
             status[role] = "in-process" if http is None else ("up" if _answers(http.root) else "down")
