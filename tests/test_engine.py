@@ -284,3 +284,39 @@ def test_a_model_error_stops_the_run_with_that_error():
     with pytest.raises(RuntimeError, match="exploded"):
         Engine(make_policy("draft"), Models(draft=Broken("draft", by_key))).run(problems([3]), lambda r: None)
     assert threading.active_count() < 50
+
+
+class TieRouter:
+    """y_hat exactly 0.5 at every step: a tie with tau = 0.5."""
+
+    name = "router"
+
+    def predict(self, requests):
+        return [0.5] * len(requests)
+
+    def release(self, key):
+        pass
+
+
+def test_a_router_tie_keeps_the_draft_step():
+    probs = problems([3, 2])
+    by_key = {p.id: p.meta["n_steps"] for p in probs}
+    models = Models(draft=FakeGenerator("draft", by_key), target=FakeGenerator("target", by_key), router=TieRouter())
+    done = []
+    Engine(make_policy("router", 0.5), models, EngineConfig()).run(probs, done.append)
+    assert all(not rec.escalated for r in done for rec in r.records)  # escalate iff y_hat > tau, never on a tie
+    assert models.target.n_requests == 0
+    done = []
+    Engine(make_policy("router", 0.4999), models, EngineConfig()).run(problems([2]), done.append)
+    assert all(rec.escalated for r in done for rec in r.records)
+
+
+def test_each_step_is_capped_by_what_is_left_of_the_token_budget():
+    probs = problems([10])
+    by_key = {p.id: 10 for p in probs}
+    draft = FakeGenerator("draft", by_key, tokens_per_step=4)
+    done = []
+    Engine(make_policy("draft"), Models(draft=draft), EngineConfig(max_total_tokens=10, max_step_tokens=8)).run(
+        probs, done.append)
+    assert [w for _, _, w in draft.written] == [4, 4, 2]  # the third step may only write the 2 tokens left
+    assert done[0].finish == "budget" and sum(s.n_tokens for s in done[0].steps) == 10

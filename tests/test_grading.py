@@ -165,7 +165,7 @@ def test_hanging_answer_times_out_and_grader_recovers():
         res = g.grade(r"\boxed{2}", "sleep:60")  # the test hook sleeps in the worker
         elapsed = time.monotonic() - t0
         assert (res.correct, res.reason, res.prediction) == (False, "timeout", "2")
-        assert elapsed < 30.0  # far below the 60 s sleep; not tighter: a loaded CI machine restarts the worker slowly
+        assert elapsed < 1.0 + 5.0  # the deadline, plus killing the worker (its restart comes with the next answer)
         assert g.restarts == 1
         assert g.grade(r"\boxed{\frac{1}{2}}", "0.5").correct  # a fresh worker took over
         res = g.grade(r"\boxed{2}", "crash")  # the worker process dies mid-answer

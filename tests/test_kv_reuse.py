@@ -12,7 +12,7 @@ from arbitrage.testing import EveryOtherRouter
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.scoring.hf import HFPRM, HFRouter
-from arbitrage.types import Problem, RouteRequest, ScoreRequest, Step
+from arbitrage.types import GenerationRequest, Problem, RouteRequest, ScoreRequest, Step
 from fakes import ForwardTokens
 
 QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]
@@ -160,3 +160,19 @@ def test_bfloat16_runs_on_cpu(tiny_dir):
 
     (out,) = g.generate([GenerationRequest("k", "Question: 1 + 1?\n\n", [], 8)])
     assert out.stop in ("separator", "eos", "length") and len(out.logprobs) >= 1
+
+
+def test_another_models_token_ids_are_not_reused_when_its_tokenizer_differs(tiny_dir):
+    """A step written by a model with another tokenizer is re-tokenized by the reader, never read as its ids."""
+    from arbitrage.factory import ModelOptions, build_models
+
+    testbed = build_models({"draft"}, {"draft": "testbed:draft"}, ModelOptions(device="cpu")).draft
+    reader = HFGenerator.from_pretrained(str(tiny_dir / "target"), name="target", device="cpu")
+    prompt = "Question: Let a = 4. b = a + 3. What is b?\n\n"
+    (g,) = testbed.generate([GenerationRequest("k", "Let a = 4. b = a + 3. What is b?\n\n", [], 16)])
+    step = Step("draft", g.text, g.stop, len(g.token_ids), token_ids=g.token_ids, extras=dict(g.extras))
+    assert step.token_ids and step.extras["generator"] == "draft"
+    assert reader.context_ids(prompt, [step]) == list(reader.encode(prompt, True)) + \
+        list(reader.encode(step.context_text("\n\n"), False))
+    own = Step("target", "x", "separator", 1, token_ids=[7, 7, 7], extras={"generator": "target"})
+    assert reader.context_ids(prompt, [own])[-3:] == [7, 7, 7]  # its own ids are reused as written

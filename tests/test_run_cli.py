@@ -112,6 +112,21 @@ def test_torn_last_line_is_dropped_and_rerun(tiny_dir, data_file, tmp_path):
     assert sorted(json.loads(x)["id"] for x in path.read_text().splitlines()) == ["t0", "t1"]
 
 
+def test_a_corrupt_line_in_the_middle_is_an_error_not_dropped(tmp_path):
+    from arbitrage.errors import DataError
+    from arbitrage.results import ResultsFile
+
+    path = tmp_path / "results.jsonl"
+    good = [json.dumps({"id": f"t{i}", "correct": True}) + "\n" for i in range(3)]
+    text = good[0] + '{"id": "t1", "corr' + "\n" + good[2]  # a bad line with a good one after it
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"results\.jsonl:2: not a JSON results line"):
+        ResultsFile(str(tmp_path)).load()
+    assert path.read_text() == text  # nothing was cut away
+    path.write_text(good[0] + good[1] + good[2][:9])  # only the last line is torn: that one is dropped
+    assert [r["id"] for r in ResultsFile(str(tmp_path)).load()] == ["t0", "t1"]
+
+
 @pytest.mark.parametrize("change,message", [
     (["--draft", "/no/such/model"], "'/no/such/model' does not exist"),
     (["--policy", "router", "--router", ""], "needs --router"),

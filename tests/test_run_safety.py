@@ -217,3 +217,40 @@ def test_engine_defaults_are_what_the_cli_shows():
     from arbitrage.run_cli import ENGINE_DEFAULTS, MODEL_DEFAULTS
 
     assert ENGINE_DEFAULTS == EngineConfig() and MODEL_DEFAULTS == ModelOptions()
+
+
+class SlowGrader:
+    """Takes 0.4 s per answer and notes the thread it grades on."""
+
+    def __init__(self):
+        self.threads = []
+
+    def grade(self, text, gold):
+        import threading
+
+        from arbitrage.grading import GradeResult
+
+        self.threads.append(threading.current_thread().name)
+        time.sleep(0.4)
+        return GradeResult(True, "1", "ok")
+
+    def close(self):
+        pass
+
+
+def test_grading_runs_beside_the_engine_and_adds_nothing_to_latency(tmp_path):
+    import threading
+
+    from arbitrage.engine import Models
+    from arbitrage.run import run
+    from fakes import FakeGenerator, problems
+
+    probs = problems([2, 3, 4, 5])
+    draft = FakeGenerator("draft", {p.id: p.meta["n_steps"] for p in probs})
+    grader = SlowGrader()
+    cfg = RunConfig(policy="draft", out=str(tmp_path / "out"), progress=False,
+                    engine=EngineConfig(concurrency=4))
+    run(cfg, models=Models(draft=draft), problems=probs, grader=grader)
+    assert len(grader.threads) == 4 and threading.current_thread().name not in grader.threads
+    records = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert max(r["latency_s"] for r in records) < 0.2  # no problem in flight waited for another's grading

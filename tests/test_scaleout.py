@@ -32,6 +32,17 @@ def test_shards_are_a_stable_partition_by_id():
         assert {p.id for p in part} <= {p.id for p in shard_of(more, f"{k}/3")}
 
 
+def test_the_shard_of_an_id_is_pinned_across_versions():
+    """Shards written by two versions must partition the same way: the hash is part of the file format."""
+    from arbitrage.data import shard_index
+
+    got = {pid: shard_index(pid, 7) for pid in ("0", "1", "test/precalculus/807.json", "testbed-test-0-3", "ID-9")}
+    assert got == PINNED_SHARDS
+
+
+PINNED_SHARDS = {"0": 3, "1": 2, "test/precalculus/807.json": 0, "testbed-test-0-3": 0, "ID-9": 3}
+
+
 @pytest.fixture(scope="module")
 def shard_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")

@@ -92,3 +92,27 @@ def test_sweep_points_order_defaults_and_errors():
         sweep_points(["nope"], {})
     with pytest.raises(ConfigError, match="not in --policies"):
         sweep_points(["draft"], {"rsd": [0.5]})
+
+
+def test_matched_accuracy_is_the_highest_common_accuracy_not_the_lowest():
+    a = pareto_frontier([pt(1, 0.5, "a"), pt(3, 0.8, "a")])
+    b = pareto_frontier([pt(2, 0.5, "b"), pt(9, 0.8, "b")])
+    c = compare("a", a, "b", b)
+    assert c["headline"]["accuracy"] == pytest.approx(0.8) and c["headline"]["speedup"] == pytest.approx(3.0)
+
+
+def test_evidence_compares_at_the_best_common_accuracy_and_against_the_others_best_point():
+    from arbitrage.evidence import Point, matched
+
+    ids = [f"p{i}" for i in range(10)]
+
+    def point(label, policy, right, latency):
+        return Point(label, policy, None, {i: (k < right, latency) for k, i in enumerate(ids)})
+
+    fast_a, slow_a = point("a1", "a", 5, 1.0), point("a2", "a", 8, 3.0)   # a: 0.5 at 1 s, 0.8 at 3 s
+    fast_b, slow_b = point("b1", "b", 5, 2.0), point("b2", "b", 8, 9.0)   # b: 0.5 at 2 s, 0.8 at 9 s
+    m = matched([fast_a, slow_a], [fast_b, slow_b], n_boot=50)
+    assert m["accuracy"] == pytest.approx(0.8) and m["speedup"] == pytest.approx(3.0)  # not 2.0 at 0.5
+    # within a point of b's best accuracy, against b's best point itself (not b's fastest point)
+    m = matched([fast_a, slow_a], [fast_b, slow_b], relative_to_b_accuracy=-0.3, n_boot=50)
+    assert m["accuracy"] == pytest.approx(0.5) and m["speedup"] == pytest.approx(9.0)
