@@ -108,3 +108,32 @@ def test_sweep_checks_every_point_before_loading(assets, tmp_path, builds):
                             models={"draft": "http://127.0.0.1:9/v1", "target": str(root / "target")}),
                   [("assisted", None)], str(tmp_path / "s"), progress=False)
     assert builds == {} and not os.path.exists(tmp_path / "s" / "draft")
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_points_take_turns_problem_by_problem(tmp_path, monkeypatch, interleave):
+    """Interleaved (the default), every point runs problem 1 before any point runs problem 2, and the order
+    of the points rotates from one problem to the next; otherwise each point runs all its problems in turn."""
+    from arbitrage.engine import EngineConfig
+    from arbitrage.run import PointRun
+
+    order = []
+    real = PointRun.produce
+
+    def produce(self, problems, models, saver, n_todo=None):
+        order.extend((self.cfg.policy, p.id) for p in self.todo(problems))
+        return real(self, problems, models, saver, n_todo)
+
+    monkeypatch.setattr(PointRun, "produce", produce)
+    base = RunConfig(policy="draft", out=str(tmp_path), data="testbed:test:3",
+                     models={"draft": "testbed:draft", "target": "testbed:target"},
+                     engine=EngineConfig(max_steps=6, max_step_tokens=48, concurrency=1), progress=False)
+    metrics = run_sweep(base, [("draft", None), ("target", None)], str(tmp_path / "sweep"), progress=False,
+                        report=False, interleave=interleave)
+    ids = [f"testbed-test-0-{i}" for i in range(3)]
+    if interleave:
+        assert order == [("draft", ids[0]), ("target", ids[0]), ("target", ids[1]), ("draft", ids[1]),
+                         ("draft", ids[2]), ("target", ids[2])]
+    else:
+        assert order == [("draft", i) for i in ids] + [("target", i) for i in ids]
+    assert [m["n"] for m in metrics] == [3, 3] and all(m["interleaved"] == interleave for m in metrics)

@@ -141,25 +141,89 @@ def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem]
     """Run (or resume) and return the metrics of every problem finished in `cfg.out`."""
     from .grading import Grader
 
-    point = Point(cfg)
-    cfg.threshold = point.threshold
-    settings = cfg.settings()
-    with RunLock(cfg.out):
-        check_manifest(cfg.out, settings)
-        store = ResultsFile(cfg.out)
-        done = {r["id"] for r in store.load()}
+    with PointRun(cfg) as point:
         if problems is None:
             problems = load_run_problems(cfg)
-        todo = [p for p in problems if p.id not in done]
+        todo = point.todo(problems)
         if todo:
             if models is None:
                 models = build_models(point.needs, cfg.models, cfg.model_options, cfg.engine.separator)
-            producer = point.producer(cfg, models)
-            record_session(cfg.out, settings, cfg.speed_settings(), len(todo))  # the run has really started
-            _produce(cfg, point, producer, problems, todo, store, grader or Grader(timeout=cfg.grade_timeout),
-                     own_grader=grader is None)
+            own = grader is None
+            saver = Saver(grader or Grader(timeout=cfg.grade_timeout), own_grader=own)
+            bar = _progress(len(problems), len(problems) - len(todo), point.describe(), cfg.progress)
+            saver.bar = bar
+            try:
+                point.produce(todo, models, saver)
+            finally:
+                saver.close()
+                if bar is not None:
+                    bar.close()
+        return point.finish(problems)
+
+
+class PointRun:
+    """One run directory, open: its lock held, its settings checked against run.json, its finished problems
+    known. `produce` runs some of the rest (any number of times, e.g. one block at a time when a sweep
+    interleaves its points problem by problem); `finish` writes and returns the metrics."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.point = Point(cfg)
+        cfg.threshold = self.point.threshold
+        self.needs = self.point.needs
+        self.settings = cfg.settings()
+        self._lock = RunLock(cfg.out)
+        self.store: ResultsFile | None = None
+        self.done: set[str] = set()
+        self.producer = None
+        self.started = False
+
+    def __enter__(self) -> "PointRun":
+        self._lock.__enter__()
+        try:
+            check_manifest(self.cfg.out, self.settings)
+            self.store = ResultsFile(self.cfg.out)
+            self.done = {r["id"] for r in self.store.load()}
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    def describe(self) -> str:
+        return self.point.describe()
+
+    def todo(self, problems: list[Problem]) -> list[Problem]:
+        return [p for p in problems if p.id not in self.done]
+
+    def produce(self, problems: list[Problem], models: Models, saver: "Saver", n_todo: int | None = None) -> None:
+        """Run these (unfinished) problems; each is graded and appended as it ends. `n_todo`: how many this
+        session will run in all (recorded in run.json when the first block starts)."""
+        todo = self.todo(problems)
+        if not todo:
+            return
+        if self.producer is None:
+            self.producer = self.point.producer(self.cfg, models)
+        if not self.started:  # the run has really started: run.json is written now, not before
+            record_session(self.cfg.out, self.settings, self.cfg.speed_settings(), n_todo or len(todo))
+            self.started = True
+        point, store = self.point, self.store
+
+        def on_done(res: ProblemResult) -> None:
+            saver.submit(res, lambda grade: store.append(to_record(res, grade, point.name, point.threshold).to_json()))
+            self.done.add(res.problem.id)
+
+        try:
+            self.producer.run(todo, on_done)
+        finally:
+            saver.drain()
+
+    def finish(self, problems: list[Problem]) -> dict:
+        cfg, point = self.cfg, self.point
         wanted = {p.id for p in problems}
-        records = [r for r in store.records() if r.id in wanted]
+        records = [r for r in self.store.records() if r.id in wanted]  # type: ignore[union-attr]
         metrics = compute_metrics(records, point.name, point.threshold)
         if point.runner is not None and point.runner.metrics is not None:
             point.runner.metrics(metrics)
@@ -170,43 +234,48 @@ def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem]
             metrics["note"] = note
             print(f"arbitrage: warning: {note}", file=sys.stderr)
         write_json_atomic(os.path.join(cfg.out, METRICS), metrics)
-    return metrics
+        return metrics
 
 
-def _produce(cfg: RunConfig, point: Point, producer, problems, todo, store: ResultsFile, grader,
-             own_grader: bool) -> None:
-    bar = _progress(len(problems), len(problems) - len(todo), point.describe(), cfg.progress)
-    correct = 0
-    # Grading runs on its own thread (the grader itself waits on a worker process), so a problem being graded
-    # never holds up the problems still in flight, nor adds to their latency. One thread keeps the appends in
-    # order; a failure there is re-raised here.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arbitrage-grade")
-    futures = []
+class Saver:
+    """Grades finished problems and saves them, on one thread of its own: a problem being graded never holds
+    up the problems still in flight, nor adds to their latency, and one thread keeps the appends in order. A
+    failure there is re-raised at the next `submit` or at `drain`."""
 
-    def save(res: ProblemResult) -> None:
-        nonlocal correct
-        grade = grader.grade(res.solution, res.problem.gold)
-        store.append(to_record(res, grade, point.name, point.threshold).to_json())
-        correct += bool(grade.correct)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(acc=f"{correct}/{bar.n - (len(problems) - len(todo))}")
+    def __init__(self, grader, own_grader: bool = False):
+        self.grader, self.own_grader = grader, own_grader
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arbitrage-grade")
+        self.futures: list = []
+        self.bar = None
+        self.correct = self.graded = 0
 
-    def on_done(res: ProblemResult) -> None:
-        futures.append(pool.submit(save, res))
-        if futures[0].done():  # surface a grading or disk error early
-            futures.pop(0).result()
+    def submit(self, res: ProblemResult, save) -> None:
+        def work():
+            grade = self.grader.grade(res.solution, res.problem.gold)
+            save(grade)
+            self.correct += bool(grade.correct)
+            self.graded += 1
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(acc=f"{self.correct}/{self.graded}")
 
-    try:
-        producer.run(todo, on_done)
-    finally:
-        pool.shutdown(wait=True)  # everything finished is graded and saved, even on an error or Ctrl-C
-        if bar is not None:
-            bar.close()
-        if own_grader:
-            grader.close()
-    for f in futures:
-        f.result()
+        self.futures.append(self.pool.submit(work))
+        if self.futures[0].done():  # surface a grading or disk error early
+            self.futures.pop(0).result()
+
+    def drain(self) -> None:
+        """Wait until everything submitted is graded and saved (even after an error or Ctrl-C)."""
+        futures, self.futures = self.futures, []
+        for f in futures:
+            f.result()
+
+    def close(self) -> None:
+        try:
+            self.pool.shutdown(wait=True)
+            self.drain()
+        finally:
+            if self.own_grader:
+                self.grader.close()
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):

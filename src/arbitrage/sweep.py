@@ -118,11 +118,6 @@ def _needs(cfg: RunConfig) -> frozenset[str]:
     return Point(cfg).needs
 
 
-def _unfinished(cfg: RunConfig, problems) -> int:
-    done = {r["id"] for r in ResultsFile(cfg.out).load()} if os.path.exists(cfg.out) else set()
-    return sum(p.id not in done for p in problems)
-
-
 def warm_up(models: Models, grader, problem) -> None:
     """One tiny call to every loaded model and one grading request before any point is timed, so the first
     point does not pay for lazy start-up (kernels, allocator, the grading worker) that later points skip.
@@ -145,17 +140,26 @@ def warm_up(models: Models, grader, problem) -> None:
 
 
 def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: str, progress: bool = True,
-              *, report: bool = True, plots: bool = True) -> list[dict]:
+              *, report: bool = True, plots: bool = True, interleave: bool = True,
+              extra: Sequence[RunConfig] = ()) -> list[dict]:
     """Run every (policy, threshold) point over `base`'s data and models; returns one metrics dict per point
-    (each with `dir`, its folder). Problems and models are loaded once for the whole sweep; a point already
-    finished loads nothing. With `report`, also writes OUT/sweep.json, OUT/sweep.txt and (with `plots`) the
-    PNGs of sweep_report."""
-    from .grading import Grader
+    (each with `dir`, its folder). `extra`: more points given as whole configs (their own models or options,
+    e.g. a router trained for early decisions), run in the same sweep. Problems and each model are loaded once
+    for the whole sweep; a point already finished loads nothing.
 
-    if not points:
+    With `interleave` (the default) the points take turns problem by problem (in blocks of the engine's
+    concurrency), the order rotating from one block to the next, so that a change of the machine's load during
+    the sweep lands on every point alike instead of on whichever ran at the time; latency ratios between points
+    are then fair. With `report`, also writes OUT/sweep.json, OUT/sweep.txt and (with `plots`) the PNGs."""
+    from contextlib import ExitStack
+
+    from .grading import Grader
+    from .run import PointRun, Saver, _progress
+
+    if not points and not extra:
         raise ConfigError("a sweep needs at least one point")
     # every threshold and every point's models checked before anything is loaded
-    configs = [_point_config(base, p, t, out_dir, progress) for p, t in points]
+    configs = [_point_config(base, p, t, out_dir, progress) for p, t in points] + list(extra)
     for cfg in configs:
         needs = _needs(cfg)
         missing = [r for r in sorted(needs - {"judge"}) if r not in cfg.models]
@@ -164,30 +168,79 @@ def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: 
                               ", ".join(f"--{m}" for m in missing))
     os.makedirs(out_dir, exist_ok=True)
     problems = load_run_problems(base)
-    pending = {id(cfg) for cfg in configs if _unfinished(cfg, problems)}
-    needs = set().union(*(_needs(c) for c in configs if id(c) in pending))
-    loaded = factory.build_models(needs, base.models, base.model_options, base.engine.separator) if needs \
-        else Models()
-    grader = Grader(timeout=base.grade_timeout)
-    results = []
-    try:
-        if needs:
-            warm_up(loaded, grader, problems[0])
-        for cfg in configs:
-            needed = _needs(cfg)
-            subset = Models(**{r: getattr(loaded, r) if r in needed or (r == "target" and "judge" in needed)
-                               else None for r in ROLES})
-            metrics = run(cfg, models=subset if id(cfg) in pending else None, problems=problems, grader=grader)
-            metrics["dir"] = os.path.relpath(cfg.out, out_dir)
-            metrics["concurrency"] = 1 if Point(cfg).runner is not None else cfg.engine.concurrency
+    with ExitStack() as stack:
+        runs = [stack.enter_context(PointRun(cfg)) for cfg in configs]
+        todo = {id(r): len(r.todo(problems)) for r in runs}
+        pending = [r for r in runs if todo[id(r)]]
+        models = _load_models(pending, base)
+        grader = Grader(timeout=base.grade_timeout)
+        saver = Saver(grader, own_grader=True)
+        saver.bar = _progress(sum(todo.values()), 0, f"sweep ({len(pending)} points)", progress) if pending else None
+        try:
+            if pending:
+                warm_up(_union(models, pending), grader, problems[0])
+            block = max(1, base.engine.concurrency) if interleave else len(problems)
+            for b, start in enumerate(range(0, len(problems), block)):
+                chunk = problems[start:start + block]
+                turn = b % len(pending) if pending else 0
+                for r in pending[turn:] + pending[:turn]:
+                    r.produce(chunk, models[id(r)], saver, n_todo=todo[id(r)])
+        finally:
+            saver.close()
+            if saver.bar is not None:
+                saver.bar.close()
+        results = []
+        for r in runs:
+            metrics = r.finish(problems)
+            metrics["dir"] = os.path.relpath(r.cfg.out, out_dir)
+            metrics["concurrency"] = 1 if r.point.runner is not None else r.cfg.engine.concurrency
+            metrics["interleaved"] = interleave
             results.append(metrics)
-    finally:
-        grader.close()
     if report:
         from .sweep_report import write_report
 
         write_report(results, out_dir, plots=plots)
     return results
+
+
+def _load_models(runs, base: RunConfig) -> dict[int, Models]:
+    """Each pending point's models, every distinct (role, spec) loaded once. Routers come first: a router that
+    reads the draft's hidden state makes every draft compute it."""
+    import dataclasses
+
+    wanted: dict[tuple[str, str], None] = {}
+    for r in runs:
+        for role in _roles(r):
+            wanted[(role, r.cfg.models[role])] = None
+    loaded: dict[tuple[str, str], object] = {}
+    opts = base.model_options
+    for role, spec in sorted(wanted, key=lambda rs: rs[0] != "router"):
+        built = factory.build_models({role}, {role: spec}, opts, base.engine.separator)
+        loaded[(role, spec)] = getattr(built, role)
+        if role == "router" and "last_hidden" in getattr(loaded[(role, spec)], "draft_features", ()):
+            opts = dataclasses.replace(opts, return_hidden=True)
+    out = {}
+    for r in runs:
+        m = Models(**{role: loaded[(role, r.cfg.models[role])] for role in _roles(r)})
+        if "judge" in r.needs:
+            m.judge = m.target
+        out[id(r)] = m
+    return out
+
+
+def _roles(run) -> list[str]:
+    """The roles a point loads (the judge is the target itself)."""
+    return sorted({("target" if role == "judge" else role) for role in run.needs})
+
+
+def _union(models: dict[int, Models], runs) -> Models:
+    """One model per role across the points (for the warm-up)."""
+    out = Models()
+    for r in runs:
+        for role in ROLES:
+            if getattr(out, role) is None and getattr(models[id(r)], role) is not None:
+                setattr(out, role, getattr(models[id(r)], role))
+    return out
 
 
 def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) -> list[dict]:

@@ -14,7 +14,8 @@ examples:
       --thresholds rsd=0.3,0.5,0.7,0.9 --thresholds router=0.1:0.9:0.2 --thresholds specreason=5,7,8 \\
       --draft D --target T --prm P --router R --data math500 --limit 100 --concurrency 1 --out runs/sweep
 
-Each point runs into OUT/POLICY-TAU/ (OUT/POLICY/ without a threshold) and resumes like `arbitrage run`.
+Each point runs into OUT/POLICY-TAU/ (OUT/POLICY/ without a threshold) and resumes like `arbitrage run`. The
+points take turns problem by problem (--no-interleave: one after another).
 Thresholds: POLICY=V1,V2,... or POLICY=START:STOP:STEP (STOP included); a thresholded policy in --policies
 without --thresholds runs at its default. Writes OUT/sweep.json, OUT/sweep.txt, OUT/accuracy_vs_latency.png
 and OUT/accuracy_vs_escalation.png.
@@ -28,7 +29,8 @@ def cmd_sweep(args) -> int:
     quiet_libraries(args.quiet)
     if not args.quiet:
         print(f"sweep: {len(points)} points: {', '.join(point_dir(p, t) for p, t in points)}", flush=True)
-    run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)
+    run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots,
+              interleave=not args.no_interleave)
     with open(os.path.join(args.out, "sweep.txt")) as f:
         print(f.read(), end="")
     print(f"wrote {os.path.join(args.out, 'sweep.json')}")
@@ -66,6 +68,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (one sub-directory per point)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-interleave", action="store_true",
+                   help="run the points one after another (default: they take turns problem by problem, in blocks "
+                        "of --concurrency, so that the machine's load changing during the sweep cannot favour a "
+                        "point)")
     add_model_arguments(p)
     add_data_arguments(p)
     add_decoding_arguments(p)

@@ -138,7 +138,9 @@ def format_table(summary: dict) -> str:
     for c in summary["comparisons"]:
         h = c["headline"]
         if c["status"] == "matched" and h is not None:
-            lines.append(f"  router vs {c['b']:<10} at acc {h['accuracy']:.3f}: {h['speedup']:.2f}x "
+            ci = c.get("ci95")
+            interval = f" [95% CI {ci[0]:.2f}-{ci[1]:.2f}, n={c.get('n_paired')}]" if ci else ""
+            lines.append(f"  router vs {c['b']:<10} at acc {h['accuracy']:.3f}: {h['speedup']:.2f}x{interval} "
                          f"({h['latency_' + c['b']]:.3f} s vs {h['latency_router']:.3f} s); {c['note']}")
         else:
             lines.append(f"  router vs {c['b']:<10} {c['note']}")
@@ -148,40 +150,57 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+MARKERS = "osD^v<>PXh*"
+
+
 def plot(summary: dict, out_dir: str) -> list[str]:
-    """accuracy_vs_latency.png and accuracy_vs_escalation.png (frontiers drawn as lines)."""
+    """accuracy_vs_latency.png and accuracy_vs_escalation.png: every point with its accuracy's standard error,
+    each policy's Pareto frontier as a line, thresholds as labels placed so that none overlaps another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     by_policy: dict[str, list[dict]] = {}
     for m in summary["points"]:
         by_policy.setdefault(m["policy"], []).append(m)
+    ns = sorted({m.get("n") for m in summary["points"] if m.get("n")})
+    conc = sorted({m.get("concurrency") for m in summary["points"] if m.get("concurrency")})
+    sub = (f"n = {'/'.join(map(str, ns))} problems" + (f", {'/'.join(map(str, conc))} in flight" if conc else "")
+           + (", points interleaved problem by problem" if any(m.get("interleaved") for m in summary["points"])
+              else ""))
     paths = []
-    for fname, xkey, xlabel in (("accuracy_vs_latency.png", X, "mean latency per problem (s)"),
-                                ("accuracy_vs_escalation.png", "escalation_rate", "escalation rate (steps)")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-        for name, ms in by_policy.items():
-            ms = [m for m in ms if m.get(xkey) is not None]
+    for fname, xkey, xlabel, title in (
+            ("accuracy_vs_latency.png", X, "mean latency per problem (seconds)", "Accuracy against latency"),
+            ("accuracy_vs_escalation.png", "escalation_rate", "escalation rate (share of steps the target wrote)",
+             "Accuracy against escalation rate")):
+        fig, ax = plt.subplots(figsize=(7.6, 5.2), dpi=130)
+        labels = []
+        for k, (name, ms) in enumerate(by_policy.items()):
+            ms = sorted((m for m in ms if m.get(xkey) is not None), key=lambda m: m[xkey])
             if not ms:
                 continue
-            ms = sorted(ms, key=lambda m: m[xkey])
-            (line,) = ax.plot([m[xkey] for m in ms], [m[Y] for m in ms], "o", label=name)
-            if xkey == X and len(ms) > 1:
-                front = pareto_frontier(ms)
-                ax.plot([m[X] for m in front], [m[Y] for m in front], "-", color=line.get_color(), alpha=0.7)
-            elif len(ms) > 1:
-                ax.plot([m[xkey] for m in ms], [m[Y] for m in ms], "-", color=line.get_color(), alpha=0.4)
-            for m in ms:
-                if m.get("threshold") is not None:
-                    ax.annotate(f"{m['threshold']:g}", (m[xkey], m[Y]), fontsize=7, xytext=(3, 3),
-                                textcoords="offset points")
+            err = ax.errorbar([m[xkey] for m in ms], [m[Y] for m in ms], yerr=[m.get("accuracy_se", 0) for m in ms],
+                              fmt=MARKERS[k % len(MARKERS)], ms=5, capsize=2, elinewidth=0.8, label=name)
+            color = err.lines[0].get_color()
+            line = pareto_frontier(ms, x=xkey) if xkey == X else ms
+            if len(line) > 1:
+                ax.plot([m[xkey] for m in line], [m[Y] for m in line], "-", color=color, alpha=0.6, lw=1.2)
+            labels += [(m[xkey], m[Y], f"{m['threshold']:g}", color) for m in ms if m.get("threshold") is not None]
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy (share of problems solved)")
+        ax.set_title(f"{title}\n({sub})", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        handles, names = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="gray", lw=1.2),
+                    Line2D([], [], ls="", marker="$0.5$", color="gray", ms=12),
+                    Line2D([], [], ls="", marker="|", color="gray", ms=8)]
+        names += ["line: the policy's Pareto frontier" if xkey == X else "line: the policy's points in order",
+                  "label: the point's threshold τ", "bar: ± one standard error"]
+        ax.legend(handles, names, fontsize=7, loc="lower right", framealpha=0.9)
         fig.tight_layout()
+        _place_labels(fig, ax, labels)
         path = os.path.join(out_dir, fname)
         fig.savefig(path)
         plt.close(fig)
@@ -189,9 +208,62 @@ def plot(summary: dict, out_dir: str) -> list[str]:
     return paths
 
 
+def _place_labels(fig, ax, labels: list[tuple[float, float, str, str]]) -> int:
+    """Put each (x, y, text, color) label at the first of a few offsets around its point where it overlaps no
+    other label, no point and not the legend; a label with no free place is left out (returns how many)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    taken = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
+    points = [ax.transData.transform((x, y)) for x, y, _, _ in labels]
+    dropped = 0
+    offsets = [(4, 4), (4, -11), (-6, 6), (-6, -12), (8, 0), (-10, 0), (0, 10), (0, -15), (10, 10), (10, -18)]
+    for (x, y, text, color) in labels:
+        for dx, dy in offsets:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6.5, color=color,
+                              ha="right" if dx < 0 else "left")
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            hits_point = any(box.contains(px, py) for px, py in points)
+            if not hits_point and not any(box.overlaps(t) for t in taken) and \
+                    ax.get_window_extent(renderer).contains(box.x0, box.y0):
+                taken.append(box)
+                break
+            ann.remove()
+        else:
+            dropped += 1
+    return dropped
+
+
+def add_intervals(summary: dict, out_dir: str, n_boot: int = 1000) -> None:
+    """A paired bootstrap 95% interval for every matched comparison (evidence.matched over the points' records,
+    resampling problems): `ci95`, `n` and the interval's own accuracy on each comparison."""
+    from .evidence import Point, matched
+    from .results import read_records
+
+    def points_of(policy: str) -> list[Point]:
+        out = []
+        for m in summary["points"]:
+            path = os.path.join(out_dir, m.get("dir") or "")
+            if m["policy"] == policy and m.get("dir") and os.path.isfile(os.path.join(path, "results.jsonl")):
+                out.append(Point.of(label(m), policy, m.get("threshold"), read_records(path)))
+        return out
+
+    for c in summary["comparisons"]:
+        if c["status"] != "matched":
+            continue
+        a, b = points_of(c["a"]), points_of(c["b"])
+        if not a or not b:
+            continue
+        m = matched(a, b, n_boot=n_boot)
+        c["ci95"], c["n_paired"] = m.get("ci95"), m.get("n")
+        if m.get("note"):
+            c["bootstrap_note"] = m["note"]
+
+
 def write_report(points: Sequence[dict], out_dir: str, plots: bool = True, echo: bool = False) -> dict:
-    """OUT/sweep.json (points, frontiers, comparisons), OUT/sweep.txt (the table) and the plots."""
+    """OUT/sweep.json (points, frontiers, comparisons with paired bootstrap intervals), OUT/sweep.txt (the
+    table) and the plots."""
     summary = summarize(points)
+    add_intervals(summary, out_dir)
     table = format_table(summary)
     summary["plots"] = [os.path.basename(p) for p in plot(summary, out_dir)] if plots else []
     write_json_atomic(os.path.join(out_dir, "sweep.json"), summary)

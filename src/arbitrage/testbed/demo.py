@@ -7,7 +7,8 @@ figures a user decides on, with their uncertainty.
 3. thresholds from the training side only (`router thresholds` at chosen escalation rates) for the router, RSD
    and the training-free baselines (confidence, glimpse): nothing is tuned on the test problems;
 4. a sweep on held-out test problems, one problem at a time (the paper's batch size 1): draft, target, oracle,
-   and every thresholded policy at its thresholds;
+   and every thresholded policy at its thresholds, the points taking turns problem by problem so that the
+   machine's load cannot favour one;
 5. the report (`report.py`): latency at matched accuracy with paired bootstrap intervals, accuracy differences
    with a sign test, wasted RSD escalations, the draft/target cost ratio, written to OUT/demo.json.
 
@@ -150,17 +151,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     points = [("draft", None), ("target", None), ("oracle", 0.0)]
     for policy in THRESHOLDED:
         points += [(policy, float(t)) for t in thresholds.get(policy, [])]
-    metrics = run_sweep(base, points, str(out / "sweep"), progress=cfg.progress, report=False)
-    if cfg.early_k:
-        early_base = RunConfig(policy="router", out=str(out / "sweep-early"), data=f"testbed:test:{cfg.n_test}",
-                               models={**specs, "router": routers["early"]}, engine=engine_config(cfg.concurrency),
-                               policy_options={"decide_after": cfg.early_k}, **common)
-        early_metrics = run_sweep(early_base, [("router", float(t)) for t in thresholds["router-early"]],
-                                  str(out / "sweep-early"), progress=cfg.progress, report=False)
-        for m in early_metrics:
-            m["dir"] = str(Path("..") / "sweep-early" / m["dir"])
+    extra = []
+    if cfg.early_k:  # the early router's points: its own router and option, in the same interleaved sweep
+        for t in thresholds["router-early"]:
+            extra.append(RunConfig(policy="router", threshold=float(t),
+                                   out=str(out / "sweep-early" / f"router-{float(t):g}"),
+                                   data=f"testbed:test:{cfg.n_test}", models={"draft": specs["draft"],
+                                                                             "target": specs["target"],
+                                                                             "router": routers["early"]},
+                                   engine=engine_config(cfg.concurrency), policy_options={"decide_after": cfg.early_k},
+                                   **common))
+    metrics = run_sweep(base, points, str(out / "sweep"), progress=cfg.progress, report=False, extra=extra)
+    for m in metrics:
+        if m["dir"].startswith(".."):
             m["policy"] = f"router-k{cfg.early_k}"
-        metrics += early_metrics
     timings["sweep"] = time.perf_counter() - t0
 
     _log("[demo 5/5] report")
