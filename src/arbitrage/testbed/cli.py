@@ -44,7 +44,7 @@ def _command_line(args, role: str, spec, cfg) -> str:
     argv = ["arbitrage", "testbed", "train", "--out", args.out, "--roles", role, "--steps", str(cfg.steps),
             "--batch-size", str(cfg.batch_size), "--lr", f"{cfg.lr:g}", "--warmup", str(cfg.warmup),
             "--seed", str(cfg.seed), "--device", cfg.device, "--threads", str(cfg.threads),
-            "--eval-every", str(cfg.eval_every), f"--{role}-spec", str(spec)]
+            "--eval-every", str(cfg.eval_every), f"--{role}-spec", str(spec), "--task", args.task]
     argv += ["--no-eval"] if args.no_eval else ["--eval-n", str(args.eval_n)]
     return shlex.join(argv)
 
@@ -81,7 +81,14 @@ def cmd_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / CARD
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    card.setdefault("task", "testbed chained arithmetic (arbitrage.testbed.task)")
+    task_name = {"plain": "testbed chained arithmetic (arbitrage.testbed.task), one phrasing per step",
+                 "phrased": "testbed chained arithmetic with several phrasings per step and a style per role "
+                            "(arbitrage.testbed.phrasing)"}[args.task]
+    if card.get("task_mode", "plain") != args.task and card.get("models"):
+        raise ConfigError(f"{card_path} holds models of the {card.get('task_mode', 'plain')!r} task; train the "
+                          f"{args.task!r} task into another --out")
+    card.setdefault("task", task_name)
+    card["task_mode"] = args.task
     card.setdefault("models", {})
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     eval_chains = make_chains("test", args.eval_n, 0) if not args.no_eval else []
@@ -91,7 +98,7 @@ def cmd_train(args) -> int:
         lr = args.lr if args.lr is not None else defaults["lr"]
         cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=lr, warmup=min(args.warmup, steps),
                           seed=args.seed, threads=args.threads, device=args.device, eval_every=args.eval_every)
-        info = train_model(role, out, cfg, specs[role], log=log)
+        info = train_model(role, out, cfg, specs[role], log=log, task=args.task)
         info.update(command=_command_line(args, role, specs[role], cfg), seed=cfg.seed, train_config=asdict(cfg),
                     environment=environment(),
                     trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -105,6 +112,49 @@ def cmd_train(args) -> int:
         card["models"][role] = info
         write_card(out, card)
     print(json.dumps({r: card["models"][r].get("test", {}).get("answer_accuracy") for r in roles}))
+    return 0
+
+
+# ---------------------------------------------------------------- train-prm
+
+def cmd_train_prm(args) -> int:
+    from .prm_train import collect_steps, evaluate_prm, save_examples, train_prm
+    from .train import CARD, environment, write_card
+
+    for name in ("problems", "eval_problems", "epochs", "batch_size"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    models = Path(args.models)
+    out = Path(args.out) if args.out else models / "prm"
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    train = collect_steps(models, "train", args.problems, args.seed, log=log)
+    val = collect_steps(models, "validation", args.eval_problems, args.seed, log=log)
+    if args.save_data:
+        Path(args.save_data).mkdir(parents=True, exist_ok=True)
+        save_examples(train, Path(args.save_data) / "train.jsonl")
+        save_examples(val, Path(args.save_data) / "validation.jsonl")
+    info = train_prm(train, models / "draft", out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     seed=args.seed, log=log)
+    report = evaluate_prm(out, val)
+    log(f"prm: validation step accuracy {report['accuracy']:.3f}, ROC-AUC {report['roc_auc']}, ECE {report['ece']}")
+    argv = ["arbitrage", "testbed", "train-prm", "--models", str(models), "--out", str(out), "--problems",
+            str(args.problems), "--eval-problems", str(args.eval_problems), "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--seed", str(args.seed),
+            "--threads", str(args.threads)]
+    card_path = models / CARD
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {"models": {}}
+    card.setdefault("models", {})["prm"] = {
+        "role": "prm", "layout": "Skywork-o1-Open-PRM (causal LM body + v_head.summary; sigmoid at the step end)",
+        "data": f"step-wise rollouts of draft and target on {args.problems} training problems "
+                f"(testbed:train, seed {args.seed}), both candidates of every step labelled by the exact checker",
+        **info, "command": shlex.join(argv), "environment": environment(),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "validation": {"problems": f"testbed:validation:{args.eval_problems} (seed {args.seed})", **report}}
+    write_card(models, card)
+    print(json.dumps({"accuracy": report["accuracy"], "roc_auc": report["roc_auc"], "ece": report["ece"]}))
     return 0
 
 
@@ -170,6 +220,9 @@ def register(sub) -> None:
                                     "in OUT/card.json.")
     p.add_argument("--out", required=True, help="output directory (OUT/draft, OUT/target, OUT/card.json)")
     p.add_argument("--roles", default="draft,target", help="which models to train (default: %(default)s)")
+    p.add_argument("--task", default="plain", choices=("plain", "phrased"),
+                   help="plain: one phrasing per step; phrased: several phrasings per step, a style per role "
+                        "(default: %(default)s)")
     defaults = TrainConfig()
     per_role = ", ".join(f"{r} {d['steps']}" for r, d in ROLE_DEFAULTS.items())
     p.add_argument("--steps", type=int, help=f"optimizer steps per model (default: {per_role})")
@@ -190,6 +243,24 @@ def register(sub) -> None:
                    help="log validation answer accuracy every N steps (0: never; default: %(default)s)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)
+
+    p = tsub.add_parser("train-prm", help="train a PRM (value-head LM) on the checker's labels of both models' steps",
+                        description="Roll out draft and target step by step on training problems (both write a "
+                                    "candidate at every step; the exact checker labels both), fine-tune a value-head "
+                                    "PRM from the draft on those labels, report its validation accuracy, calibration "
+                                    "and per-kind errors, and record everything in MODELS/card.json.")
+    p.add_argument("--models", required=True, help="directory with draft/ and target/ (and card.json)")
+    p.add_argument("--out", help="where to write the PRM (default: MODELS/prm)")
+    p.add_argument("--problems", type=int, default=4000, help="training problems rolled out (default: %(default)s)")
+    p.add_argument("--eval-problems", type=int, default=500,
+                   help="validation problems rolled out for the report (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 keeps torch's default")
+    p.add_argument("--save-data", help="also write the labelled steps (train.jsonl, validation.jsonl) here")
+    p.set_defaults(func=cmd_train_prm)
 
     p = tsub.add_parser("eval", help="accuracy of the draft and target on test problems",
                         description="Greedy whole-solution answer accuracy of each model, and the accuracy of its "

@@ -4,6 +4,7 @@ A step scores 1 when it is right in its context, else 0:
 - an operation step "x = y op z = 37 op 4 = 148" must restate the question's definition of x, substitute the
   values that the question and the accepted earlier steps established for y and z, and compute correctly;
 - a final step "The answer is \\boxed{N}" must box the true value of the variable the question asks for.
+Every phrasing of the phrased task (`phrasing.py`) is read; what a phrasing leaves out is taken from the question.
 Values come from the accepted steps as written (a wrong earlier step establishes its wrong value): the
 checker judges each step locally, like a PRM that reads the step in its context.
 
@@ -16,15 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from functools import lru_cache
 from typing import Sequence
 
 from ..types import ScoreRequest, Step
-from .task import Chain, Op, apply_op, parse_question
-
-_STEP_RE = re.compile(r"^([a-z]) = ([a-z]) (\+|-|\*|mod) ([a-z]|\d+) = (-?\d+) (\+|-|\*|mod) (-?\d+) = (-?\d+)$")
-_FINAL_RE = re.compile(r"^The answer is \\boxed\{([^{}]*)\}$")
+from .phrasing import parse_final, parse_step
+from .task import Chain, apply_op, parse_question
 
 
 @lru_cache(maxsize=4096)
@@ -32,55 +30,61 @@ def _chain(question: str) -> Chain:
     return parse_question(question)
 
 
-def _parse_op_step(text: str) -> tuple[Op, int, int, int] | None:
-    """(definition, left value, right value, result) of an operation step, or None."""
-    m = _STEP_RE.match(text.strip())
-    if not m or m.group(3) != m.group(6):
-        return None
-    right = m.group(4)
-    op = Op(m.group(1), m.group(2), m.group(3), int(right) if right.isdigit() else right)
-    return op, int(m.group(5)), int(m.group(7)), int(m.group(8))
-
-
 def established_values(chain: Chain, steps: Sequence[str]) -> dict[str, int]:
-    """The question's constant, then each earlier step's stated result (the last one wins)."""
+    """The question's constant, then each earlier step's stated result (the last one wins), in any phrasing."""
     vals = {chain.start[0]: chain.start[1]}
     for text in steps:
-        parsed = _parse_op_step(text)
-        if parsed:
-            vals[parsed[0].target] = parsed[3]
+        claim = parse_step(text)
+        if claim:
+            vals[claim.target] = claim.result
     return vals
 
 
 def check_step(question: str, steps: Sequence[str], candidate: str) -> tuple[bool, str]:
-    """Whether `candidate` is a correct next step after `steps`, with the reason when it is not."""
+    """Whether `candidate` is a correct next step after `steps`, with the reason when it is not. Every
+    phrasing of `phrasing.py` is read; what a phrasing leaves out (names, or the substituted values) is taken
+    from the question's definition and the values established so far."""
     try:
         chain = _chain(question)
     except ValueError as exc:
         return False, str(exc)
-    text = candidate.strip()
-    final = _FINAL_RE.match(text)
+    final = parse_final(candidate)
     if final:
-        ok = final.group(1).strip() == str(chain.answer)
-        return ok, "" if ok else f"boxed {final.group(1)!r}, the answer is {chain.answer}"
-    parsed = _parse_op_step(text)
-    if parsed is None:
+        named, boxed = final
+        if named is not None and named != chain.asked:
+            return False, f"boxed the value of {named}, the question asks for {chain.asked}"
+        ok = boxed == str(chain.answer)
+        return ok, "" if ok else f"boxed {boxed!r}, the answer is {chain.answer}"
+    claim = parse_step(candidate)
+    if claim is None:
         return False, "not a step of the task's form"
-    op, x, y, result = parsed
-    definitions = {o.target: o for o in chain.ops}
-    if definitions.get(op.target) != op:
-        return False, f"{op.definition()!r} is not a definition in the question"
+    definition = {o.target: o for o in chain.ops}.get(claim.target)
+    if definition is None:
+        return False, f"{claim.target} is not defined in the question"
+    if claim.op != definition.op or claim.left not in (None, definition.left) \
+            or claim.right not in (None, definition.right):
+        stated = f"{claim.target} = {claim.left or '?'} {claim.op} {claim.right if claim.right is not None else '?'}"
+        return False, f"{stated!r} is not the question's {definition.definition()!r}"
     vals = established_values(chain, steps)
-    for name, used in ((op.left, x), (op.right, y)):
+    expected = []
+    for name in (definition.left, definition.right):
         if isinstance(name, int):
-            if used != name:
-                return False, f"used {used} for the literal {name}"
+            expected.append(name)
         elif name not in vals:
             return False, f"{name} has no value yet"
-        elif vals[name] != used:
-            return False, f"used {used} for {name} = {vals[name]}"
-    if apply_op(op.op, x, y) != result:
-        return False, f"{x} {op.op} {y} is not {result}"
+        else:
+            expected.append(vals[name])
+    if claim.x is not None:
+        for name, used, want in ((definition.left, claim.x, expected[0]), (definition.right, claim.y, expected[1])):
+            if used != want:
+                what = f"the literal {name}" if isinstance(name, int) else f"{name} = {want}"
+                return False, f"used {used} for {what}"
+        if apply_op(claim.op, claim.x, claim.y) != claim.result:
+            return False, f"{claim.x} {claim.op} {claim.y} is not {claim.result}"
+        return True, ""
+    right_value = apply_op(claim.op, expected[0], expected[1])
+    if right_value != claim.result:
+        return False, f"{definition.definition()} is {right_value}, not {claim.result}"
     return True, ""
 
 

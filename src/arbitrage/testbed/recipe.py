@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# "plain": one phrasing per step (the first testbed, its models in testbed/models); "phrased": several phrasings
+# per step and a style per role (testbed/phrasing.py; its models in testbed/models_phrased).
+TASKS = ("plain", "phrased")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     hidden: int

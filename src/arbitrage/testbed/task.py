@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..types import Problem
+from .phrasing import Style, render_final, render_op_step
 
 SEPARATOR = "\n\n"
 SPLITS = ("train", "validation", "test")
@@ -99,13 +100,23 @@ class Chain:
         parts = [f"Let {self.start[0]} = {self.start[1]}."] + [o.definition() + "." for o in self.ops]
         return " ".join(parts) + f" What is {self.asked}?"
 
-    def solution_steps(self) -> list[str]:
+    def solution_steps(self, style: "Style | None" = None, rng: random.Random | None = None) -> list[str]:
+        """The reference solution: the plain task's one phrasing, or with `style` (the phrased task) each step
+        in a phrasing drawn from that role's style distribution with `rng`."""
         vals = self.values()
         steps = []
         for o in self.ops:
             right = vals[o.right] if isinstance(o.right, str) else o.right
-            steps.append(f"{o.definition()} = {vals[o.left]} {o.op} {right} = {vals[o.target]}")
-        steps.append(f"The answer is \\boxed{{{vals[self.asked]}}}")
+            if style is None:
+                steps.append(f"{o.definition()} = {vals[o.left]} {o.op} {right} = {vals[o.target]}")
+            else:
+                form, wording = style.draw_op(o.op, rng or random.Random(0))
+                steps.append(render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], right,
+                                            vals[o.target]))
+        if style is None:
+            steps.append(f"The answer is \\boxed{{{vals[self.asked]}}}")
+        else:
+            steps.append(render_final(style.draw_final(rng or random.Random(0)), self.asked, vals[self.asked]))
         return steps
 
 
@@ -129,8 +140,8 @@ def prompt(question: str) -> str:
     return question + SEPARATOR
 
 
-def solution_text(chain: Chain) -> str:
-    return SEPARATOR.join(chain.solution_steps())
+def solution_text(chain: Chain, style: Style | None = None, rng: random.Random | None = None) -> str:
+    return SEPARATOR.join(chain.solution_steps(style, rng))
 
 
 def extract_answer(text: str) -> str | None:

@@ -24,12 +24,15 @@ CHAT_TEMPLATE = ("{% set ns = namespace(q='') %}{% for m in messages %}{% if m['
                  "{% set ns.q = m['content'] %}{% endif %}{% endfor %}{{ ns.q + '\\n\\n' }}")
 
 
-def build_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
+def build_tokenizer(model_max_length: int = 512, extra_pieces: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """The plain task's tokenizer; `extra_pieces` (the phrased task's) are added after the plain vocabulary, so
+    the plain task's ids do not change, and matched longest first."""
     vocab: dict[str, int] = {}
-    for tok in (*SPECIAL.values(), *PIECES, *CHARS):
+    for tok in (*SPECIAL.values(), *PIECES, *extra_pieces, *CHARS):
         vocab.setdefault(tok, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk_token"]))
-    pattern = "|".join(re.escape(p) for p in PIECES) + r"|[\s\S]"
+    pieces = PIECES if not extra_pieces else tuple(sorted({*PIECES, *extra_pieces}, key=len, reverse=True))
+    pattern = "|".join(re.escape(p) for p in pieces) + r"|[\s\S]"
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
     bos = SPECIAL["bos_token"]

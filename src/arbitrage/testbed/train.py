@@ -20,7 +20,8 @@ from typing import Callable, Iterator
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .recipe import SPECS, ModelSpec, TrainConfig
+from .phrasing import PIECES as PHRASE_PIECES, Style
+from .recipe import SPECS, TASKS, ModelSpec, TrainConfig
 from .task import Chain, iter_chains, make_chains, prompt, solution_text
 from .tokenizer import build_tokenizer, save_tokenizer
 
@@ -34,10 +35,12 @@ def model_config(spec: ModelSpec, tokenizer) -> LlamaConfig:
         pad_token_id=tokenizer.pad_token_id)
 
 
-def encode(tokenizer, chain: Chain) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + solution + eos, and labels that mask the prompt with -100."""
+def encode(tokenizer, chain: Chain, style: Style | None = None, rng: random.Random | None = None
+           ) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + solution + eos, and labels that mask the prompt with -100. With `style` (the
+    phrased task), each step's phrasing is drawn from that style with `rng`."""
     p = tokenizer(prompt(chain.question())).input_ids
-    s = tokenizer(solution_text(chain), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    s = tokenizer(solution_text(chain, style, rng), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     return p + s, [-100] * len(p) + s
 
 
@@ -51,13 +54,19 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def batches(tokenizer, seed: int, batch_size: int, bucket: int = 8) -> Iterator[dict[str, torch.Tensor]]:
+def batches(tokenizer, seed: int, batch_size: int, bucket: int = 8, role: str = "draft", task: str = "plain"
+            ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless training batches of fresh problems. `bucket` batches' worth of problems are drawn at a time,
-    sorted by length and cut into batches (served in a seeded random order), so little compute goes to padding."""
+    sorted by length and cut into batches (served in a seeded random order), so little compute goes to padding.
+    The phrased task draws every step's phrasing from `role`'s style with a stream of its own (independent of
+    the other role's)."""
     stream = iter_chains("train", seed)  # the same problems for every role: they depend on the seed only
     rng = random.Random(f"batches/{seed}")
+    style = Style(role) if task == "phrased" else None
+    style_rng = random.Random(f"phrasing/{role}/{seed}")
     while True:
-        pool = sorted((encode(tokenizer, next(stream)) for _ in range(bucket * batch_size)), key=lambda e: len(e[0]))
+        pool = sorted((encode(tokenizer, next(stream), style, style_rng) for _ in range(bucket * batch_size)),
+                      key=lambda e: len(e[0]))
         chunks = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
         rng.shuffle(chunks)
         for chunk in chunks:
@@ -71,8 +80,15 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine down to 10%
 
 
+def task_tokenizer(task: str):
+    """The tokenizer of `task` ("plain" or "phrased"; the phrased task adds its phrasings' pieces)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown testbed task {task!r}; expected one of {', '.join(TASKS)}")
+    return build_tokenizer(extra_pieces=PHRASE_PIECES if task == "phrased" else ())
+
+
 def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpec | None = None,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, task: str = "plain") -> dict:
     """Train one model (`role` is "draft" or "target") and save it with its tokenizer under `out_dir/role`.
 
     Initialisation and data depend on `cfg.seed` only, so a run is repeatable on the same device and library
@@ -84,7 +100,7 @@ def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpe
     device = torch.device(cfg.device)
     from .evaluate import answer_accuracy
 
-    tokenizer = build_tokenizer()
+    tokenizer = task_tokenizer(task)
     model = LlamaForCausalLM(model_config(spec, tokenizer)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -92,8 +108,8 @@ def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpe
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    data = batches(tokenizer, cfg.seed, cfg.batch_size)
-    log(f"{role}: {n_params:,} parameters, {cfg.steps} steps of {cfg.batch_size} problems")
+    data = batches(tokenizer, cfg.seed, cfg.batch_size, role=role, task=task)
+    log(f"{role} ({task} task): {n_params:,} parameters, {cfg.steps} steps of {cfg.batch_size} problems")
     val_chains = make_chains("validation", cfg.eval_n, cfg.seed) if cfg.eval_every > 0 else []
     curve: list[dict] = []
     model.train()
@@ -123,7 +139,7 @@ def train_model(role: str, out_dir: str | Path, cfg: TrainConfig, spec: ModelSpe
     out = Path(out_dir) / role
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
-    return {"role": role, "parameters": n_params, "spec": asdict(spec), "train_seconds": round(seconds, 1),
+    return {"role": role, "task": task, "parameters": n_params, "spec": asdict(spec), "train_seconds": round(seconds, 1),
             "final_loss": round(running, 4), "problems_seen": cfg.steps * cfg.batch_size,
             "validation_curve": curve}
 
