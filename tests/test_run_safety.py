@@ -161,7 +161,8 @@ def test_every_result_changing_setting_is_checked_on_resume(tmp_path):
             else:
                 cfg = dataclasses.replace(base, model_options=dataclasses.replace(base.model_options,
                                                                                   **{f.name: value}))
-            free = f.name in RunConfig.FREE or f.name in RunConfig.SPEED_ONLY
+            free = f.name in RunConfig.FREE or f.name in RunConfig.SPEED_ONLY or \
+                f.name in RunConfig.SPEED_ONLY_WHEN_GREEDY  # base decodes greedily
             if free:
                 check_manifest(str(tmp_path), cfg.settings())  # accepted
             else:
@@ -171,7 +172,25 @@ def test_every_result_changing_setting_is_checked_on_resume(tmp_path):
     for name in ("threshold", "dtype", "server_api", "pooling_route", "return_hidden", "temperature",
                  "separator", "max_steps", "template", "policy_options", "reuse_cache", "shard"):
         assert name in checked, name
-    assert set(base.speed_settings()) == RunConfig.SPEED_ONLY  # each session records every speed setting
+    # each session records every speed setting
+    assert set(base.speed_settings()) == RunConfig.SPEED_ONLY | RunConfig.SPEED_ONLY_WHEN_GREEDY
+
+
+def test_reusing_the_draft_may_change_on_resume_only_when_greedy(tmp_path):
+    """Verification gives the target's own greedy steps (speed only), but other samples when sampling."""
+    for temperature, allowed in ((0.0, True), (0.7, False)):
+        out = tmp_path / f"t{temperature}"
+        base = RunConfig(policy="rsd", out=str(out), data="d.jsonl", threshold=0.5,
+                         models={"draft": "d", "target": "t", "prm": "p"},
+                         model_options=ModelOptions(temperature=temperature))
+        record_session(str(out), base.settings(), base.speed_settings(), 1)
+        for change in ({"verify": False}, {"gamma": 0}):
+            cfg = dataclasses.replace(base, engine=dataclasses.replace(base.engine, **change))
+            if allowed:
+                check_manifest(str(out), cfg.settings())
+            else:
+                with pytest.raises(ConfigError, match=next(iter(change))):
+                    check_manifest(str(out), cfg.settings())
 
 
 def test_speed_only_settings_may_change_and_metrics_say_so(tmp_path, tiny_dir, capsys):

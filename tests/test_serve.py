@@ -240,3 +240,12 @@ def test_load_64_concurrent_streams_each_equal_to_its_prompt_alone(server, clien
             assert text == alone[p]
     metrics = httpx.get(server.url + "/metrics").text
     assert 'status="500"' not in metrics and 'status="503"' not in metrics
+
+
+def test_usage_and_metrics_say_how_escalations_reused_the_draft(client, server):
+    out = client.completions.create(model="arbitrage", prompt=PROMPTS[6], extra_body={"threshold": 1.0})
+    spec = out.usage.model_dump()["speculation"]  # every step escalated: each verified the draft's proposal
+    assert spec["proposed"] > 0 and 0 < spec["kept"] <= spec["proposed"] and spec["target_forwards"] >= out.usage.steps
+    assert spec["kept"] + spec["draft_accepted"] + spec["target_written"] == out.usage.target_tokens
+    text = httpx.get(server.url + "/metrics").text
+    assert 'arbitrage_speculation_tokens_total{kind="kept"}' in text and "arbitrage_target_forwards_total" in text

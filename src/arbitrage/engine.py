@@ -47,6 +47,11 @@ class EngineConfig:
     concurrency: int = 8           # problems in flight at once
     separator: str = DEFAULT_SEPARATOR
     parallel: bool = True          # models on different lanes work at the same time
+    # Escalations that reuse the draft's work (backends/speculative.py), both lossless: the target verifies the
+    # draft's rejected proposal before writing the rest of the step, and a draft attached to the target proposes
+    # `gamma` tokens at a time inside target-written steps (0: never).
+    verify: bool = True
+    gamma: int = 4
 
 
 class _Lane:
@@ -449,11 +454,15 @@ class Engine:
         elif isinstance(a, Continue):
             prefix = a.partial
             step_max = step_max - a.partial.n_tokens
-        elif isinstance(a, Target):
+        speculation, gamma = None, 0
+        if isinstance(a, Target):
             sample = a.sample
+            if self.config.verify:
+                speculation = a.speculation
+                gamma = self.config.gamma if a.speculate else 0
         return GenerationRequest(st.key, st.problem.prompt, list(st.steps), max(0, step_max), len(st.steps),
                                  sampling=st.sampling, prefix=prefix, sample=sample,
-                                 seed_key=st.problem.meta.get("seed_key"))
+                                 seed_key=st.problem.meta.get("seed_key"), speculation=speculation, gamma=gamma)
 
     @staticmethod
     def _to_step(author: str, g: Generation) -> Step:

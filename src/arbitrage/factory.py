@@ -68,12 +68,24 @@ def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAUL
             setattr(models, role, load_model("generator", specs[role], role, opts, separator))
     if "prm" in needs:
         models.prm = load_model("prm", specs["prm"], "prm", opts, separator)
+    link_speculation(models)
     if "judge" in needs:
         if not callable(getattr(models.target, "judge", None)):
             raise ConfigError(f"the target {specs['target']!r} cannot judge steps (its backend, "
                               f"{type(models.target).__name__}, has no judge())")
         models.judge = models.target
     return models
+
+
+def link_speculation(models: Models) -> None:
+    """Attach an in-process draft to an in-process target of the same vocabulary, so the target can let it propose
+    tokens inside its steps (backends/speculative.py; a request asks for it with `gamma`)."""
+    draft, target = models.draft, models.target
+    if draft is None or target is None or not hasattr(target, "speculator"):
+        return
+    if getattr(draft, "vocab_signature", None) == target.vocab_signature and draft is not target \
+            and getattr(draft, "static", None) is None and getattr(target, "static", None) is None:
+        target.speculator = draft
 
 
 def load_chat_tokenizer(specs: dict):

@@ -43,9 +43,13 @@ class Continue:
 @dataclass(frozen=True)
 class Target:
     """Ask the target model for the next step; `sample` > 0 asks for another sample from the same context
-    (its own sampling seed)."""
+    (its own sampling seed). `speculation`: the draft's proposal for this step, which the target verifies and
+    keeps as far as it would have written it itself (lossless; the engine's `verify` setting decides);
+    `speculate`: let the draft propose tokens inside this step (the engine's `gamma`)."""
 
     sample: int = 0
+    speculation: Step | None = None
+    speculate: bool = True
 
 
 @dataclass(frozen=True)
@@ -152,10 +156,21 @@ class DraftOnly(Policy):
 
 
 class TargetOnly(Policy):
+    """The target alone. With `speculate`, a draft proposes tokens inside its steps (token-level speculative
+    decoding, lossless); without it the draft is never called."""
+
     name, needs, summary = "target", frozenset({"target"}), "the target writes every step"
 
+    def __init__(self, speculate: bool = False):
+        self.speculate = speculate
+        if speculate:
+            self.needs = frozenset({"target", "draft"})
+
+    def describe(self) -> str:
+        return "target+speculation" if self.speculate else "target"
+
     def decide(self) -> Decide:
-        t = yield Target()
+        t = yield Target(speculate=self.speculate)
         return Decision(t, True, target=t)
 
 
@@ -171,7 +186,7 @@ class RSD(ThresholdPolicy):
         (s,) = yield Score((d,))
         if s >= self.threshold:
             return Decision(d, False, draft=d, scores={"prm_draft": s})
-        t = yield Target()
+        t = yield Target(speculation=d)
         return Decision(t, True, draft=d, target=t, scores={"prm_draft": s})
 
 
@@ -210,13 +225,13 @@ class RouterPolicy(ThresholdPolicy):
             d = yield Draft()
             y = yield Route(d)
             if y > self.threshold:
-                t = yield Target()
+                t = yield Target(speculation=d)
                 return Decision(t, True, draft=d, target=t, scores={"router": y})
             return Decision(d, False, draft=d, scores={"router": y})
         g = yield Glimpse(self.decide_after)
         y = yield Route(g)
         if y > self.threshold:
-            t = yield Target()
+            t = yield Target(speculation=g)
             return Decision(t, True, draft=g, target=t, scores={"router": y})
         d = g if g.stop != "length" or g.n_tokens < self.decide_after else (yield Continue(g))
         return Decision(d, False, draft=d, scores={"router": y})
@@ -231,7 +246,7 @@ class Oracle(ThresholdPolicy):
 
     def decide(self) -> Decide:
         d = yield Draft()
-        t = yield Target()
+        t = yield Target(speculation=d)
         sd, st = yield Score((d, t))
         scores = {"prm_draft": sd, "prm_target": st}
         if st - sd > self.threshold:
@@ -261,7 +276,7 @@ class Generate(Policy):
         d = yield Draft()
         samples = []
         for k in range(self.target_samples):
-            samples.append((yield Target(sample=k)))
+            samples.append((yield Target(sample=k, speculation=d)))
         t = samples[0]
         sd, *st_all = yield Score((d, *samples))
         st = st_all[0]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .models import ROLES
 from .policies import Decision, Policy
-from .records import COUNTS, Proposal, StepRecord
+from .records import COUNTS, SPECULATION_COUNTS, Proposal, StepRecord
 from .types import Problem, Sampling, Step
 
 if TYPE_CHECKING:  # only for annotations: the engine imports this module
@@ -124,6 +124,13 @@ def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> No
         c["target_calls"] += 1
         c["target_tokens"] += s.n_tokens
     c["escalated_steps"] += int(d.escalated)
+    spec = d.target.extras.get("speculation") if d.target is not None else None
+    if spec:
+        for k in SPECULATION_COUNTS:
+            c[k] += int(spec.get(k.removeprefix("spec_"), 0))
+    for s in (d.draft, d.target, d.step):  # the draft's sampling distributions served their one verification
+        if s is not None:
+            s.extras.pop("dists", None)
     scores = dict(d.scores)
     if "prm_draft" in scores and "prm_target" in scores:
         scores["advantage"] = scores["prm_target"] - scores["prm_draft"]
@@ -134,7 +141,8 @@ def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> No
         draft=Proposal.of(d.draft, feats) if d.draft is not None and (d.draft is not d.step or feats) else None,
         target=Proposal.of(d.target) if d.target is not None and d.target is not d.step else None,
         seconds={k: round(v, 6) for k, v in st.step_seconds.items() if v}, discarded_draft_tokens=discarded,
-        target_samples=[Proposal.of(s) for s in d.target_samples] if d.target_samples else None)
+        target_samples=[Proposal.of(s) for s in d.target_samples] if d.target_samples else None,
+        speculation=dict(spec) if spec else None)
     step = d.step
     stop_at = stop_string_cut(st, step, config.separator)
     if stop_at is not None:  # a stop string ends the solution where it occurs

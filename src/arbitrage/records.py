@@ -18,8 +18,13 @@ from .types import AUTHORS, STOP_REASONS, Step
 
 # Per-token features a proposal may carry (router training reads them; kept only where asked for).
 FEATURES = ("logprobs", "entropies", "last_hidden")
+# What target-written steps reused of the draft's work (backends/speculative.py), summed per problem: the rejected
+# proposal's tokens verified and kept, the target's forward passes, the draft's tokens proposed inside the step
+# and accepted, and the tokens the target wrote itself.
+SPECULATION_COUNTS = ("spec_proposed", "spec_kept", "spec_target_forwards", "spec_draft_speculated",
+                      "spec_draft_accepted", "spec_target_written")
 COUNTS = ("draft_tokens_accepted", "draft_tokens_discarded", "target_tokens", "target_calls", "draft_calls",
-          "escalated_steps", "judge_calls")
+          "escalated_steps", "judge_calls") + SPECULATION_COUNTS
 
 
 def _fail(where: str, fld: str, msg: str) -> None:
@@ -98,6 +103,9 @@ class StepRecord:
     seconds: dict = field(default_factory=dict)
     discarded_draft_tokens: int = 0
     target_samples: list[Proposal] | None = None    # extra target samples (generate --target-samples)
+    # How the target's step reused the draft's work (proposed, kept, target_forwards, draft_speculated,
+    # draft_accepted, target_written), when it was written with speculation.
+    speculation: dict | None = None
 
     def to_step(self) -> Step:
         return Step(author=self.author, text=self.text, stop=self.stop, n_tokens=self.n_tokens)  # type: ignore
@@ -126,6 +134,8 @@ class StepRecord:
              "seconds": self.seconds, "discarded_draft_tokens": self.discarded_draft_tokens}
         if self.target_samples is not None:
             d["target_samples"] = [p.to_json() for p in self.target_samples]
+        if self.speculation is not None:
+            d["speculation"] = self.speculation
         return d
 
     @classmethod
@@ -152,10 +162,14 @@ class StepRecord:
             if not isinstance(samples, list):
                 _fail(where, f"{fld}.target_samples", "not a list")
             samples = [Proposal.from_json(x, where, f"{fld}.target_samples[{i}]") for i, x in enumerate(samples)]
+        spec = s.get("speculation")
+        if spec is not None and not (isinstance(spec, dict) and all(_number(v) for v in spec.values())):
+            _fail(where, f"{fld}.speculation", "expected an object of counts")
         return cls(index=int(s.get("index", 0)), author=s["author"], text=s["text"], stop=stop,
                    n_tokens=int(s.get("n_tokens") or 0), escalated=bool(s.get("escalated", False)),
                    scores=dict(scores), draft=draft, target=target, seconds=dict(s.get("seconds") or {}),
-                   discarded_draft_tokens=int(s.get("discarded_draft_tokens") or 0), target_samples=samples)
+                   discarded_draft_tokens=int(s.get("discarded_draft_tokens") or 0), target_samples=samples,
+                   speculation=spec)
 
 
 @dataclass

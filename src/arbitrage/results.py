@@ -14,7 +14,7 @@ import time
 from typing import Sequence
 
 from .errors import ConfigError, DataError
-from .records import ProblemRecord
+from .records import SPECULATION_COUNTS, ProblemRecord
 
 RESULTS, MANIFEST, METRICS, LOCK = "results.jsonl", "run.json", "metrics.json", ".lock"
 
@@ -149,7 +149,10 @@ def check_manifest(out_dir: str, settings: dict) -> None:
     if old is None:
         return
     before = old["settings"]
-    diff = [k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+    # a setting both runs have comes first: one that only one has is usually a consequence (e.g. sampling makes
+    # the speculation settings result-changing), not the change the user made
+    diff = sorted((k for k in set(before) | set(settings) if before.get(k) != settings.get(k)),
+                  key=lambda k: (k not in before or k not in settings, k))
     if diff:
         k = diff[0]
         raise ConfigError(f"{out_dir} holds a run with other settings ({k}: {before.get(k)!r} there, "
@@ -253,6 +256,19 @@ def compute_metrics(records: Sequence[ProblemRecord], policy: str, threshold: fl
         secs = [r.seconds.get(model, 0.0) for r in records]
         m[f"{model}_s"] = sum(secs)                    # summed over problems
         m[f"{model}_s_mean"] = statistics.fmean(secs) if secs else 0.0  # per problem
+    spec = {k: total(k) for k in SPECULATION_COUNTS}
+    target_steps = sum(1 for s in steps if s.speculation is not None)
+    if target_steps:  # target-written steps that reused the draft's work
+        m["speculation"] = {
+            **{k.removeprefix("spec_"): v for k, v in spec.items()}, "target_steps": target_steps,
+            # the share of the rejected proposals' tokens the target kept
+            "acceptance_rate": spec["spec_kept"] / spec["spec_proposed"] if spec["spec_proposed"] else None,
+            # the share of the draft's in-step proposals the target accepted
+            "draft_acceptance_rate": (spec["spec_draft_accepted"] / spec["spec_draft_speculated"]
+                                      if spec["spec_draft_speculated"] else None),
+            "target_forwards_per_target_step": spec["spec_target_forwards"] / target_steps,
+            "tokens_per_target_forward": (sum(s.n_tokens for s in steps if s.speculation is not None)
+                                          / spec["spec_target_forwards"] if spec["spec_target_forwards"] else None)}
     adv = [s.scores["advantage"] for s in steps if s.scores.get("advantage") is not None]
     if adv:
         m["advantage_positive_rate"] = sum(a > 0 for a in adv) / len(adv)

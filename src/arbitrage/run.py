@@ -49,18 +49,26 @@ class RunConfig:
     # other values is allowed, and its metrics say that latencies come from mixed sessions).
     SPEED_ONLY = frozenset({"concurrency", "parallel", "device", "threads", "server_concurrency", "fast_decode",
                             "static_slots", "static_len"})
+    # Reusing the draft's work gives the target's own greedy steps token for token, so it only changes speed
+    # when decoding is greedy; when sampling, it draws other (equally distributed) steps, so it changes results.
+    SPEED_ONLY_WHEN_GREEDY = frozenset({"verify", "gamma"})
+
+    def _speed_only(self) -> frozenset[str]:
+        greedy = self.model_options.temperature == 0
+        return self.SPEED_ONLY | (self.SPEED_ONLY_WHEN_GREEDY if greedy else frozenset())
 
     def settings(self) -> dict:
         """Everything that must match for a re-run to continue this run, derived from the config's fields (so a
         new field is checked unless it is declared FREE or SPEED_ONLY)."""
         out = {}
+        speed = self._speed_only()
         for f in dataclasses.fields(self):
-            if f.name in self.FREE or f.name in self.SPEED_ONLY:
+            if f.name in self.FREE or f.name in speed:
                 continue
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 for g in dataclasses.fields(value):
-                    if g.name not in self.SPEED_ONLY:
+                    if g.name not in speed:
                         out[g.name] = _plain(getattr(value, g.name))
             else:
                 out[f.name] = _plain(value)
@@ -69,8 +77,9 @@ class RunConfig:
 
     def speed_settings(self) -> dict:
         """This session's SPEED_ONLY values (recorded per session in run.json)."""
+        speed = self._speed_only()
         return {g.name: _plain(getattr(obj, g.name)) for obj in (self.engine, self.model_options)
-                for g in dataclasses.fields(obj) if g.name in self.SPEED_ONLY}
+                for g in dataclasses.fields(obj) if g.name in speed}
 
 
 def _plain(v):

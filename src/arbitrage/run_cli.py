@@ -85,6 +85,17 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
                    help="problems in flight at once (1 = the paper's batch size 1; default: %(default)s)")
     g.add_argument("--serial-models", action="store_true",
                    help="one model call at a time (the engine before models worked in parallel; for comparison)")
+    g = p.add_argument_group("reusing the draft's work in target-written steps (lossless; on by default)")
+    g.add_argument("--no-speculation", action="store_true",
+                   help="the target writes escalated steps from scratch: no verification of the draft's proposal and "
+                        "no draft tokens inside its steps (for comparison)")
+    g.add_argument("--gamma", type=int, default=ENGINE_DEFAULTS.gamma,
+                   help="draft tokens proposed at a time inside a target-written step, verified in one target pass "
+                        "(in-process draft and target of one vocabulary; 0: verify the draft's proposal only; "
+                        "default: %(default)s)")
+    g.add_argument("--speculate", action="store_true",
+                   help="target policy: let the draft propose tokens inside the target's steps (token-level "
+                        "speculative decoding, lossless; needs --draft)")
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,7 +149,11 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
         from .data import parse_shard
 
         parse_shard(args.shard)
+    if args.gamma < 0:
+        raise ConfigError("--gamma must be >= 0")
     policy_options = {}
+    if getattr(args, "speculate", False):
+        policy_options["speculate"] = True
     if getattr(args, "decide_after", None) is not None:
         policy_options["decide_after"] = args.decide_after
     if getattr(args, "target_samples", None) is not None:
@@ -150,7 +165,8 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
         question_field=args.question_field, answer_field=args.answer_field, id_field=args.id_field,
         engine=EngineConfig(max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
                             max_total_tokens=args.max_total_tokens, concurrency=args.concurrency,
-                            separator=separator, parallel=not args.serial_models),
+                            separator=separator, parallel=not args.serial_models,
+                            verify=not args.no_speculation, gamma=args.gamma),
         model_options=ModelOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                    device=args.device, dtype=args.dtype,
                                    threads=args.threads if args.threads is not None else auto_threads(),

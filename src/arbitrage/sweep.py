@@ -224,6 +224,7 @@ def _load_models(runs, base: RunConfig) -> dict[int, Models]:
         m = Models(**{role: loaded[(role, r.cfg.models[role])] for role in _roles(r)})
         if "judge" in r.needs:
             m.judge = m.target
+        factory.link_speculation(m)
         out[id(r)] = m
     return out
 

@@ -84,6 +84,11 @@ class GenerationRequest:
     prefix: Step | None = None
     sample: int = 0  # > 0: another sample from the same context (its own seed)
     seed_key: str | None = None  # what the sampling seed is derived from (None: `key`); see `seed_source`
+    # Escalations that reuse the draft's work (backends/speculative.py): the draft's proposal for this step, to
+    # be verified before the target writes the rest; `gamma` > 0 lets a draft attached to the target propose that
+    # many tokens at a time inside the step. Both are lossless; a backend that cannot do them writes as usual.
+    speculation: Step | None = None
+    gamma: int = 0
 
     @property
     def seed_source(self) -> str:

@@ -49,6 +49,7 @@ class Decoding:
         self.rows = list(call.active)
         self.temps, self.top_ps, self.gens = [], [], []
         self.out_ids, self.logps, self.ents, self.limit = {}, {}, {}, {}
+        self.dists: dict[int, list] = {}  # sampled rows: the distribution each token was drawn from
         for i in self.rows:
             req = reqs[i]
             t, p, seed = (req.sampling or Sampling()).over(gen.temperature, gen.top_p, gen.seed)
@@ -63,6 +64,9 @@ class Decoding:
             self.out_ids[i] = list(prefix.token_ids or []) if prefix is not None else []
             self.logps[i] = list(prefix.logprobs or []) if prefix is not None else []
             self.ents[i] = list(prefix.extras.get("entropies") or []) if prefix is not None else []
+            if t > 0:
+                before = prefix.extras.get("dists") if prefix is not None else None
+                self.dists[i] = list(before) if before is not None else []
             self.limit[i] = len(self.out_ids[i]) + req.max_new_tokens
 
     def advance(self, logits: torch.Tensor, hidden: torch.Tensor | None,
@@ -70,7 +74,7 @@ class Decoding:
         """Pick each row's next token; rows whose step ends (or whose problem was cancelled) get their result
         and `on_finish(batch row, request index)`. Returns the batch rows that go on (and keeps only them)."""
         gen, call = self.gen, self.call
-        tokens = gen._pick(logits, self.temps, self.top_ps, self.gens)
+        tokens, probs = gen._pick(logits, self.temps, self.top_ps, self.gens)
         logp = torch.log_softmax(logits, -1)
         chosen_lp = logp.gather(1, tokens[:, None])[:, 0].tolist()
         entropy = (-(logp.exp() * logp).sum(-1)).tolist()
@@ -82,6 +86,8 @@ class Decoding:
                                              extras={"generator": gen.name, "cancelled": True})
                 continue
             t = tokens[r]
+            if probs[r] is not None:
+                self.dists[i].append(probs[r])
             self.out_ids[i].append(t)
             self.logps[i].append(chosen_lp[r])
             self.ents[i].append(entropy[r])
@@ -90,6 +96,11 @@ class Decoding:
             if done is None:
                 keep.append(r)
                 continue
+            # What a target needs to verify this step (speculative.py): the tokens as drawn, the vocabulary
+            # they belong to and, when sampled, the distribution each was drawn from.
+            done.extras.update(spec_ids=list(self.out_ids[i]), vocab=gen.vocab_signature)
+            if i in self.dists:
+                done.extras["dists"] = torch.stack(self.dists[i]) if self.dists[i] else None
             done.n_prefill = self.n_prefill[i]
             done.n_reused = len(call.full[i]) - self.n_prefill[i]
             call.results[i] = done

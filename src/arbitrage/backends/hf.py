@@ -142,6 +142,21 @@ def load_model(path_or_id: str, auto_class: str = "AutoModelForCausalLM", device
     return (model, info) if with_info else model
 
 
+def _params(model) -> frozenset[str]:
+    from .kv import _forward_params
+
+    return _forward_params(type(model))
+
+
+def _vocab_signature(tokenizer) -> str:
+    """Equal for two tokenizers that map the same text to the same ids (a draft's token ids can then be verified
+    by the target as they are)."""
+    import hashlib
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
@@ -173,6 +188,10 @@ class HFGenerator:
         self.pad_id = int(pad if pad is not None else next(iter(self.eos_ids), 0))
         self.store = SlotStore(max_entries=1)
         self._cancelled: set[str] = set()
+        # Escalations that reuse the draft's work (speculative.py): a draft of the same vocabulary attached to a
+        # target proposes tokens inside the target's steps when a request asks for it (GenerationRequest.gamma).
+        self.speculator: "HFGenerator | None" = None
+        self.vocab_signature = _vocab_signature(tokenizer)
         self._encode_cached = lru_cache(maxsize=65536)(self._encode_uncached)
         # The fast path (static_kv.py): a pre-allocated cache with `static_slots` problem slots, one compiled step.
         self.static = None
@@ -206,6 +225,13 @@ class HFGenerator:
         return ids
 
     # --- generation -------------------------------------------------------------------------------------
+    def _forward_keep(self, inputs, mask, positions, cache, keep: int = 1):
+        """The logits of each row's last `keep` positions ([rows, keep, vocab], float)."""
+        kw = cache_kwargs(self.model, cache)
+        out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions,
+                         **({**kw, "logits_to_keep": keep} if "logits_to_keep" in _params(self.model) else kw))
+        return out.logits[:, -keep:].float()
+
     def _forward(self, inputs, mask, positions, cache):
         out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions,
                          output_hidden_states=self.return_hidden, **cache_kwargs(self.model, cache, True))
@@ -215,23 +241,24 @@ class HFGenerator:
 
     @staticmethod
     def _pick(logits: torch.Tensor, temps: list[float], top_ps: list[float],
-              gens: list[torch.Generator | None]) -> torch.Tensor:
-        """Greedy for rows at temperature 0, else a sample (top-p), each row with its own settings and seed."""
+              gens: list[torch.Generator | None]) -> tuple[torch.Tensor, list]:
+        """Greedy for rows at temperature 0, else a sample (top-p), each row with its own settings and seed; also
+        the distribution each sampled row was drawn from (None for greedy rows)."""
+        from .speculative import sampling_probs
+
         greedy = logits.argmax(-1)
         if not any(t > 0 for t in temps):
-            return greedy
-        picks = []
+            return greedy, [None] * len(temps)
+        picks, dists = [], []
         for r, (t, p, g) in enumerate(zip(temps, top_ps, gens)):
             if t <= 0:
                 picks.append(greedy[r])
+                dists.append(None)
                 continue
-            probs = torch.softmax(logits[r] / t, -1)
-            if p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                sorted_p[sorted_p.cumsum(-1) - sorted_p > p] = 0
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-            picks.append(torch.multinomial(probs, 1, generator=g)[0])
-        return torch.stack(picks)
+            weights = sampling_probs(logits[r], t, p, normalize=False)
+            picks.append(torch.multinomial(weights, 1, generator=g)[0])
+            dists.append(weights / weights.sum())
+        return torch.stack(picks), dists
 
     def cancel(self, key: str) -> None:
         self._cancelled.add(key)
@@ -242,6 +269,10 @@ class HFGenerator:
             from .static_kv import generate_static
 
             return generate_static(self, requests)
+        if any(r.speculation is not None or (r.gamma and self.speculator is not None) for r in requests):
+            from . import speculative
+
+            return speculative.generate(self, requests)
         call = Call(self, requests)
         if not call.active:
             return call.results  # type: ignore[return-value]

@@ -151,6 +151,37 @@ class KVBatch:
             self.ids[i].append(t)
         return out
 
+    def extend(self, rows_new: Sequence[Sequence[int]], **kw):
+        """Feed a different number of tokens to each row in one forward pass (right-aligned, padding masked out):
+        speculative decoding feeds each row its pending token and the draft's proposals."""
+        bsz = len(rows_new)
+        width = max(len(r) for r in rows_new)
+        inputs = torch.zeros((bsz, width), dtype=torch.long)
+        chunk_mask = torch.zeros((bsz, width), dtype=torch.long)
+        positions = torch.zeros((bsz, width), dtype=torch.long)
+        next_pos = self.next_pos.tolist()
+        for i, new in enumerate(rows_new):
+            n = len(new)
+            if n:
+                inputs[i, width - n:] = torch.tensor(list(new), dtype=torch.long)
+                chunk_mask[i, width - n:] = 1
+                positions[i, width - n:] = torch.arange(next_pos[i], next_pos[i] + n)
+            self.ids[i] += list(new)
+        self.mask = torch.cat([self.mask, chunk_mask.to(self.device)], dim=1)
+        out = self.forward(inputs.to(self.device), self.mask, positions.to(self.device), self.cache, **kw)
+        self.next_pos = self.next_pos + torch.tensor([len(r) for r in rows_new], device=self.device)
+        return out
+
+    def retract(self, i: int, n: int) -> None:
+        """Forget row i's last `n` tokens (rejected speculation): their keys/values stay in the cache but are
+        masked out from now on, and the row's next token takes the first freed position."""
+        if n <= 0:
+            return
+        live = self.mask[i].nonzero().squeeze(1)
+        self.mask[i, live[-n:]] = 0
+        self.next_pos[i] -= n
+        del self.ids[i][-n:]
+
     def row(self, i: int) -> CacheEntry:
         """Row i's own keys/values (padding removed) and the ids they belong to."""
         idx = self.mask[i].nonzero().squeeze(1)

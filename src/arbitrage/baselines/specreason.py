@@ -30,5 +30,5 @@ class SpecReason(ThresholdPolicy):
         s = yield Judge(d, self.question)
         if s >= self.threshold:
             return Decision(d, False, draft=d, scores={"judge": s})
-        t = yield Target()
+        t = yield Target(speculation=d)
         return Decision(t, True, draft=d, target=t, scores={"judge": s})

@@ -40,7 +40,7 @@ class Confidence(ThresholdPolicy):
         d = yield Draft()
         s = self.statistic(_logprobs(d))
         if s < self.threshold:
-            t = yield Target()
+            t = yield Target(speculation=d)
             return Decision(t, True, draft=d, target=t, scores={self.score_name: s})
         return Decision(d, False, draft=d, scores={self.score_name: s})
 
@@ -76,7 +76,7 @@ class GlimpsePolicy(ThresholdPolicy):
         if not math.isfinite(h):
             h = 0.0
         if h > self.threshold:
-            t = yield Target()
+            t = yield Target(speculation=g)
             return Decision(t, True, draft=g, target=t, scores={"first_token_entropy": h})
         d = g if g.stop != "length" or g.n_tokens < 1 else (yield Continue(g))
         return Decision(d, False, draft=d, scores={"first_token_entropy": h})

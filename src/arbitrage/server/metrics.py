@@ -25,6 +25,10 @@ class ServerMetrics:
                                       ["role"], buckets=CALL_BUCKETS, registry=r)
         self.call_batch = Histogram("arbitrage_model_call_batch_size", "Requests per batched model call", ["role"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.speculation = Counter("arbitrage_speculation_tokens", "Draft tokens in target-written steps: proposed "
+                                   "(the rejected step, verified), kept (of those), speculated (proposed inside the "
+                                   "step), accepted (of those)", ["kind"], registry=r)
+        self.target_forwards = Counter("arbitrage_target_forwards", "Target forward passes writing steps", registry=r)
         self.request_seconds = Histogram("arbitrage_request_seconds", "End-to-end latency of a problem",
                                          buckets=CALL_BUCKETS, registry=r)
 
@@ -42,4 +46,8 @@ class ServerMetrics:
         c = result.counts
         self.tokens.labels("draft").inc(c["draft_tokens_accepted"] + c["draft_tokens_discarded"])
         self.tokens.labels("target").inc(c["target_tokens"])
+        for kind, key in (("proposed", "spec_proposed"), ("kept", "spec_kept"), ("speculated", "spec_draft_speculated"),
+                          ("accepted", "spec_draft_accepted")):
+            self.speculation.labels(kind).inc(c.get(key, 0))
+        self.target_forwards.inc(c.get("spec_target_forwards", 0))
         self.request_seconds.observe(result.latency_s)

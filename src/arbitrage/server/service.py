@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from ..engine import Engine, EngineConfig, Limits, Models, ProblemResult
 from ..errors import ConfigError
 from ..policies import Policy, make_policy
+from ..records import SPECULATION_COUNTS
 from ..types import Problem
 from .metrics import ServerMetrics
 from .requests import ParsedRequest, RequestError
@@ -31,12 +32,16 @@ class Usage:
     discarded_draft_tokens: int
     steps: int
     escalated_steps: int
+    speculation: dict | None = None  # how target-written steps reused the draft's work (records.SPECULATION_COUNTS)
 
     def to_json(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens, "draft_tokens": self.draft_tokens,
-                "target_tokens": self.target_tokens, "discarded_draft_tokens": self.discarded_draft_tokens,
-                "steps": self.steps, "escalated_steps": self.escalated_steps}
+        out = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "total_tokens": self.prompt_tokens + self.completion_tokens, "draft_tokens": self.draft_tokens,
+               "target_tokens": self.target_tokens, "discarded_draft_tokens": self.discarded_draft_tokens,
+               "steps": self.steps, "escalated_steps": self.escalated_steps}
+        if self.speculation is not None:
+            out["speculation"] = self.speculation
+        return out
 
 
 FINISH = {"eos": "stop", "stop": "stop", "max_steps": "length", "budget": "length", "context": "length"}
@@ -178,7 +183,9 @@ class Service:
         return Usage(prompt_tokens=self.prompt_tokens(prompt), completion_tokens=self.returned_tokens(result),
                      draft_tokens=c["draft_tokens_accepted"] + c["draft_tokens_discarded"],
                      target_tokens=c["target_tokens"], discarded_draft_tokens=c["draft_tokens_discarded"],
-                     steps=len(result.steps), escalated_steps=c["escalated_steps"])
+                     steps=len(result.steps), escalated_steps=c["escalated_steps"],
+                     speculation={k.removeprefix("spec_"): c[k] for k in SPECULATION_COUNTS}
+                     if c.get("spec_target_forwards") else None)
 
     def returned_tokens(self, result: ProblemResult) -> int:
         """Tokens of the text returned: every step's own count, except a step a stop string cut, whose kept text
