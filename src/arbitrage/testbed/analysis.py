@@ -45,6 +45,19 @@ def step_outcomes(records: Sequence[dict]) -> dict:
             "shares": {k: round(counts.get(k, 0) / n, 4) if n else None for k in OUTCOMES}}
 
 
+def identical_right_steps(records: Sequence[dict]) -> dict:
+    """Where both models wrote a step from the same context (an oracle run): of the draft's right steps, how
+    many are token for token the target's step (the same text). On a task with one phrasing per step nearly all
+    are; on real pairs few are, which is why a step-level check beats token-level verification there."""
+    right = identical = 0
+    for q, prior, d, t, _ in _pairs(records):
+        if check_step(q, prior, d)[0]:
+            right += 1
+            identical += d == t
+    return {"right_draft_steps": right, "identical_to_target": identical,
+            "share": round(identical / right, 4) if right else None}
+
+
 def wasted_escalations(records: Sequence[dict]) -> dict:
     """Of the escalated steps of an RSD (or router) run: how often the target's step was no better than the
     draft's it replaced, by the exact checker. `both_right` are false rejections of a correct draft step;

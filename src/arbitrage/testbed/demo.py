@@ -7,8 +7,8 @@ figures a user decides on, with their uncertainty.
 3. thresholds from the training side only (`router thresholds` at chosen escalation rates) for the router, RSD
    and the training-free baselines (confidence, glimpse): nothing is tuned on the test problems;
 4. a sweep on held-out test problems, one problem at a time (the paper's batch size 1): draft, target, oracle,
-   and every thresholded policy at its thresholds, the points taking turns problem by problem so that the
-   machine's load cannot favour one;
+   and every thresholded policy at its thresholds (`demo_points.py`; `--evidence` adds the full comparison), the
+   points taking turns problem by problem so that the machine's load cannot favour one;
 5. the report (`report.py`): latency at matched accuracy with paired bootstrap intervals, accuracy differences
    with a sign test, wasted RSD escalations, the draft/target cost ratio, written to OUT/demo.json.
 
@@ -26,24 +26,26 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-# An imperfect PRM: the exact checker's verdict flipped on 10% of steps, plus Gaussian noise of std 0.1 (step
-# ROC-AUC about 0.9 against the exact verdict, as a good real PRM's). Fixed before any router was trained, to
-# stand for a real PRM's errors; `--prm testbed-checker` is exact.
+# The plain task's PRM: the exact checker's verdict flipped on 10% of steps, plus Gaussian noise of std 0.1
+# (step ROC-AUC about 0.9 against the exact verdict, as a good real PRM's), free to run. The phrased task's is a
+# trained value-head PRM (`testbed train-prm`) that costs a forward pass per step and errs like one.
 DEFAULT_PRM = "testbed-checker:0.1:0.1"
+TASKS = ("phrased", "plain")
 # Escalation rates the thresholds are set for, on the training-side `generate` steps.
 RATES = (0.1, 0.2, 0.3, 0.45)
 QUICK_RATES = (0.3,)
-THRESHOLDED = ("rsd", "router", "confidence", "glimpse")
 EARLY_K = 2  # the early router decides after the draft's first 2 tokens
+CLASSIFIER_LRS = (1e-3, 3e-4)  # the classifier router's learning rate is chosen on the validation split
 
 
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    models: str | None = None          # directory with draft/ and target/ (default: the shipped models)
+    task: str = "phrased"              # phrased (several phrasings per step, a trained PRM) | plain
+    models: str | None = None          # directory with draft/ and target/ (default: the task's shipped models)
     n_train: int = 300                 # training problems for `generate` (router data and thresholds)
     n_test: int = 100                  # held-out test problems for the sweep
-    prm: str = DEFAULT_PRM
+    prm: str | None = None             # default: the task's (trained PRM / noisy checker)
     rates: tuple = RATES
     early_k: int | None = EARLY_K      # None: no early router
     # Latency is measured one problem at a time, as in the paper (batch size 1): with several problems in
@@ -55,6 +57,7 @@ class DemoConfig:
     n_boot: int = 2000
     progress: bool = True
     quick: bool = False
+    evidence: bool = False             # the full comparison (demo_points.py)
 
     @classmethod
     def quick_run(cls, **kw) -> "DemoConfig":
@@ -67,15 +70,64 @@ class DemoConfig:
         return cls(quick=True, **kw)
 
 
-def engine_config(concurrency: int):
-    from ..engine import EngineConfig
-
-    # Steps are ~20 tokens and problems at most 5 steps; the limits only stop a model that loses the format.
-    return EngineConfig(max_steps=10, max_step_tokens=48, max_total_tokens=320, concurrency=concurrency)
-
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _models_dir(cfg: DemoConfig) -> Path:
+    from .evaluate import default_models_dir
+
+    if cfg.task not in TASKS:
+        raise ConfigError(f"--task {cfg.task!r}: expected one of {', '.join(TASKS)}")
+    d = Path(cfg.models) if cfg.models else default_models_dir(cfg.task)
+    for role in ("draft", "target"):
+        if not (d / role / "config.json").is_file():
+            raise ConfigError(f"no {role} model in {d / role}: pass --models DIR holding draft/ and target/ "
+                              f"(`arbitrage testbed train --out DIR` makes them)")
+    return d
+
+
+def _prm_spec(cfg: DemoConfig, models_dir: Path) -> str:
+    if cfg.prm:
+        return cfg.prm
+    if cfg.task == "phrased":
+        if not (models_dir / "prm" / "config.json").is_file():
+            raise ConfigError(f"no trained PRM in {models_dir / 'prm'} (`arbitrage testbed train-prm --models "
+                              f"{models_dir}` makes it), or pass --prm")
+        return str(models_dir / "prm")
+    return DEFAULT_PRM
+
+
+def _train_routers(cfg: DemoConfig, out: Path, models_dir: Path) -> tuple[dict, dict, list]:
+    """The routers (probe, early probe; with --evidence a probe reading the draft's hidden state and a classifier
+    fine-tuned from the draft, its learning rate chosen on the validation split) and their held-out figures."""
+    from ..router_training import evaluate_router, train_router
+    from ..router_training.evaluate import decide_after_curve
+
+    data = str(out / "router-data")
+    routers = {"router": str(out / "router")}
+    train_router(data, routers["router"], kind="probe", seed=cfg.seed, log=_log)
+    if cfg.early_k:
+        routers["early"] = str(out / f"router-k{cfg.early_k}")
+        train_router(data, routers["early"], kind="probe", seed=cfg.seed, decide_after=cfg.early_k, log=_log)
+    if cfg.evidence:
+        routers["hidden"] = str(out / "router-hidden")
+        train_router(data, routers["hidden"], kind="probe", seed=cfg.seed,
+                     features=("logprobs", "entropies", "shape", "hidden"), log=_log)
+        best = None
+        for lr in CLASSIFIER_LRS:
+            d = str(out / f"router-classifier-lr{lr:g}")
+            if not (Path(d) / "arbitrage_router.json").is_file():
+                train_router(data, d, kind="classifier", base=str(models_dir / "draft"), seed=cfg.seed, lr=lr,
+                             epochs=3, batch_size=16, device="cpu", log=_log)
+            auc = evaluate_router(d, data, tau=0.5)["roc_auc"] or 0.0
+            if best is None or auc > best[0]:
+                best = (auc, d, lr)
+        routers["classifier"] = best[1]
+        _log(f"classifier router: lr {best[2]:g} chosen on the validation split (ROC-AUC {best[0]:.3f})")
+    evals = {name: evaluate_router(d, data, tau=0.5) for name, d in routers.items()}
+    k_curve = decide_after_curve(data, [1, 2, 4, 8, None], seed=cfg.seed) if not cfg.quick else []
+    return routers, evals, k_curve
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -83,21 +135,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     import torch
 
     from ..factory import ModelOptions
-    from ..router_training import build_data, evaluate_router, train_router
-    from ..router_training.evaluate import decide_after_curve
+    from ..router_training import build_data
     from ..router_training.thresholds import rate_thresholds
     from ..run import RunConfig, run
     from ..sweep import run_sweep
-    from .evaluate import default_models_dir
-    from .report import summarize, format_report
+    from .demo_points import build_points, engine_config, relabel
+    from .report import format_report, summarize
 
     if cfg.n_train < 2 or cfg.n_test < 1:
         raise ConfigError("--n-train must be at least 2 (router data is split by problem) and --n-test at least 1")
-    models_dir = Path(cfg.models) if cfg.models else default_models_dir()
-    for role in ("draft", "target"):
-        if not (models_dir / role / "config.json").is_file():
-            raise ConfigError(f"no {role} model in {models_dir / role}: pass --models DIR holding draft/ and target/ "
-                              f"(`arbitrage testbed train --out DIR` makes them)")
+    models_dir = _models_dir(cfg)
+    prm = _prm_spec(cfg, models_dir)
     torch.set_num_threads(cfg.threads)
     if not cfg.progress:
         from transformers.utils import logging as hf_logging
@@ -107,30 +155,24 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    specs = {"draft": str(models_dir / "draft"), "target": str(models_dir / "target"), "prm": cfg.prm}
-    common = dict(model_options=ModelOptions(device="cpu", dtype="float32", seed=cfg.seed, threads=cfg.threads),
+    specs = {"draft": str(models_dir / "draft"), "target": str(models_dir / "target"), "prm": prm}
+    # --evidence: the draft's hidden state is recorded (the probe that reads it) and computed at run time
+    common = dict(model_options=ModelOptions(device="cpu", dtype="float32", seed=cfg.seed, threads=cfg.threads,
+                                             return_hidden=cfg.evidence),
                   progress=cfg.progress)
     timings: dict[str, float] = {}
 
-    _log(f"[demo 1/5] generate on {cfg.n_train} training problems (draft + target + {cfg.prm})")
+    _log(f"[demo 1/5] {cfg.task} testbed: generate on {cfg.n_train} training problems (draft + target + {prm})")
     t0 = time.perf_counter()
     run(RunConfig(policy="generate", out=str(out / "generate"), data=f"testbed:train:{cfg.n_train}", models=specs,
                   engine=engine_config(cfg.generate_concurrency), **common))
     timings["generate"] = time.perf_counter() - t0
 
-    _log("[demo 2/5] router data; probe routers on whole steps" +
-         (f" and on the first {cfg.early_k} tokens" if cfg.early_k else ""))
+    _log("[demo 2/5] router data; routers" + (" (probe, early probe, hidden-state probe, classifier)"
+                                              if cfg.evidence else ""))
     t0 = time.perf_counter()
     counts = build_data([str(out / "generate" / "results.jsonl")], str(out / "router-data"), seed=cfg.seed)
-    routers = {"router": str(out / "router")}
-    train_router(str(out / "router-data"), routers["router"], kind="probe", seed=cfg.seed, log=_log)
-    if cfg.early_k:
-        routers["early"] = str(out / f"router-k{cfg.early_k}")
-        train_router(str(out / "router-data"), routers["early"], kind="probe", seed=cfg.seed,
-                     decide_after=cfg.early_k, log=_log)
-    router_eval = {name: evaluate_router(d, str(out / "router-data"), tau=0.5) for name, d in routers.items()}
-    k_curve = decide_after_curve(str(out / "router-data"), [1, 2, 4, 8, None], seed=cfg.seed) if not cfg.quick \
-        else []
+    routers, router_eval, k_curve = _train_routers(cfg, out, models_dir)
     timings["router"] = time.perf_counter() - t0
 
     _log(f"[demo 3/5] thresholds for escalation rates {', '.join(f'{r:.0%}' for r in cfg.rates)} on the "
@@ -138,33 +180,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     found = rate_thresholds([str(out / "generate")], cfg.rates, routers["router"], device="cpu")
     thresholds = {p: sorted({e["tau"] for e in found.get(p, [])}) for p in ("rsd", "router", "confidence",
                                                                                 "glimpse")}
-    if cfg.early_k:
-        early = rate_thresholds([str(out / "generate")], cfg.rates, routers["early"], device="cpu")
-        thresholds["router-early"] = sorted({e["tau"] for e in early["router"]})
+    for name in ("early", "hidden", "classifier"):
+        if name in routers:
+            more = rate_thresholds([str(out / "generate")], cfg.rates, routers[name], device="cpu")
+            thresholds[f"router-{name}"] = sorted({e["tau"] for e in more["router"]})
     (out / "thresholds.json").write_text(json.dumps({"rates": list(cfg.rates), "thresholds": thresholds,
                                                      "found": found}, indent=2) + "\n")
 
-    _log(f"[demo 4/5] sweep on {cfg.n_test} test problems, {cfg.concurrency} at a time")
+    base, points, extra, labels = build_points(cfg, out, specs, routers, thresholds, common)
+    _log(f"[demo 4/5] sweep on {cfg.n_test} test problems, {cfg.concurrency} at a time, "
+         f"{len(points) + len(extra)} points taking turns problem by problem")
     t0 = time.perf_counter()
-    base = RunConfig(policy="draft", out=str(out / "sweep"), data=f"testbed:test:{cfg.n_test}",
-                     models={**specs, "router": routers["router"]}, engine=engine_config(cfg.concurrency), **common)
-    points = [("draft", None), ("target", None), ("oracle", 0.0)]
-    for policy in THRESHOLDED:
-        points += [(policy, float(t)) for t in thresholds.get(policy, [])]
-    extra = []
-    if cfg.early_k:  # the early router's points: its own router and option, in the same interleaved sweep
-        for t in thresholds["router-early"]:
-            extra.append(RunConfig(policy="router", threshold=float(t),
-                                   out=str(out / "sweep-early" / f"router-{float(t):g}"),
-                                   data=f"testbed:test:{cfg.n_test}", models={"draft": specs["draft"],
-                                                                             "target": specs["target"],
-                                                                             "router": routers["early"]},
-                                   engine=engine_config(cfg.concurrency), policy_options={"decide_after": cfg.early_k},
-                                   **common))
     metrics = run_sweep(base, points, str(out / "sweep"), progress=cfg.progress, report=False, extra=extra)
-    for m in metrics:
-        if m["dir"].startswith(".."):
-            m["policy"] = f"router-k{cfg.early_k}"
+    relabel(metrics, out / "sweep", labels)
     timings["sweep"] = time.perf_counter() - t0
 
     _log("[demo 5/5] report")
@@ -179,15 +207,15 @@ def run_demo(cfg: DemoConfig) -> dict:
         summary["pareto_png"] = str(out / "pareto.png")
     timings["total"] = time.perf_counter() - t_start
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    summary["config"] = {**asdict(cfg), "models": str(models_dir)}
+    summary["config"] = {**asdict(cfg), "models": str(models_dir), "prm": prm}
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_report(summary))
     return summary
 
 
 def cmd_demo(args) -> int:
-    kw = dict(out=args.out, models=args.models, prm=args.prm, threads=args.threads, seed=args.seed,
-              progress=not args.quiet)
+    kw = dict(out=args.out, task=args.task, models=args.models, prm=args.prm, threads=args.threads, seed=args.seed,
+              progress=not args.quiet, evidence=args.evidence)
     for name in ("n_train", "n_test", "concurrency"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
@@ -214,9 +242,15 @@ def register_demo(sub) -> None:
     p.add_argument("--rates", help="escalation rates the thresholds are set for, on training steps "
                                    f"(default: {','.join(map(str, RATES))})")
     p.add_argument("--quick", action="store_true", help="few problems and one rate (a smoke run for CI)")
-    p.add_argument("--models", help="directory with draft/ and target/ (default: the shipped models)")
-    p.add_argument("--prm", default=DEFAULT_PRM,
-                   help="testbed-checker[:FLIP[:SIGMA]] (default: %(default)s, a checker wrong on ~10%% of steps)")
+    p.add_argument("--task", default="phrased", choices=TASKS,
+                   help="phrased: several phrasings per step, a trained PRM (default); plain: one phrasing per step "
+                        "and a noisy checker as PRM (the first testbed, kept so its results reproduce)")
+    p.add_argument("--evidence", action="store_true",
+                   help="the full comparison: also target-only with speculation, assisted generation, a hidden-state "
+                        "probe router, a classifier router, and every step policy without reusing the draft's work")
+    p.add_argument("--models", help="directory with draft/ and target/ (default: the task's shipped models)")
+    p.add_argument("--prm", help="a PRM spec (default: the phrased task's trained PRM; the plain task's "
+                                 f"{DEFAULT_PRM}, a checker wrong on ~10%% of steps)")
     p.add_argument("--concurrency", type=int,
                    help="test problems in flight at once (default: 1, the paper's batch-size-1 latency; --quick: 8)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
@@ -225,4 +259,4 @@ def register_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-__all__ = ["DemoConfig", "run_demo", "register_demo", "DEFAULT_PRM"]
+__all__ = ["DemoConfig", "run_demo", "register_demo", "DEFAULT_PRM", "TASKS"]

@@ -18,9 +18,13 @@ from .task import SEPARATOR, Chain, extract_answer, prompt
 ROLES = ("draft", "target")
 
 
-def default_models_dir() -> Path:
-    """The committed trained models (`draft/`, `target/`, `card.json`), shipped as package data."""
-    return Path(__file__).resolve().parent / "models"
+MODEL_DIRS = {"plain": "models", "phrased": "models_phrased"}
+
+
+def default_models_dir(task: str = "plain") -> Path:
+    """The committed trained models of a task (`draft/`, `target/`, `card.json`; the phrased task also `prm/`),
+    shipped as package data."""
+    return Path(__file__).resolve().parent / MODEL_DIRS[task]
 
 
 def load_model(models_dir: str | Path, role: str):

@@ -14,6 +14,7 @@ from .. import evidence
 from ..results import read_records
 from ..sweep_report import label, latency_at, pareto_frontier
 from . import analysis
+from .demo_points import NO_VERIFY
 
 
 def _point(out: Path, m: dict) -> evidence.Point:
@@ -53,10 +54,27 @@ def summarize(out: Path, metrics: list[dict], cfg, counts: dict, router_eval: di
         return evidence.matched(points[a], points[b], n_boot=n_boot, seed=seed, **kw)
 
     comparisons = {f"router_vs_{b}": vs("router", b) for b in ("rsd", "confidence", "glimpse")}
-    comparisons["router_vs_target"] = vs("router", "target", relative_to_b_accuracy=-0.01)
-    for other in ("rsd", "confidence"):  # the same question asked of the baselines, for context
-        comparisons[f"{other}_vs_target"] = vs(other, "target", relative_to_b_accuracy=-0.01)
-    early = next((p for p in points if p.startswith("router-k")), None)
+    step_policies = [p for p in points if p not in ("draft", "target", "oracle", "assisted", "target+speculation")
+                     and not p.endswith(NO_VERIFY)]
+    for p in step_policies:  # within one point of the target's accuracy, against the target's point
+        comparisons[f"{p}_vs_target"] = vs(p, "target", relative_to_b_accuracy=-0.01)
+        if "assisted" in points:  # token-level speculation alone, at (one point below) its accuracy
+            comparisons[f"{p}_vs_assisted"] = vs(p, "assisted", relative_to_b_accuracy=-0.01)
+        if p + NO_VERIFY in points:  # what reusing the draft's work buys the same policy
+            comparisons[f"{p}_vs_{p}{NO_VERIFY}"] = vs(p, p + NO_VERIFY)
+    for p in ("router-hidden", "router-classifier"):
+        if p in points:
+            comparisons[f"{p}_vs_rsd"] = vs(p, "rsd")
+            comparisons[f"{p}_vs_router"] = vs(p, "router")
+    if "rsd" + NO_VERIFY in points and "router" + NO_VERIFY in points:
+        comparisons["router-noverify_vs_rsd-noverify"] = vs("router" + NO_VERIFY, "rsd" + NO_VERIFY)
+    for p in ("target+speculation", "assisted"):
+        if p in points:
+            comparisons[f"{p}_vs_target"] = vs(p, "target", relative_to_b_accuracy=-0.01)
+    best_vs_target = max((c for k, c in comparisons.items() if k.endswith("_vs_target") and c
+                          and c.get("speedup") is not None and k.split("_vs_")[0] in step_policies),
+                         key=lambda c: c["speedup"], default=None)
+    early = next((p for p in points if p.startswith("router-k") and not p.endswith(NO_VERIFY)), None)
     if early:
         comparisons["early_router_vs_router"] = vs(early, "router")
         comparisons["early_router_vs_target"] = vs(early, "target", relative_to_b_accuracy=-0.01)
@@ -93,18 +111,36 @@ def summarize(out: Path, metrics: list[dict], cfg, counts: dict, router_eval: di
     pooled = {"escalations": sum(w["escalations"] for w in wasted.values()),
               "wasted": sum(w["wasted"] for w in wasted.values())}
     pooled["wasted_fraction"] = pooled["wasted"] / pooled["escalations"] if pooled["escalations"] else None
+    useful = {}  # per policy, pooled over its points: the share of escalations where only the target was right
+    for p in step_policies:
+        per = [analysis.wasted_escalations(read_records(out / "sweep" / m["dir"])) for m in by_policy[p]]
+        n, w = sum(x["escalations"] for x in per), sum(x["wasted"] for x in per)
+        useful[p] = {"escalations": n, "useful": n - w, "useful_share": round((n - w) / n, 4) if n else None}
+    spec = {label(m): m["speculation"] for m in metrics if m.get("speculation")}
+    assisted = by_policy.get("assisted", [None])[0]
+    assisted_acceptance = None
+    if assisted:
+        proposed = assisted["draft_tokens_accepted"] + assisted["draft_tokens_discarded"]
+        assisted_acceptance = {"accepted": assisted["draft_tokens_accepted"], "proposed": proposed,
+                               "rate": round(assisted["draft_tokens_accepted"] / proposed, 4) if proposed else None}
     acc = {p: ms[0]["accuracy"] for p, ms in by_policy.items() if p in ("draft", "target", "oracle")}
     keep = ("policy", "threshold", "n", "accuracy", "accuracy_se", "escalation_rate", "latency_s_mean",
             "latency_s_p50", "target_calls", "draft_tokens_discarded_per_problem", "dir")
     table = [{k: m.get(k) for k in keep} for m in metrics]
     generate = read_records(out / "generate")
     oracle_dir = by_policy.get("oracle", [{}])[0].get("dir")
+    identical = analysis.identical_right_steps(read_records(out / "sweep" / oracle_dir)) if oracle_dir else None
     return {
         "n_test": by_policy["draft"][0]["n"] if "draft" in by_policy else None,
         "n_train": cfg.n_train,
         "draft_accuracy": acc.get("draft"), "target_accuracy": acc.get("target"),
         "cost_ratio": (cost_ratio(by_policy) or {}).get("ratio"), "cost": cost_ratio(by_policy),
         "wasted_rsd_escalations": {"pooled": pooled, "by_threshold": wasted},
+        "useful_escalations": useful,
+        "identical_right_draft_steps": identical,
+        "assisted_acceptance": assisted_acceptance,
+        "speculation": spec,
+        "best_step_policy_vs_target": _brief(best_vs_target),
         **{k: _brief(v) for k, v in comparisons.items()},
         "comparisons": comparisons,
         "discarded_draft_tokens": discarded,
@@ -157,6 +193,25 @@ def format_report(s: dict) -> str:
                 "confidence_vs_target", "early_router_vs_router", "early_router_vs_rsd", "early_router_vs_target"):
         if key in s and s[key] is not None:
             lines.append("latency " + _cmp_line(key.replace("_", " "), s[key]))
+    shown = {"router_vs_rsd", "router_vs_target", "router_vs_confidence", "router_vs_glimpse", "rsd_vs_target",
+             "confidence_vs_target", "early_router_vs_router", "early_router_vs_rsd", "early_router_vs_target"}
+    for key, c in s.get("comparisons", {}).items():
+        if key not in shown and c is not None:
+            lines.append("latency " + _cmp_line(key.replace("_vs_", " vs "), _brief(c)))
+    if s.get("identical_right_draft_steps"):
+        i = s["identical_right_draft_steps"]
+        lines.append(f"right draft steps token-identical to the target's (oracle run): {i['identical_to_target']} of "
+                     f"{i['right_draft_steps']} ({_f(i['share'])})")
+    if s.get("assisted_acceptance"):
+        a = s["assisted_acceptance"]
+        lines.append(f"assisted generation: {a['accepted']} of {a['proposed']} draft tokens accepted ({_f(a['rate'])})")
+    for p, u in (s.get("useful_escalations") or {}).items():
+        lines.append(f"useful escalations (only the target right, exact checker) {p}: {u['useful']} of "
+                     f"{u['escalations']} ({_f(u['useful_share'])})")
+    for p, sp in (s.get("speculation") or {}).items():
+        lines.append(f"reuse of the draft in {p}: kept {_f(sp.get('acceptance_rate'))} of verified tokens, "
+                     f"{_f(sp.get('draft_acceptance_rate'))} of in-step proposals, "
+                     f"{_f(sp.get('tokens_per_target_forward'), '.2f')} tokens per target forward")
     d = s.get("discarded_draft_tokens")
     if d:
         per = d["per_problem"]
