@@ -4,8 +4,9 @@
 The server runs as its own process (`arbitrage serve`, one torch thread), on the testbed's shipped models
 in-process (a policy and PRM without a trained router: `rsd` with the noisy checker by default). In this process:
 
-1. overhead: the same problems, one at a time, (a) through the engine directly (the same models, loaded here,
-   one torch thread) and (b) as HTTP requests to the server (the `openai` client), alternating problem by problem;
+1. overhead: the same problems, one at a time, (a) submitted to one long-lived engine serving in the background, as
+   the server's is (the same models, loaded here, one torch thread) and (b) as HTTP requests to the server (the
+   `openai` client), alternating problem by problem;
    ratio = mean server latency / mean engine latency (goal <= 1.05);
 2. throughput: N requests with 1, 8 and 64 in flight (an async client), problems/s and mean latency.
 
@@ -73,9 +74,13 @@ def main(argv=None) -> dict:
         policy = make_policy(a.policy, a.threshold)
         cfg = EngineConfig(max_steps=10, max_step_tokens=48, max_total_tokens=320, concurrency=1)
         probs = make_problems("test", a.overhead_problems, seed=7)
+        # The direct side is what the server wraps: one long-lived engine serving in the background (its own
+        # thread), problems submitted to it one at a time, so both sides pay the same engine start-up (once).
+        direct = Engine(policy, models, cfg)
+        direct.start()
         for p in probs[:3]:  # warm-up both sides
             client.completions.create(model="arbitrage", prompt=p.prompt)
-            Engine(policy, models, cfg).run([Problem("w" + p.id, p.prompt, p.prompt)], lambda r: None)
+            direct.submit(Problem("w" + p.id, p.prompt, p.prompt)).wait()
         engine_s, server_s, same = [], [], 0
         for i, p in enumerate(probs):
             done = []
@@ -83,13 +88,14 @@ def main(argv=None) -> dict:
             for side in order:
                 if side == "engine":
                     t0 = time.perf_counter()
-                    Engine(policy, models, cfg).run([Problem(f"e{i}", p.prompt, p.prompt)], done.append)
+                    done.append(direct.submit(Problem(f"e{i}", p.prompt, p.prompt)).wait())
                     engine_s.append(time.perf_counter() - t0)
                 else:
                     t0 = time.perf_counter()
                     text = client.completions.create(model="arbitrage", prompt=p.prompt).choices[0].text
                     server_s.append(time.perf_counter() - t0)
             same += text == done[0].solution
+        direct.stop()
         ratio = paired_ratio_ci(server_s, engine_s)
         per = [s / e for s, e in zip(server_s, engine_s)]
         report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
