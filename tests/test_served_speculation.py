@@ -86,13 +86,15 @@ def proposals(plain: list, tok) -> list[Step]:
     """The target's own steps, the same steps with one token changed part-way, and unrelated text."""
     out = []
     for k, g in enumerate(plain):
-        ids = list(g.token_ids) + ([tok.eos_token_id] if g.stop == "eos" else [])
-        if k % 3 == 1 and len(ids) > 4:
-            ids[len(ids) // 2] = tok.convert_tokens_to_ids("7") if ids[len(ids) // 2] != tok.convert_tokens_to_ids("7") \
-                else tok.convert_tokens_to_ids("3")
+        step = Step("draft", g.text, g.stop, len(g.token_ids))
+        ids = list(tok(g.text, add_special_tokens=False)["input_ids"])
+        if k % 3 == 1 and len(ids) > 4:  # one token changed part-way
+            seven, three = tok.convert_tokens_to_ids("7"), tok.convert_tokens_to_ids("3")
+            ids[len(ids) // 2] = seven if ids[len(ids) // 2] != seven else three
+            step = Step("draft", tok.decode(ids), g.stop, len(ids))
         if k % 3 == 2:
-            ids = list(tok("x = 1 + 1 = 2" + SEP, add_special_tokens=False)["input_ids"])
-        out.append(Step("draft", tok.decode(ids).split(SEP)[0], "separator", len(ids)))
+            step = Step("draft", "x = 1 + 1 = 2", "separator", 9)
+        out.append(step)
     return out
 
 

@@ -120,19 +120,21 @@ async def verified_step(gen: "OpenAICompletionsGenerator", req: GenerationReques
 
 
 def _ended(gen: "OpenAICompletionsGenerator", ids: list[int], limit: int) -> Generation | None:
-    """The step, when it ends within these committed tokens (eos, the separator, or the token limit)."""
+    """The step, when it ends within these committed tokens (at the first eos, separator or the token limit,
+    token by token as the server would have stopped)."""
     eos = gen.tokenizer.eos_token_id
-    if eos is not None and ids[-1] == eos:
-        body = ids[:-1]
-        return Generation(text=gen.tokenizer.decode(body), stop="eos", token_ids=body, logprobs=None,
-                          extras={"generator": gen.name})
-    text = gen.tokenizer.decode(ids)
-    cut = text.find(gen.separator)
-    if cut >= 0:
-        step = text[:cut]
-        return Generation(text=step, stop="separator", token_ids=list(gen._encode(step + gen.separator, False)),
-                          logprobs=None, extras={"generator": gen.name})
-    if len(ids) >= limit:
-        return Generation(text=text, stop="length", token_ids=list(ids), logprobs=None,
-                          extras={"generator": gen.name})
+    for j in range(len(ids)):
+        if eos is not None and ids[j] == eos:
+            body = ids[:j]
+            return Generation(text=gen.tokenizer.decode(body), stop="eos", token_ids=body, logprobs=None,
+                              extras={"generator": gen.name})
+        text = gen.tokenizer.decode(ids[:j + 1])
+        cut = text.find(gen.separator)
+        if cut >= 0:
+            step = text[:cut]
+            return Generation(text=step, stop="separator", token_ids=list(gen._encode(step + gen.separator, False)),
+                              logprobs=None, extras={"generator": gen.name})
+        if j + 1 >= limit:
+            return Generation(text=text, stop="length", token_ids=list(ids[:j + 1]), logprobs=None,
+                              extras={"generator": gen.name})
     return None
