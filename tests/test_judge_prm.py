@@ -9,7 +9,7 @@ import pytest
 
 from arbitrage.errors import BackendError, ConfigError
 from arbitrage.protocols import StepScorer
-from arbitrage.scoring.judge_prm import JudgePRM, judge_score, top_logprobs, verdict_of
+from arbitrage.backends.judge_prm import JudgePRM, judge_score, top_logprobs, verdict_of
 from arbitrage.types import ScoreRequest, Step
 
 URL = "http://127.0.0.1:9"  # never contacted

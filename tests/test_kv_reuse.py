@@ -28,7 +28,7 @@ def generators(tiny_dir, reuse, **kw):
     return d, t
 
 
-def run_alternating(tiny_dir, reuse, concurrency=4, **kw):
+def run_alternating(tiny_dir, reuse, concurrency=4, verify=True, **kw):
     """The router policy with a router that escalates every other step: both models extend each context."""
 
     d, t = generators(tiny_dir, reuse, **kw)
@@ -36,7 +36,8 @@ def run_alternating(tiny_dir, reuse, concurrency=4, **kw):
         g.eos_ids = set()
     done = []
     Engine(make_policy("router", 0.5), Models(draft=d, target=t, router=EveryOtherRouter()),
-           EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency)).run(problems(), done.append)
+           EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency, verify=verify)).run(problems(),
+                                                                                              done.append)
     return {r.problem.id: [(s.author, s.text, s.stop) for s in r.steps] for r in done}, d, t
 
 
@@ -79,7 +80,7 @@ def test_each_step_prefills_only_the_new_tokens(tiny_dir, monkeypatch):
 
     monkeypatch.setattr(SlotStore, "put", spy_put)
     monkeypatch.setattr(HFGenerator, "generate", spy_generate)
-    run_alternating(tiny_dir, True, concurrency=2)
+    run_alternating(tiny_dir, True, concurrency=2, verify=False)  # verification prefills the proposal too
     assert len(calls) > 2 * len(QUESTIONS)
     for name, before, ids, computed in calls:
         reusable = min(common_prefix(before, ids), len(ids) - 1)
@@ -100,7 +101,7 @@ def test_without_reuse_every_step_prefills_the_whole_context(tiny_dir, monkeypat
         return out
 
     monkeypatch.setattr(HFGenerator, "generate", spy_generate)
-    run_alternating(tiny_dir, False, concurrency=1)
+    run_alternating(tiny_dir, False, concurrency=1, verify=False)  # verification prefills the proposal too
     assert all(computed == n for n, computed in seen)
     assert max(n for n, _ in seen) > 20
 

@@ -222,9 +222,9 @@ def test_threads_default_follows_the_machine(capsys):
 
 
 def test_an_unreachable_hub_fails_at_once_and_says_what_to_do(monkeypatch):
-    from arbitrage.backends import hf
+    from arbitrage.backends import hf, hub
 
-    monkeypatch.setattr(hf, "_hub_reachable", False)
+    monkeypatch.setattr(hub, "_hub_reachable", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     t0 = time.time()
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):

@@ -184,3 +184,21 @@ def test_router_training_under_torchrun_matches_one_process(tmp_path):
     one = evaluate_router(str(tmp_path / "one"), str(tmp_path / "data"))
     ddp = evaluate_router(str(tmp_path / "ddp"), str(tmp_path / "data"))
     assert ddp["roc_auc"] > 0.7 and abs(ddp["roc_auc"] - one["roc_auc"]) <= 0.05, (one["roc_auc"], ddp["roc_auc"])
+
+
+def test_replicas_health_probes_every_replica():
+    from arbitrage.backends.replicas import Replicas
+
+    class Replica:
+        def __init__(self, state):
+            self.state = state
+
+        def health(self):
+            return self.state
+
+        def release(self, key):
+            pass
+
+    assert Replicas([Replica("up"), Replica("up")]).health() == "up"
+    assert Replicas([Replica("up"), Replica("down")]).health() == "degraded"
+    assert Replicas([Replica("down"), Replica("down")]).health() == "down"

@@ -14,7 +14,7 @@ import time
 
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
 from arbitrage.data import format_prompt
-from arbitrage.scoring.judge_prm import JudgePRM
+from arbitrage.backends.judge_prm import JudgePRM
 from arbitrage.types import GenerationRequest, ScoreRequest, Step
 
 Q = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips to her friends "

@@ -87,13 +87,10 @@ class _Lane:
 
 class Engine:
     def __init__(self, policy: Policy, models: Models, config: EngineConfig | None = None,
-                 clock: Callable[[], float] = time.perf_counter, record_features: bool | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
                  on_call: Callable[[str, int, float, float], None] | None = None, isolate_failures: bool = False):
         models.check(policy)
         self.policy, self.models, self.config, self.clock = policy, models, config or EngineConfig(), clock
-        # Per-token draft features (log-probs, entropies) are what probe routers learn from: keep them in the
-        # records of `generate` runs, where router training data comes from.
-        self.record_features = policy.name == "generate" if record_features is None else record_features
         self.on_call = on_call  # (role, batch size, start, end) of every batched call, for benchmarks
         # A serving engine fails only the problem a model call failed for (a batch that fails is retried one
         # problem at a time to find it) and keeps serving the others; `run()` stops at the first failure.
@@ -416,7 +413,7 @@ class Engine:
             st.pending = st.coro.send(value)
         except StopIteration as stop:
             st.pending = None
-            commit(st, stop.value, self.config, self.record_features)
+            commit(st, stop.value, self.config, st.policy.records_features)
             if st.finish is None:
                 self._next_step(st)
 

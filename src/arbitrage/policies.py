@@ -110,6 +110,9 @@ class Policy:
     threshold_range: ClassVar[tuple[float, float] | None] = None
     default_threshold: ClassVar[float | None] = None
     summary: ClassVar[str] = ""
+    # Keep the draft's per-token features (log-probs, entropies, hidden state) in the records: what probe routers
+    # learn from, so the policies that produce router training data say so.
+    records_features: ClassVar[bool] = False
     threshold: float | None = None
 
     def decide(self) -> Decide:  # pragma: no cover - interface
@@ -265,6 +268,7 @@ class Generate(Policy):
 
     name, needs = "generate", frozenset({"draft", "target", "prm"})
     summary = "both write, both are scored, everything is recorded (router training data)"
+    records_features = True
 
     def __init__(self, target_samples: int = 1):
         if target_samples < 1:

@@ -5,14 +5,17 @@ A *generator* writes steps (draft and target), a *step scorer* is a PRM, a *rout
 requests at once, so in-process backends can run one batched forward pass and server backends can send the
 requests concurrently. `release(key)` drops what a backend kept for a problem.
 
-Optional members the engine looks for through `capabilities()` rather than by sniffing types:
+Optional members the engine reads through the helpers at the end of this module (`lane_of`, `lane_capacity`,
+`can_cancel`, `health_of`) rather than by checking types:
 - `cancel(key)`: stop work in flight for a problem (a server request, a row of a batched decode);
 - `lane`: models with the same lane never run at the same time (in-process models on one device share one,
   so they do not oversubscribe its threads); by default every model is its own lane;
 - `max_concurrent_calls`: how many calls a model's lane takes at once (a server client sends each call's
   requests concurrently and the server batches them: a new call need not wait for the last); default 1;
 - a router's `draft_features`: what it reads from the draft's step (e.g. "last_hidden"), so the draft can be
-  asked to compute it.
+  asked to compute it;
+- `health()`: "up", "down" or "degraded" (some replicas down) for a model on servers; a model without it is
+  in-process and always answers.
 """
 
 from __future__ import annotations
@@ -79,3 +82,9 @@ def lane_capacity(model) -> int:
 
 def can_cancel(model) -> bool:
     return callable(getattr(model, "cancel", None))
+
+
+def health_of(model) -> str:
+    """"in-process", or what the model's own `health()` says about its servers."""
+    check = getattr(model, "health", None)
+    return check() if callable(check) else "in-process"

@@ -10,7 +10,7 @@ pipeline, and adding a PRM kind, a router kind or a data source touches no core 
         registry.add_loader("prm", "my-prm", lambda spec: spec.startswith("my-prm:"), load_my_prm)
 
 Loaders are tried by priority (highest first), then in registration order; the first whose `matches(spec)` is
-true loads the model: `load(spec, role, options)`. The generic local-directory / hub-id loaders match
+true loads the model: `load(spec, role, options, separator)` (`options`: the run's `factory.ModelOptions`). The generic local-directory / hub-id loaders match
 everything at the lowest priority, so more specific ones win.
 """
 
@@ -33,7 +33,7 @@ class Loader:
     kind: str                           # generator | prm | router | data
     name: str                           # shown in errors and help
     matches: Callable[[str], bool]
-    load: Callable[..., Any]            # (spec, role, options) for models; (spec, **options) for data
+    load: Callable[..., Any]            # (spec, role, options, separator) for models; (spec, **options) for data
     priority: int = 0
     help: str = ""
 

@@ -22,7 +22,9 @@ from .results import write_json_atomic
 
 X, Y = "latency_s_mean", "accuracy"
 # What the router is compared against, if present.
-BASELINES = ("rsd", "target", "specreason", "assisted", "confidence", "confidence-min", "glimpse")
+# Not compared with the router at matched accuracy: the draft alone (below every policy's accuracy) and the oracle
+# (an upper bound that calls both models at every step). Every other policy of a sweep is a baseline.
+NOT_BASELINES = ("router", "draft", "oracle")
 EPS = 1e-9
 
 
@@ -104,8 +106,8 @@ def summarize(points: Sequence[dict]) -> dict:
         m.setdefault("accuracy_se", math.sqrt(m[Y] * (1 - m[Y]) / m["n"]) if m.get("n") else 0.0)
         by_policy.setdefault(m["policy"], []).append(m)
     fronts = {name: pareto_frontier(ms) for name, ms in by_policy.items()}
-    comparisons = [compare("router", fronts["router"], b, fronts[b]) for b in BASELINES
-                   if "router" in fronts and b in fronts]
+    comparisons = [compare("router", fronts["router"], b, fronts[b]) for b in fronts
+                   if "router" in fronts and b not in NOT_BASELINES]
     notes = []
     if "router" not in fronts:
         notes.append("no router points: no matched-accuracy comparison")

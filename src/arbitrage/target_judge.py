@@ -9,7 +9,7 @@ between two integers still separates steps.
 
 Backends implement `judge(requests: Sequence[JudgeRequest]) -> list[float]` (in-process: backends/hf.py;
 servers: backends/openai_compat.py via top log-probs of a one-token completion). (Not to be confused with
-`scoring.judge_prm`, a PRM made of a served LM asked "is this step correct?".)
+`backends.judge_prm`, a PRM made of a served LM asked "is this step correct?".)
 """
 
 from __future__ import annotations

@@ -144,6 +144,21 @@ def context_text(prompt: str, steps: Sequence[Step], separator: str) -> str:
     return prompt + "".join(s.context_text(separator) for s in steps)
 
 
+def context_ids(encode, owner: str, separator: str, prompt: str, steps: Sequence[Step],
+                prefix: Step | None = None) -> list[int]:
+    """The token ids a model named `owner` reads for this context: the prompt with special tokens, then each
+    step: the owner's own ids when it wrote the step, else the step's text re-tokenized; then a partial step
+    (`prefix`) it is continuing. `encode(text, special)`. The in-process and the served backends both build
+    contexts here, so a served model sees exactly what the same model in-process would."""
+    ids = list(encode(prompt, True))
+    for step in steps:
+        own = step.token_ids is not None and step.extras.get("generator") == owner
+        ids += step.token_ids if own else encode(step.context_text(separator), False)
+    if prefix is not None:
+        ids += prefix.token_ids if prefix.token_ids else encode(prefix.text, False)
+    return ids
+
+
 def request_seed(seed: int, key: str, step_index: int, sample: int = 0) -> int:
     """The sampling seed of one request: the same problem, step and sample always get the same seed, in-process
     and on a server alike (31 bits, which every server accepts)."""

@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import httpx
 
-from ..errors import BackendError, ModelLoadError
+from .hub import load_tokenizer  # noqa: F401  (the one loader; server backends import it from here)
+from ..errors import BackendError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,6 +165,22 @@ class HttpClient:
             return await asyncio.gather(*coros)
         return list(run_sync(go())) if coros else []
 
+    def answers(self, timeout: float = 1.0) -> bool:
+        """Whether the server answers a health or model-listing request within `timeout` (no retries: for
+        /health checks)."""
+        import httpx
+
+        for path in ("/health", "/v1/models"):
+            try:
+                if httpx.get(self.root + path, timeout=timeout).status_code < 500:
+                    return True
+            except httpx.HTTPError:
+                continue
+        return False
+
+    def health(self) -> str:
+        return "up" if self.answers() else "down"
+
     def probe(self, paths: Sequence[str] = ("/v1/models", "/health"), retries: int = 2) -> Any:
         """Check at start that the server answers: the first path that answers 2xx wins. A clear error naming
         the URL when none does."""
@@ -207,17 +224,3 @@ def _body_excerpt(resp: httpx.Response, limit: int = 300) -> str:
         text = resp.text
     text = " ".join(text.split())
     return text[:limit] + ("..." if len(text) > limit else "")
-
-
-def load_tokenizer(path_or_id: str):
-    """The local tokenizer of a served model (server backends tokenize on this side)."""
-    import os
-
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(os.path.expanduser(path_or_id))
-    except Exception as exc:  # transformers raises many kinds; the user needs the id and the cause
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"cannot load the tokenizer {path_or_id!r} (give a local model directory or a "
-                             f"Hugging Face id): {first}") from exc

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from ..errors import BackendError, ModelLoadError
 from ..types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Sampling, StopReason,
-                     context_text, request_seed)
+                     context_ids, context_text, request_seed)
 from .http_common import HttpClient, event_loop, load_tokenizer
 from .server_answers import (_entropies, _logprobs, first_token_top_logprobs, normalize_finish,  # noqa: F401
                              per_token_top_logprobs)
@@ -100,13 +100,7 @@ class OpenAICompletionsGenerator:
         prefix = req.prefix
         if self.tokenizer is None:
             return context_text(req.prompt, req.steps, self.separator) + (prefix.text if prefix else "")
-        ids = list(self._encode(req.prompt, True))
-        for step in req.steps:
-            own = step.token_ids is not None and step.extras.get("generator") == self.name
-            ids += step.token_ids if own else self._encode(step.context_text(self.separator), False)
-        if prefix is not None:
-            ids += prefix.token_ids if prefix.token_ids else self._encode(prefix.text, False)
-        return ids
+        return context_ids(self._encode, self.name, self.separator, req.prompt, req.steps, prefix)
 
     def payload(self, req: GenerationRequest) -> dict:
         temp, top_p, seed = (req.sampling or Sampling()).over(self.temperature, self.top_p, self.seed)
@@ -254,6 +248,9 @@ class OpenAICompletionsGenerator:
             raise BackendError(f"{self.http.kind} at {self.http.url(path)} answered a judge request without top "
                                f"log-probs ({exc}); body starts {str(resp)[:200]}") from exc
         return expected_digit(merge_digit_logprobs(pairs))
+
+    def health(self) -> str:
+        return self.http.health()
 
     def release(self, key: str) -> None:
         """Nothing to drop: the server's prefix cache does this work."""

@@ -152,7 +152,16 @@ class _PoolingClient:
 
 # --- PRM and router ---------------------------------------------------------------------------------------
 
-class PoolingPRM:
+class _Served:
+    """What both served scorers answer about their server."""
+
+    client: "_PoolingClient"
+
+    def health(self) -> str:
+        return self.client.http.health()
+
+
+class PoolingPRM(_Served):
     """A StepScorer on a served PRM. For a 2-label token classifier: vLLM `--runner pooling`, route "pooling".
     For a value-head PRM served through an embeddings plugin (Skywork's): route "embeddings", num_labels=1."""
 
@@ -190,7 +199,7 @@ class PoolingPRM:
         self.client.close()
 
 
-class PoolingRouter:
+class PoolingRouter(_Served):
     """A Router on a served 2-label token classifier (vLLM `--runner pooling`); y_hat = P(class 1) at the
     last token. `separator` / `author_tags` default to what the router was trained with (arbitrage_router.json
     beside its tokenizer), else "\\n\\n" and True."""

@@ -121,6 +121,14 @@ class Replicas:
         if i is not None and callable(getattr(self.replicas[i], "cancel", None)):
             self.replicas[i].cancel(key)
 
+    def health(self) -> str:
+        """"up" when every replica answers, "degraded" when some do (requests go to those), "down" when none."""
+        from ..protocols import health_of
+
+        states = [health_of(r) for r in self.replicas]
+        up = sum(s in ("up", "in-process") for s in states)
+        return "up" if up == len(states) else "degraded" if up else "down"
+
     def close(self) -> None:
         for r in self.replicas:
             if callable(getattr(r, "close", None)):

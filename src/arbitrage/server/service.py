@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from ..engine import Engine, EngineConfig, Limits, Models, ProblemResult
 from ..errors import ConfigError
 from ..policies import Policy, make_policy
+from ..protocols import health_of
 from ..records import SPECULATION_COUNTS
 from ..types import Problem
 from .metrics import ServerMetrics
@@ -206,18 +207,5 @@ class Service:
         the engine runs ("engine": "down" once it stopped on an error)."""
         status = {"engine": "up" if self.engine.alive else "down"}
         for role, model in self.models.all():
-            http = getattr(model, "http", None) or getattr(getattr(model, "client", None), "http", None)
-            status[role] = "in-process" if http is None else ("up" if _answers(http.root) else "down")
+            status[role] = health_of(model)
         return status
-
-
-def _answers(root: str, timeout: float = 1.0) -> bool:
-    import httpx
-
-    for path in ("/health", "/v1/models"):
-        try:
-            if httpx.get(root + path, timeout=timeout).status_code < 500:
-                return True
-        except httpx.HTTPError:
-            continue
-    return False

@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..backends.http_common import HttpClient
-from ..backends.openai_compat import first_token_top_logprobs
+from .http_common import HttpClient
+from .openai_compat import first_token_top_logprobs
 from ..errors import BackendError, ConfigError
 from ..types import ScoreRequest, Step
 
@@ -120,6 +120,10 @@ class JudgePRM:
         self.name = name or f"judge:{self.http.root}"
         self.n_calls = 0
         self.n_undecided = 0  # candidates where neither verdict was among the top-k (scored 0.5)
+
+
+    def health(self) -> str:
+        return self.http.health()
 
     def prompt(self, question: str, steps: Sequence[Step], candidate: Step) -> str:
         texts = [s.text.strip() for s in steps]
