@@ -27,7 +27,7 @@ def _generator(spec: str, role: str, opts: ModelOptions, separator: str):
 
 
 def _judge_prm(spec: str, role: str, opts: ModelOptions, separator: str):
-    from .scoring.judge_prm import JudgePRM
+    from .backends.judge_prm import JudgePRM
 
     return JudgePRM(spec.split(":", 1)[1], model=(opts.served_names or {}).get("prm"), separator=separator,
                     api=opts.server_api, concurrency=opts.server_concurrency)
