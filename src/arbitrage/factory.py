@@ -31,6 +31,7 @@ class ModelOptions:
     fast_decode: bool = False       # in-process generators: static KV cache + compiled decode (static_kv.py)
     static_slots: int = 8           # problems a fast-path generator holds at once (set to the engine's concurrency)
     static_len: int = 4096          # tokens per problem in the static cache
+    extra: dict | None = None       # settings that plugin loaders declare (registry.add_loader(options=...))
 
 
 def is_url(spec: str) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Generator
 
 from .errors import ConfigError
+from .options import Option
 from .types import Step
 
 
@@ -113,6 +114,9 @@ class Policy:
     # Keep the draft's per-token features (log-probs, entropies, hidden state) in the records: what probe routers
     # learn from, so the policies that produce router training data say so.
     records_features: ClassVar[bool] = False
+    # The policy's own settings beyond the threshold (flags of run/sweep/serve, request fields of the server);
+    # `__init__` takes each as a keyword argument.
+    options: ClassVar[tuple[Option, ...]] = ()
     threshold: float | None = None
 
     def decide(self) -> Decide:  # pragma: no cover - interface
@@ -163,6 +167,8 @@ class TargetOnly(Policy):
     decoding, lossless); without it the draft is never called."""
 
     name, needs, summary = "target", frozenset({"target"}), "the target writes every step"
+    options = (Option("speculate", bool, False, "let the draft propose tokens inside the target's steps "
+                                                "(token-level speculative decoding, lossless; needs a draft)"),)
 
     def __init__(self, speculate: bool = False):
         self.speculate = speculate
@@ -202,13 +208,13 @@ class RouterPolicy(ThresholdPolicy):
     name, needs = "router", frozenset({"draft", "target", "router"})
     threshold_range, default_threshold = (0.0, 1.0), 0.5
     summary = "Arbitrage: the target regenerates iff the router's y_hat > tau"
+    options = (Option("decide_after", int, None, "decide after the draft's first K tokens of each step (a router "
+                                                 "trained with `router build-data --decide-after K`); an escalated "
+                                                 "step then discards only K draft tokens", minimum=1),)
 
     def __init__(self, threshold: float | None = None, decide_after: int | None = None):
         super().__init__(threshold)
-        if decide_after is not None and decide_after < 1:
-            raise ConfigError("--decide-after must be at least 1 token", "decide_after",
-                              "'decide_after' must be at least 1 token")
-        self.decide_after = decide_after
+        self.decide_after = self.options[0].check(decide_after)
 
     def describe(self) -> str:
         base = super().describe()
@@ -269,12 +275,11 @@ class Generate(Policy):
     name, needs = "generate", frozenset({"draft", "target", "prm"})
     summary = "both write, both are scored, everything is recorded (router training data)"
     records_features = True
+    options = (Option("target_samples", int, 1, "N target steps per context, all scored and recorded (use "
+                                                "--temperature > 0)", minimum=1, request=False),)
 
     def __init__(self, target_samples: int = 1):
-        if target_samples < 1:
-            raise ConfigError("--target-samples must be at least 1", "target_samples",
-                              "'target_samples' must be at least 1")
-        self.target_samples = target_samples
+        self.target_samples = self.options[0].check(target_samples)
 
     def decide(self) -> Decide:
         d = yield Draft()
@@ -300,15 +305,13 @@ def make_policy(name: str, threshold: float | None = None, **options) -> Policy:
     """Build a registered policy by name, checking its threshold against the range the policy declares."""
     from .registry import registry
 
-    import inspect
-
     cls = registry().policy(name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "threshold"}
-    stray = [k for k, v in options.items() if v is not None and k not in accepted]
+    declared = {o.name: o for o in cls.options}
+    stray = [k for k, v in options.items() if v is not None and k not in declared]
     if stray:
         raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}", stray[0],
                           f"'{stray[0]}' does not apply to policy {name!r}")
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: declared[k].check(v) for k, v in options.items() if v is not None}
     if cls.threshold_range is None:
         cls.check_threshold(threshold)  # raises when a threshold is given
         return cls(**options)

@@ -36,6 +36,7 @@ class Loader:
     load: Callable[..., Any]            # (spec, role, options, separator) for models; (spec, **options) for data
     priority: int = 0
     help: str = ""
+    options: tuple = ()                 # the loader's own settings (options.Option), read from ModelOptions.extra
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ class Registry:
 
     # --- registering ------------------------------------------------------------------------------------
     def add_loader(self, kind: str, name: str, matches: Callable[[str], bool], load: Callable[..., Any],
-                   priority: int = 0, help: str = "") -> None:
+                   priority: int = 0, help: str = "", options: tuple = ()) -> None:
+        """`options`: settings of this loader's models (options.Option); run/sweep/serve give each a flag and
+        the loader finds the values in `ModelOptions.extra` (by option name)."""
         if kind not in KINDS:
             raise ValueError(f"loader kind must be one of {KINDS}, not {kind!r}")
-        self.loaders[kind].append(Loader(kind, name, matches, load, priority, help))
+        self.loaders[kind].append(Loader(kind, name, matches, load, priority, help, tuple(options)))
         self.loaders[kind].sort(key=lambda lo: -lo.priority)  # stable: registration order within a priority
 
     def add_policy(self, cls: type) -> None:
@@ -98,6 +101,18 @@ class Registry:
 
     def runner(self, name: str) -> Runner | None:
         return self.runners.get(name)
+
+    def policy_options(self) -> dict:
+        """Every option a registered policy declares: name -> (Option, [policies that take it])."""
+        from .options import merged
+
+        return merged((name, cls.options) for name, cls in self.policies.items())
+
+    def loader_options(self) -> dict:
+        """Every setting a registered model loader declares: name -> (Option, [loaders that take it])."""
+        from .options import merged
+
+        return merged((lo.name, lo.options) for kind in ("generator", "prm", "router") for lo in self.loaders[kind])
 
     def thresholded(self) -> dict[str, tuple[float, float]]:
         """Policies that take a threshold, with their ranges."""

@@ -108,10 +108,8 @@ def _point_config(base: RunConfig, policy: str, threshold: float | None, out_dir
 
 
 def _takes(policy: str, option: str) -> bool:
-    import inspect
-
     cls = registry().policies.get(policy)
-    return cls is not None and option in inspect.signature(cls.__init__).parameters
+    return cls is not None and any(o.name == option for o in cls.options)
 
 
 def _needs(cfg: RunConfig) -> frozenset[str]:
