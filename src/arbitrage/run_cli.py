@@ -141,6 +141,14 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
     if not separator:
         raise ConfigError("--separator must not be empty")
     thr = args.threshold if threshold is None else threshold
+    if getattr(args, "calibration", None):  # the policy and threshold `arbitrage calibrate` chose
+        from .calibrate import chosen_from_file
+
+        policy, thr = chosen_from_file(args.calibration, policy or args.policy, thr,
+                                       {"draft": args.draft, "target": args.target, "prm": args.prm,
+                                        "router": args.router})
+    if not (policy or args.policy):
+        raise ConfigError("give --policy (or --calibration FILE from `arbitrage calibrate`)")
     if thr is not None and not math.isfinite(thr):
         raise ConfigError("--threshold must be a finite number")
     if args.threads is not None and args.threads < 1:
@@ -205,9 +213,13 @@ def register(sub) -> None:
     from .registry import registry
 
     policies = registry().policies
-    p.add_argument("--policy", required=True, choices=list(policies) + list(registry().runners),
-                   help="; ".join(f"{n}: {c.summary}" for n, c in policies.items()))
+    p.add_argument("--policy", choices=list(policies) + list(registry().runners),
+                   help="; ".join(f"{n}: {c.summary}" for n, c in policies.items()) +
+                        " (required unless --calibration gives it)")
     p.add_argument("--threshold", type=float, help=_threshold_help())
+    p.add_argument("--calibration", metavar="JSON",
+                   help="take the policy and threshold from the calibration.json `arbitrage calibrate` wrote (an "
+                        "explicit --policy or --threshold must agree with it)")
     p.add_argument("--decide-after", type=int, metavar="K",
                    help="router: decide after the draft's first K tokens of each step (a router trained with "
                         "`router build-data --decide-after K`); an escalated step then discards only K draft tokens")

@@ -28,7 +28,9 @@ def cmd_serve(args) -> int:
     from .server.service import Service
 
     quiet_libraries(True)
-    cfg = config_from_args(args, out="-")
+    if args.policy is None and not args.calibration:
+        args.policy = "router"
+    cfg = config_from_args(args, out="-")  # applies --calibration
     if args.max_concurrency < 1:
         raise ConfigError("--max-concurrency must be at least 1")
     cfg.engine.concurrency = args.max_concurrency
@@ -74,9 +76,13 @@ def register(sub) -> None:
                        description="Serve step-level speculative reasoning behind /v1/completions and "
                                    "/v1/chat/completions (streamed step by step), with /v1/models, /health and "
                                    "/metrics.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="router", choices=list(registry().policies),
-                   help="the default policy (a request may pick another; default: %(default)s)")
+    p.add_argument("--policy", choices=list(registry().policies),
+                   help="the default policy (a request may pick another; default: router, or the one in "
+                        "--calibration)")
     p.add_argument("--threshold", type=float, help="the default policy's tau (default: the policy's own)")
+    p.add_argument("--calibration", metavar="JSON",
+                   help="the default policy and threshold from the calibration.json `arbitrage calibrate` wrote (an "
+                        "explicit --policy or --threshold must agree with it)")
     p.add_argument("--decide-after", type=int, metavar="K", help="router: decide after the draft's first K tokens")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
