@@ -109,9 +109,10 @@ def register(registry) -> None:
     for cls in BUILTIN_POLICIES:
         registry.add_policy(cls)
 
-    from . import calibrate_cli, run_cli, serve_cli, sweep_cli
+    from . import calibrate_cli, run_cli, serve_cli, sweep_cli, view
 
     registry.add_command("run", run_cli.register)
     registry.add_command("sweep", sweep_cli.register)
     registry.add_command("serve", serve_cli.register)
     registry.add_command("calibrate", calibrate_cli.register)
+    registry.add_command("view", view.register)

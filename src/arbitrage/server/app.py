@@ -5,18 +5,25 @@
   policy, threshold, max_steps (and decide_after) per request. Streaming sends one chunk per accepted step,
   then a chunk with the finish reason (and, if asked, one with the usage). `usage` adds the step accounting
   (draft_tokens, target_tokens, discarded_draft_tokens, steps, escalated_steps) to OpenAI's fields.
-- GET /v1/models, GET /health (503 while a backend is down), GET /metrics (Prometheus).
+  Each streamed step's chunk carries an extra field `arbitrage` (who wrote the step, whether it was escalated,
+  its scores, the discarded draft proposal, tokens, seconds, speculation); the finish chunk's says the latency.
+- GET /v1/models (with the policies this server can run and their threshold ranges), GET /health (503 while a
+  backend is down), GET /metrics (Prometheus).
+- GET /: a page (static/, no build step, works offline) that streams an answer step by step, coloured by author.
 Bad input gets a 400 naming the field (404 for an unknown model); a client that disconnects cancels its work.
 """
 
 import asyncio
 import json
+import math
+import os
 import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..registry import registry
@@ -24,6 +31,7 @@ from .requests import RequestError, parse_request
 from .service import FINISH, Service
 
 DISCONNECT_POLL_S = 0.25
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")  # the page's HTML, JS and CSS
 
 
 def create_app(service: Service) -> FastAPI:
@@ -65,9 +73,18 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
+        default = service.default_policy
         return {"object": "list", "data": [{"id": service.served_name, "object": "model",
                                             "created": int(service.started), "owned_by": "arbitrage",
-                                            "policy": service.default_policy.describe()}]}
+                                            "policy": default.describe(),
+                                            "default_policy": {"name": default.name, "threshold": default.threshold},
+                                            "policies": _servable_policies(service)}]}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def page():
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
 
     @app.get("/health")
     async def health():
@@ -194,11 +211,13 @@ async def _stream(request: Request, service: Service, ticket, queue: asyncio.Que
             kind = event[0]
             if kind == "step":
                 step = event[2]
-                yield _sse(chunk(step.context_text(sep), None, first))
+                yield _sse(dict(chunk(step.context_text(sep), None, first), arbitrage=_step_details(event[1])))
                 first = False
             elif kind == "done":
                 result = event[1]
-                yield _sse(chunk(None if chat else "", FINISH[result.finish]))
+                yield _sse(dict(chunk(None if chat else "", FINISH[result.finish]),
+                                arbitrage={"finish": result.finish, "latency_s": round(result.latency_s, 6),
+                                           "seconds": {k: round(v, 6) for k, v in result.seconds.items() if v}}))
                 if req.include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": name, "choices": [],
                                 "usage": service.usage(prompt, result).to_json()})
@@ -214,6 +233,42 @@ async def _stream(request: Request, service: Service, ticket, queue: asyncio.Que
         service.metrics.requests.labels(endpoint, status).inc()
         if not ticket.done:
             ticket.cancel()
+
+
+def _servable_policies(service: Service) -> list[dict]:
+    """The registered policies whose models this server loaded, with their threshold ranges and defaults."""
+    out = []
+    for name, cls in registry().policies.items():
+        if any(getattr(service.models, role, None) is None for role in cls.needs):
+            continue
+        lo_hi = cls.threshold_range
+        out.append({"name": name, "summary": cls.summary, "threshold_range": list(lo_hi) if lo_hi else None,
+                    "default_threshold": cls.default_threshold})
+    return out
+
+
+def _scalar(v):
+    """A score as JSON can carry it: a finite number (or a string / bool / None); lists and NaN are dropped."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return v
+    return None
+
+
+def _step_details(record) -> dict:
+    """What a streamed step's chunk says beside its text (records.StepRecord): who wrote it, whether the policy
+    escalated, the scores it decided on, the proposals not kept, its tokens, seconds and speculation counts."""
+    def proposal(p):
+        return None if p is None else {"text": p.text, "stop": p.stop, "n_tokens": p.n_tokens}
+
+    return {"index": record.index, "author": record.author, "escalated": bool(record.escalated),
+            "stop": record.stop, "n_tokens": record.n_tokens,
+            "scores": {k: _scalar(v) for k, v in record.scores.items() if not isinstance(v, (list, dict))},
+            "draft": proposal(record.draft) if record.author != "draft" else None,
+            "target": proposal(record.target) if record.author != "target" else None,
+            "discarded_draft_tokens": record.discarded_draft_tokens, "seconds": dict(record.seconds),
+            "speculation": record.speculation}
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
