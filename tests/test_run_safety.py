@@ -213,7 +213,7 @@ def test_offset_past_the_end_is_an_error(tmp_path, tiny_dir, capsys):
 
 
 def test_threads_default_follows_the_machine(capsys):
-    from arbitrage.run_cli import auto_threads
+    from arbitrage.cli_args import auto_threads
 
     assert auto_threads(2) == 1 and auto_threads(4) == 1 and auto_threads(16) == 8
     with pytest.raises(SystemExit):
@@ -233,7 +233,7 @@ def test_an_unreachable_hub_fails_at_once_and_says_what_to_do(monkeypatch):
 
 
 def test_engine_defaults_are_what_the_cli_shows():
-    from arbitrage.run_cli import ENGINE_DEFAULTS, MODEL_DEFAULTS
+    from arbitrage.cli_args import ENGINE_DEFAULTS, MODEL_DEFAULTS
 
     assert ENGINE_DEFAULTS == EngineConfig() and MODEL_DEFAULTS == ModelOptions()
 

@@ -13,8 +13,7 @@ import os
 import sys
 
 from .errors import ConfigError
-from .run_cli import (add_data_arguments, add_decoding_arguments, add_model_arguments, config_from_args,
-                      quiet_libraries)
+from .cli_args import (add_data_arguments, add_decoding_arguments, add_loader_option_arguments, add_model_arguments, add_policy_option_arguments, config_from_args, quiet_libraries)
 
 CALIBRATION = "calibration.json"
 
@@ -270,6 +269,8 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the sweep's PNG plots")
     add_model_arguments(p)
+    add_loader_option_arguments(p)
     add_data_arguments(p)
     add_decoding_arguments(p)
+    add_policy_option_arguments(p)
     p.set_defaults(func=cmd_calibrate, threshold=None, policy=None, calibration=None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .errors import ConfigError
-from .run_cli import add_decoding_arguments, add_model_arguments, config_from_args, quiet_libraries
+from .cli_args import (add_decoding_arguments, add_loader_option_arguments, add_model_arguments,
+                       add_policy_option_arguments, config_from_args, quiet_libraries)
 
 EPILOG = """\
 example (the testbed's shipped models, in-process):
@@ -15,7 +16,7 @@ example (the testbed's shipped models, in-process):
       -d '{"model": "arbitrage", "prompt": "Let a = 12. b = a + 7. c = b - 4. What is c?\\n\\n", "max_tokens": 64}'
 
 Per request (extra JSON fields, e.g. the openai client's extra_body): policy, threshold, max_steps,
-decide_after. Every model given is loaded, so a request may pick any policy those models allow.
+each policy's own options (decide_after, ...). Every model given is loaded, so a request may pick any policy those models allow.
 """
 
 
@@ -83,7 +84,6 @@ def register(sub) -> None:
     p.add_argument("--calibration", metavar="JSON",
                    help="the default policy and threshold from the calibration.json `arbitrage calibrate` wrote (an "
                         "explicit --policy or --threshold must agree with it)")
-    p.add_argument("--decide-after", type=int, metavar="K", help="router: decide after the draft's first K tokens")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     p.add_argument("--max-concurrency", type=int, default=64,
@@ -98,6 +98,8 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", help="tokenizer with the chat template (default: the in-process draft's)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     add_model_arguments(p)
+    add_loader_option_arguments(p)
+    add_policy_option_arguments(p)
     add_decoding_arguments(p)
     p.set_defaults(func=cmd_serve, data="", limit=None, offset=0, shard=None, template=None, question_field=None,
-                   answer_field=None, id_field=None, quiet=True, target_samples=None)
+                   answer_field=None, id_field=None, quiet=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .run_cli import (add_data_arguments, add_decoding_arguments, add_model_arguments, config_from_args,
+from .cli_args import (add_data_arguments, add_decoding_arguments, add_loader_option_arguments, add_model_arguments,
+                       add_policy_option_arguments, config_from_args,
                       quiet_libraries)
 from .sweep import parse_thresholds, point_dir, run_sweep, sweep_points, sweep_policy_names
 
@@ -63,8 +64,6 @@ def register(sub) -> None:
     p.add_argument("--thresholds", action="append", default=[], metavar="POLICY=VALUES",
                    help="thresholds of one policy: 0.3,0.5,0.7 or 0.1:0.9:0.2 (repeat per policy); " +
                         ", ".join(f"{n} in [{lo:g}, {hi:g}]" for n, (lo, hi) in ranges.items()))
-    p.add_argument("--decide-after", type=int, metavar="K",
-                   help="router points: decide after the draft's first K tokens (see `arbitrage run --help`)")
     p.add_argument("--out", required=True, help="output directory (one sub-directory per point)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -73,6 +72,8 @@ def register(sub) -> None:
                         "of --concurrency, so that the machine's load changing during the sweep cannot favour a "
                         "point)")
     add_model_arguments(p)
+    add_loader_option_arguments(p)
+    add_policy_option_arguments(p)
     add_data_arguments(p)
     add_decoding_arguments(p)
     p.set_defaults(func=cmd_sweep, threshold=None)

@@ -119,7 +119,8 @@ def create_app(service: Service) -> FastAPI:
         except ValueError as exc:
             return error(RequestError(f"the request body is not valid JSON ({_short(exc)})"), endpoint)
         try:
-            req = parse_request(body, chat, service.served_name, registry().policies, registry().thresholded())
+            req = parse_request(body, chat, service.served_name, registry().policies, registry().thresholded(),
+                                registry().policy_options())
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
             ticket, prompt = service.submit(req, loop, queue)

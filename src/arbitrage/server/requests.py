@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import Limits
+from ..errors import ConfigError
 from ..types import Sampling
 
 
@@ -138,8 +139,11 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thresholded: dict) -> ParsedRequest:
-    """Check a /v1/completions (chat=False) or /v1/chat/completions body. `policies`: name -> class."""
+def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thresholded: dict,
+                  policy_options: dict | None = None) -> ParsedRequest:
+    """Check a /v1/completions (chat=False) or /v1/chat/completions body. `policies`: name -> class;
+    `policy_options`: the options policies declare (registry().policy_options()), read as request fields."""
+    policy_options = policy_options or {}
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     model = body.get("model")
@@ -178,9 +182,12 @@ def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thres
         if name is not None and name not in thresholded:
             raise RequestError(f"policy {name!r} takes no threshold", "threshold")
         req.threshold = float(threshold)
-    decide_after = _number(body, "decide_after", lo=1, integer=True)
-    if decide_after is not None:
-        req.policy_options["decide_after"] = int(decide_after)
+    for name, (opt, _) in policy_options.items():  # every policy's own options, as they declare them
+        if opt.request and body.get(name) is not None:
+            try:
+                req.policy_options[name] = opt.check(body[name], field=True)
+            except ConfigError as exc:
+                raise RequestError(exc.for_request(), name) from None
     temperature = _number(body, "temperature", lo=0, hi=2)
     top_p = _number(body, "top_p", lo=0, hi=1, lo_open=True)
     seed = _number(body, "seed", lo=SEED_RANGE[0], hi=SEED_RANGE[1], integer=True)
