@@ -211,7 +211,7 @@ def test_specreason_threshold_range_and_server_without_judge():
 
     registry().add_loader("generator", "test: no judge", lambda s: s == "no-judge", lambda *a: NoJudge(), 99)
     try:  # a target that cannot judge is refused when the models are built, naming it
-        with pytest.raises(ConfigError, match="'no-judge' cannot judge"):
+        with pytest.raises(ConfigError, match="cannot act as judge"):
             build_models(make_policy("specreason").needs, {"draft": "no-judge", "target": "no-judge"},
                          ModelOptions())
     finally:

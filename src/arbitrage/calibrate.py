@@ -8,7 +8,7 @@ certified <= epsilon at level delta:
   E[loss] = p_plus - p_minus, with p_plus = P(target right, point wrong) and p_minus = P(point right, target
   wrong);
 - each policy's thresholds are tested in a fixed order, from the safest (most escalation) to the cheapest, the
-  order following from how the policy uses tau (`DIRECTION`), never from the data; H0(tau): E[loss] > epsilon is
+  order following from how the policy uses tau (`Policy.escalates`), never from the data; H0(tau): E[loss] > epsilon is
   tested with a valid p-value, and the sequence stops at the first tau whose H0 is not rejected at the policy's
   level: every tau before it is certified (fixed-sequence testing controls the family-wise error at that level);
 - with K candidate policies each sequence runs at delta / K (Bonferroni), so that with probability >= 1 - delta
@@ -50,26 +50,10 @@ from .errors import ConfigError
 METHODS = ("exact", "hb")
 NOTHING_CERTIFIABLE = "no threshold certifiable: use target-only or a larger calibration set"
 
-# How each thresholded policy uses tau. "below": it escalates when its statistic is below tau, so a higher tau
-# escalates more (safer); "above": it escalates when its statistic is above tau, so a lower tau is safer. A
-# plugin policy can declare its own with a class attribute `escalates = "below" | "above"`.
-DIRECTION = {"rsd": "below", "specreason": "below", "confidence": "below", "confidence-min": "below",
-             "router": "above", "glimpse": "above", "oracle": "above"}
-
-# Default grids (`default_grid`) where no --thresholds or training-side rates are given: fixed ladders, chosen
-# without looking at any data, spanning each policy's useful range from rare to frequent escalation.
-_LOG_LADDER = [m * 10.0 ** k for k in range(-3, 1) for m in (1, 2, 5)] + [10.0]  # 0.001 ... 5, 10
-LADDERS = {
-    "rsd": [round(0.05 + 0.1 * i, 2) for i in range(10)],          # PRM(draft) in [0, 1]
-    "router": [round(0.05 + 0.1 * i, 2) for i in range(10)],       # y_hat in [0, 1]
-    "specreason": [float(v) for v in range(1, 10)],                # judge score 0-9
-    "confidence": [-v for v in _LOG_LADDER],                       # mean token log-prob
-    "confidence-min": [-v for v in _LOG_LADDER],                   # minimum token log-prob
-    "glimpse": [v for v in _LOG_LADDER if v <= 5.0],               # first-token entropy (nats)
-}
-# Thresholded policies left out of the default candidates: the oracle writes both steps on every step (an upper
-# bound on routing, never cheaper than target-only).
-NOT_BY_DEFAULT = frozenset({"oracle"})
+# How each thresholded policy uses tau, its default grid and whether it is a default candidate are declared by the
+# policy itself (Policy.escalates, threshold_ladder, calibrate_by_default). "below": it escalates when its
+# statistic is below tau, so a higher tau escalates more (safer); "above": a lower tau is safer. Default grids
+# (where no --thresholds or training-side rates are given) are fixed ladders, chosen without looking at any data.
 
 
 # --- which thresholds, in which order --------------------------------------------------------------------------
@@ -78,8 +62,7 @@ def direction(policy: str) -> str:
     from .registry import registry
 
     cls = registry().policies.get(policy)
-    declared = getattr(cls, "escalates", None) if cls is not None else None
-    found = declared or DIRECTION.get(policy)
+    found = getattr(cls, "escalates", None) if cls is not None else None
     if found not in ("below", "above"):
         raise ConfigError(f"policy {policy!r}: calibrate does not know whether a higher tau escalates more (give "
                           f"its class escalates = 'below' or 'above')")
@@ -92,12 +75,12 @@ def safest_first(policy: str, thresholds: Iterable[float]) -> list[float]:
 
 
 def default_grid(policy: str) -> list[float]:
-    """A fixed ladder over the policy's threshold range (LADDERS; for a policy without one, ten evenly spaced
+    """A fixed ladder over the policy's threshold range (its `threshold_ladder`; without one, ten evenly spaced
     values inside its range), clipped to the range."""
     from .registry import registry
 
     lo, hi = registry().thresholded()[policy]
-    ladder = LADDERS.get(policy) or [lo + (hi - lo) * (i + 0.5) / 10 for i in range(10)]
+    ladder = list(registry().policy(policy).threshold_ladder) or [lo + (hi - lo) * (i + 0.5) / 10 for i in range(10)]
     return sorted({float(v) for v in ladder if lo <= v <= hi})
 
 
@@ -108,7 +91,8 @@ def default_policies(roles: Iterable[str]) -> list[str]:
 
     have = set(roles) | ({"judge"} if "target" in set(roles) else set())
     reg = registry()
-    return [name for name in reg.thresholded() if name not in NOT_BY_DEFAULT and reg.policies[name].needs <= have]
+    return [name for name in reg.thresholded() if reg.policies[name].calibrate_by_default
+            and reg.policies[name].needs <= have]
 
 
 # --- p-values --------------------------------------------------------------------------------------------------

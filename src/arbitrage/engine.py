@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable
 
-from .models import ROLES, Models
+from .models import ROLE_TABLE, ROLES, Models
 from .policies import Continue, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
 from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
 from .protocols import can_cancel, lane_capacity, lane_of
@@ -422,24 +422,13 @@ class Engine:
         return self._send(role, self._requests(role, batch))
 
     def _requests(self, role: str, batch: list[ProblemState]) -> list:
-        if role in ("draft", "target"):
-            return [self._generation_request(st) for st in batch]
-        if role == "prm":
-            return [ScoreRequest(st.key, st.problem.question, list(st.steps), st.pending.candidates) for st in batch]
-        if role == "router":
-            return [RouteRequest(st.key, st.problem.question, list(st.steps), st.pending.draft) for st in batch]
-        return [JudgeRequest(st.key, st.problem.prompt, list(st.steps), st.pending.draft, st.pending.question)
-                for st in batch]
+        return [REQUEST_OF[role](self, st) for st in batch]
 
     def _send(self, role: str, requests: list):
-        model = getattr(self.models, role)
-        if role in ("draft", "target"):
-            return [self._to_step(role, g) for g in model.generate(requests)]
-        if role == "prm":
-            return model.score(requests)
-        if role == "router":
-            return model.predict(requests)
-        return model.judge(requests)
+        results = self.models.call(role, requests)
+        if ROLE_TABLE[role].method == "generate":
+            return [self._to_step(role, g) for g in results]
+        return results
 
     def _generation_request(self, st: ProblemState) -> GenerationRequest:
         a = st.pending
@@ -466,6 +455,17 @@ class Engine:
         n = len(g.logprobs) if g.logprobs else len(g.token_ids)
         return Step(author=author, text=g.text, stop=g.stop, n_tokens=n, token_ids=g.token_ids or None,
                     logprobs=g.logprobs, extras=dict(g.extras))
+
+
+# The request each role's model is sent for a problem's pending action (the roles themselves: models.ROLE_TABLE).
+REQUEST_OF = {
+    "draft": lambda eng, st: eng._generation_request(st),
+    "target": lambda eng, st: eng._generation_request(st),
+    "prm": lambda eng, st: ScoreRequest(st.key, st.problem.question, list(st.steps), st.pending.candidates),
+    "router": lambda eng, st: RouteRequest(st.key, st.problem.question, list(st.steps), st.pending.draft),
+    "judge": lambda eng, st: JudgeRequest(st.key, st.problem.prompt, list(st.steps), st.pending.draft,
+                                          st.pending.question),
+}
 
 
 __all__ = ["ROLES", "EngineConfig", "Limits", "Models", "ProblemResult", "Ticket", "Engine", "Draft", "Target",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .engine import Models
+from .models import Models, roles_to_load
 from .errors import ConfigError
 from .types import DEFAULT_SEPARATOR
 
@@ -45,36 +45,32 @@ def load_model(kind: str, spec: str, role: str, opts: ModelOptions, separator: s
     return registry().find(kind, spec).load(spec, role, opts, separator)
 
 
-def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR) -> Models:
+def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR,
+                 optional=()) -> Models:
     """`needs`: the roles to build (a policy's `needs`); `specs` maps draft/target/prm/router to what the user
     gave. The router is built first, so a draft can be asked for the features the router reads (e.g. its last
     hidden state); the judge role is the target itself, which must be able to judge."""
     needs = set(needs)
-    missing = [role for role in sorted(needs - {"judge"}) if not specs.get(role)]
-    if "judge" in needs and not specs.get("target"):
-        missing.append("target")
+    load = roles_to_load(needs)
+    missing = [role for role in sorted(load) if not specs.get(role)]
     if missing:
-        raise ConfigError("needs " + ", ".join(f"--{m}" for m in sorted(set(missing))))
+        raise ConfigError("needs " + ", ".join(f"--{m}" for m in missing))
     if opts.threads:
         import torch
 
         torch.set_num_threads(opts.threads)
-    models = Models()
-    if "router" in needs:
-        models.router = load_model("router", specs["router"], "router", opts, separator)
-        if "last_hidden" in getattr(models.router, "draft_features", ()) and not opts.return_hidden:
+    loaded: dict[str, object] = {}
+    if "router" in load:
+        loaded["router"] = load_model("router", specs["router"], "router", opts, separator)
+        if "last_hidden" in getattr(loaded["router"], "draft_features", ()) and not opts.return_hidden:
             opts = dataclasses.replace(opts, return_hidden=True)  # the router reads it: the draft computes it
     for role in ("draft", "target"):
-        if role in needs or (role == "target" and "judge" in needs):
-            setattr(models, role, load_model("generator", specs[role], role, opts, separator))
-    if "prm" in needs:
-        models.prm = load_model("prm", specs["prm"], "prm", opts, separator)
+        if role in load:
+            loaded[role] = load_model("generator", specs[role], role, opts, separator)
+    if "prm" in load:
+        loaded["prm"] = load_model("prm", specs["prm"], "prm", opts, separator)
+    models = Models.assemble(loaded, needs, optional)
     link_speculation(models)
-    if "judge" in needs:
-        if not callable(getattr(models.target, "judge", None)):
-            raise ConfigError(f"the target {specs['target']!r} cannot judge steps (its backend, "
-                              f"{type(models.target).__name__}, has no judge())")
-        models.judge = models.target
     return models
 
 

@@ -117,6 +117,12 @@ class Policy:
     # The policy's own settings beyond the threshold (flags of run/sweep/serve, request fields of the server);
     # `__init__` takes each as a keyword argument.
     options: ClassVar[tuple[Option, ...]] = ()
+    # For thresholded policies: whether the step escalates when the policy's statistic is "below" tau (a higher tau
+    # escalates more) or "above" it; a fixed ladder of thresholds over its useful range (calibrate's default grid,
+    # chosen without looking at any data); and whether `calibrate` tries it by default.
+    escalates: ClassVar[str | None] = None
+    threshold_ladder: ClassVar[tuple[float, ...]] = ()
+    calibrate_by_default: ClassVar[bool] = True
     threshold: float | None = None
 
     def decide(self) -> Decide:  # pragma: no cover - interface
@@ -188,6 +194,7 @@ class RSD(ThresholdPolicy):
 
     name, needs = "rsd", frozenset({"draft", "target", "prm"})
     threshold_range, default_threshold = (0.0, 1.0), 0.7
+    escalates, threshold_ladder = "below", tuple(round(0.05 + 0.1 * i, 2) for i in range(10))  # PRM(draft)
     summary = "keep the draft step iff PRM(draft) >= tau, else the target regenerates it"
 
     def decide(self) -> Decide:
@@ -207,6 +214,7 @@ class RouterPolicy(ThresholdPolicy):
 
     name, needs = "router", frozenset({"draft", "target", "router"})
     threshold_range, default_threshold = (0.0, 1.0), 0.5
+    escalates, threshold_ladder = "above", tuple(round(0.05 + 0.1 * i, 2) for i in range(10))  # y_hat
     summary = "Arbitrage: the target regenerates iff the router's y_hat > tau"
     options = (Option("decide_after", int, None, "decide after the draft's first K tokens of each step (a router "
                                                  "trained with `router build-data --decide-after K`); an escalated "
@@ -251,6 +259,7 @@ class Oracle(ThresholdPolicy):
 
     name, needs = "oracle", frozenset({"draft", "target", "prm"})
     threshold_range, default_threshold = (-1.0, 1.0), 0.0
+    escalates, calibrate_by_default = "above", False  # writes both steps at every step: never cheaper
     summary = "both write; keep the target's iff PRM(target) - PRM(draft) > tau (an upper bound)"
 
     def decide(self) -> Decide:

@@ -24,6 +24,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .factory import build_models
+    from .models import ROLES
     from .policies import make_policy
     from .server.app import create_app
     from .server.service import Service
@@ -37,9 +38,7 @@ def cmd_serve(args) -> int:
     cfg.engine.concurrency = args.max_concurrency
     policy = make_policy(cfg.policy, cfg.threshold, **cfg.policy_options)
     roles = {r for r, spec in cfg.models.items() if spec} | set(policy.needs)
-    if "target" in roles and policy.name == "specreason":
-        roles.add("judge")
-    models = build_models(roles, cfg.models, cfg.model_options, cfg.engine.separator)
+    models = build_models(roles, cfg.models, cfg.model_options, cfg.engine.separator, optional=ROLES)
     models.check(policy)
     tokenizer = _tokenizer(args, models)
     if args.shutdown_timeout < 0:

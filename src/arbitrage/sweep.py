@@ -17,6 +17,7 @@ from typing import Sequence
 
 from . import factory
 from .engine import ROLES, Engine, Models
+from .models import roles_to_load
 from .errors import ConfigError
 from .policies import make_policy
 from .registry import registry
@@ -102,8 +103,7 @@ def _point_config(base: RunConfig, policy: str, threshold: float | None, out_dir
                   progress=progress)
     point = Point(cfg)
     cfg.policy_options = {k: v for k, v in base.policy_options.items() if _takes(policy, k)}
-    cfg.models = {r: v for r, v in base.models.items() if v and (r in point.needs or
-                                                                  (r == "target" and "judge" in point.needs))}
+    cfg.models = {r: v for r, v in base.models.items() if v and r in roles_to_load(point.needs)}
     return cfg
 
 
@@ -160,7 +160,7 @@ def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: 
     configs = [_point_config(base, p, t, out_dir, progress) for p, t in points] + list(extra)
     for cfg in configs:
         needs = _needs(cfg)
-        missing = [r for r in sorted(needs - {"judge"}) if r not in cfg.models]
+        missing = [r for r in sorted(roles_to_load(needs)) if r not in cfg.models]
         if missing:
             raise ConfigError(f"point {point_dir(cfg.policy, cfg.threshold)} needs " +
                               ", ".join(f"--{m}" for m in missing))
@@ -219,17 +219,15 @@ def _load_models(runs, base: RunConfig) -> dict[int, Models]:
             opts = dataclasses.replace(opts, return_hidden=True)
     out = {}
     for r in runs:
-        m = Models(**{role: loaded[(role, r.cfg.models[role])] for role in _roles(r)})
-        if "judge" in r.needs:
-            m.judge = m.target
+        m = Models.assemble({role: loaded[(role, r.cfg.models[role])] for role in _roles(r)}, r.needs)
         factory.link_speculation(m)
         out[id(r)] = m
     return out
 
 
 def _roles(run) -> list[str]:
-    """The roles a point loads (the judge is the target itself)."""
-    return sorted({("target" if role == "judge" else role) for role in run.needs})
+    """The roles whose models a point loads."""
+    return sorted(roles_to_load(run.needs))
 
 
 def _union(models: dict[int, Models], runs) -> Models:

@@ -19,6 +19,7 @@ from ..target_judge import JUDGE_QUESTION
 class SpecReason(ThresholdPolicy):
     name, needs = "specreason", frozenset({"draft", "target", "judge"})
     threshold_range, default_threshold = (0.0, 9.0), 7.0
+    escalates, threshold_ladder = "below", tuple(float(v) for v in range(1, 10))  # the judge's 0-9 score
     summary = "baseline: the target judges the draft step 0-9 and regenerates it below tau"
 
     def __init__(self, threshold: float | None = None, question: str = JUDGE_QUESTION):

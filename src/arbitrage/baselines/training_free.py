@@ -27,11 +27,16 @@ def _logprobs(step: Step) -> list[float]:
     return list(step.logprobs)
 
 
+# 0.001 ... 5, 10: a ladder of log-probs and entropies from rare to frequent escalation (calibrate's default grid)
+LOG_LADDER = tuple(m * 10.0 ** k for k in range(-3, 1) for m in (1, 2, 5)) + (10.0,)
+
+
 class Confidence(ThresholdPolicy):
     """Escalate iff the draft step's mean token log-prob < tau."""
 
     name, needs = "confidence", frozenset({"draft", "target"})
     threshold_range, default_threshold = (-30.0, 0.0), -0.5
+    escalates, threshold_ladder = "below", tuple(-v for v in LOG_LADDER)  # a token log-prob
     summary = "baseline (ConfSpec-style): escalate iff the draft step's mean token log-prob < tau"
     statistic = staticmethod(lambda lps: sum(lps) / len(lps))
     score_name = "mean_logprob"
@@ -60,6 +65,7 @@ class GlimpsePolicy(ThresholdPolicy):
 
     name, needs = "glimpse", frozenset({"draft", "target"})
     threshold_range, default_threshold = (0.0, 20.0), 1.0
+    escalates, threshold_ladder = "above", tuple(v for v in LOG_LADDER if v <= 5.0)  # first-token entropy (nats)
     summary = "baseline (GlimpRouter): escalate iff the entropy of the draft step's first token > tau, decided " \
               "after that one token"
 
