@@ -27,7 +27,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import finish, spread  # noqa: E402
+from _common import finish, spread
+
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
@@ -55,12 +56,21 @@ def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
     models = Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs})
     if policy == "router":
         models.router = ShareRouter(args.escalate)
-    problems = [Problem(id=f"p{i}", question=f"q{i}", prompt=f"Question {i}: what is {i} * {i + 3}?\n\n")
-                for i in range(args.problems)]
-    cfg = EngineConfig(max_steps=args.steps, max_step_tokens=args.step_tokens, concurrency=concurrency,
-                       max_total_tokens=10 ** 6)
-    Engine(pol, Models(**{r: gens[r] for r in ("draft", "target") if r in pol.needs} |
-                       ({"router": models.router} if models.router else {})), cfg).run(problems[:2], lambda r: None)
+    problems = [
+        Problem(id=f"p{i}", question=f"q{i}", prompt=f"Question {i}: what is {i} * {i + 3}?\n\n")
+        for i in range(args.problems)
+    ]
+    cfg = EngineConfig(
+        max_steps=args.steps, max_step_tokens=args.step_tokens, concurrency=concurrency, max_total_tokens=10**6
+    )
+    Engine(
+        pol,
+        Models(
+            **{r: gens[r] for r in ("draft", "target") if r in pol.needs}
+            | ({"router": models.router} if models.router else {})
+        ),
+        cfg,
+    ).run(problems[:2], lambda r: None)
     walls, forwards, overheads = [], [], []
     for _ in range(args.repeats):
         for t in timers:
@@ -71,12 +81,20 @@ def measure(draft_dir, target_dir, policy: str, concurrency: int, args) -> dict:
         walls.append(time.perf_counter() - t0)
         forwards.append(sum(t.seconds for t in timers))
         overheads.append(walls[-1] / forwards[-1])
-    tokens = sum(r.counts["draft_tokens_accepted"] + r.counts["draft_tokens_discarded"] + r.counts["target_tokens"]
-                 for r in done)
+    tokens = sum(
+        r.counts["draft_tokens_accepted"] + r.counts["draft_tokens_discarded"] + r.counts["target_tokens"] for r in done
+    )
     wall = statistics.fmean(walls)
-    return {"policy": policy, "concurrency": concurrency, "wall_s": wall, "forward_s": statistics.fmean(forwards),
-            "overhead": spread(overheads), "forward_calls": sum(t.calls for t in timers), "tokens": tokens,
-            "ms_per_token": 1000 * wall / tokens}
+    return {
+        "policy": policy,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "forward_s": statistics.fmean(forwards),
+        "overhead": spread(overheads),
+        "forward_calls": sum(t.calls for t in timers),
+        "tokens": tokens,
+        "ms_per_token": 1000 * wall / tokens,
+    }
 
 
 def main(argv=None) -> int:
@@ -104,18 +122,34 @@ def main(argv=None) -> int:
             for conc in (int(c) for c in args.concurrency.split(",")):
                 r = measure(d, t, policy, conc, args) | {"size": size}
                 rows.append(r)
-                print(f"{size:>9} {policy:>7} batch {conc:>2}: wall {r['wall_s']:7.2f}s  forward "
-                      f"{r['forward_s']:7.2f}s  overhead x{r['overhead']['mean']:.3f}  {r['ms_per_token']:.2f} "
-                      f"ms/token", file=sys.stderr)
-    lines = [f"means of {args.repeats} runs; wall / forward with its min-max over the runs",
-             "| target size | policy | batch | wall s | forward s | wall / forward (min-max) | ms/token |",
-             "|---|---|---|---|---|---|---|"]
+                print(
+                    f"{size:>9} {policy:>7} batch {conc:>2}: wall {r['wall_s']:7.2f}s  forward "
+                    f"{r['forward_s']:7.2f}s  overhead x{r['overhead']['mean']:.3f}  {r['ms_per_token']:.2f} "
+                    f"ms/token",
+                    file=sys.stderr,
+                )
+    lines = [
+        f"means of {args.repeats} runs; wall / forward with its min-max over the runs",
+        "| target size | policy | batch | wall s | forward s | wall / forward (min-max) | ms/token |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         o = r["overhead"]
-        lines.append(f"| {r['size']} | {r['policy']} | {r['concurrency']} | {r['wall_s']:.2f} | {r['forward_s']:.2f} | "
-                     f"{o['mean']:.3f} ({o['min']:.3f}-{o['max']:.3f}) | {r['ms_per_token']:.2f} |")
-    finish({"args": vars(args), "device": args.device, "torch": torch.__version__, "machine": platform.platform(),
-            "rows": rows}, args.json, lines)
+        lines.append(
+            f"| {r['size']} | {r['policy']} | {r['concurrency']} | {r['wall_s']:.2f} | {r['forward_s']:.2f} | "
+            f"{o['mean']:.3f} ({o['min']:.3f}-{o['max']:.3f}) | {r['ms_per_token']:.2f} |"
+        )
+    finish(
+        {
+            "args": vars(args),
+            "device": args.device,
+            "torch": torch.__version__,
+            "machine": platform.platform(),
+            "rows": rows,
+        },
+        args.json,
+        lines,
+    )
     return 0
 
 

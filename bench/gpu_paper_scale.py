@@ -30,14 +30,15 @@ import platform
 import random
 import re
 import statistics
-from types import SimpleNamespace
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import finish  # noqa: E402
+from _common import finish
+
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import RouterPolicy, TargetOnly
@@ -45,16 +46,44 @@ from arbitrage.timing import ForwardTimer
 from arbitrage.types import Problem
 
 QWEN25 = {  # from the published config.json files of Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 TINY = {
-    "1.5b": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
-    "7b": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
+    "1.5b": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -114,8 +143,15 @@ def escalation_plan(probs: list[Problem], steps: int, rate: float, seed: int) ->
 def build(shape: dict, kind: str, device: torch.device, dtype: torch.dtype, seed: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification
 
-    cfg = Qwen2Config(**shape, max_position_embeddings=32768, rope_theta=1e6, eos_token_id=None,
-                      bos_token_id=None, pad_token_id=0, num_labels=2)
+    cfg = Qwen2Config(
+        **shape,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=0,
+        num_labels=2,
+    )
     torch.manual_seed(seed)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -154,9 +190,14 @@ def prefill_report(stats) -> dict:
             context.append(ctx)
             ok += s.n_prefill <= max(new, 1)
         last[s.key] = ctx
-    mean = lambda xs: statistics.fmean(xs) if xs else 0.0  # noqa: E731
-    return {"calls_after_first": later, "prefill_mean": mean(prefill), "appended_mean": mean(appended),
-            "context_mean": mean(context), "prefill_le_appended": ok / later if later else 1.0}
+    mean = lambda xs: statistics.fmean(xs) if xs else 0.0
+    return {
+        "calls_after_first": later,
+        "prefill_mean": mean(prefill),
+        "appended_mean": mean(appended),
+        "context_mean": mean(context),
+        "prefill_le_appended": ok / later if later else 1.0,
+    }
 
 
 class Recording:
@@ -168,8 +209,9 @@ class Recording:
 
     def generate(self, requests):
         out = self.gen.generate(requests)
-        self.stats += [SimpleNamespace(key=r.key, n_prefill=g.n_prefill, n_reused=g.n_reused)
-                       for r, g in zip(requests, out)]
+        self.stats += [
+            SimpleNamespace(key=r.key, n_prefill=g.n_prefill, n_reused=g.n_reused) for r, g in zip(requests, out)
+        ]
         return out
 
     def release(self, key):
@@ -193,12 +235,18 @@ def run_one(policy, gens: dict, router, clocks: dict, probs, cfg: EngineConfig, 
     forward = sum(c.seconds for c in clocks.values())
     steps = sum(len(r.steps) for r in results)
     escalated = sum(r.counts["escalated_steps"] for r in results)
-    return {"problems": len(results), "steps": steps, "escalation_rate": escalated / steps if steps else 0.0,
-            "latency_s_mean": statistics.fmean(r.latency_s for r in results), "wall_s": wall,
-            "forward_s": forward, "engine_overhead": wall / forward if forward else None,
-            "forward_s_by_model": {k: c.seconds for k, c in clocks.items()},
-            "target_calls": sum(r.counts["target_calls"] for r in results),
-            "prefill": {role: prefill_report(g.stats) for role, g in gens.items()}}
+    return {
+        "problems": len(results),
+        "steps": steps,
+        "escalation_rate": escalated / steps if steps else 0.0,
+        "latency_s_mean": statistics.fmean(r.latency_s for r in results),
+        "wall_s": wall,
+        "forward_s": forward,
+        "engine_overhead": wall / forward if forward else None,
+        "forward_s_by_model": {k: c.seconds for k, c in clocks.items()},
+        "target_calls": sum(r.counts["target_calls"] for r in results),
+        "prefill": {role: prefill_report(g.stats) for role, g in gens.items()},
+    }
 
 
 def main(argv=None) -> dict:
@@ -228,14 +276,19 @@ def _main(argv=None) -> dict:
     shapes = TINY if tiny else QWEN25
     batch_sizes = [int(x) for x in (a.batch_sizes or ("1,4" if tiny else "1,32")).split(",")]
     n_b1 = a.problems_b1 or (2 if tiny else 8)
-    steps, k, prompt = a.steps or (3 if tiny else 8), a.step_tokens or (4 if tiny else 64), a.prompt_tokens or (
-        8 if tiny else 128)
+    steps, k, prompt = (
+        a.steps or (3 if tiny else 8),
+        a.step_tokens or (4 if tiny else 64),
+        a.prompt_tokens or (8 if tiny else 128),
+    )
     rates = [float(x) for x in a.rates.split(",")]
 
     t_load = time.perf_counter()
     tok = SyntheticTokenizer(min(s["vocab_size"] for s in shapes.values()))
-    gens = {"draft": HFGenerator(build(shapes["1.5b"], "lm", device, dtype, a.seed + 1), tok, name="draft"),
-            "target": HFGenerator(build(shapes["7b"], "lm", device, dtype, a.seed + 2), tok, name="target")}
+    gens = {
+        "draft": HFGenerator(build(shapes["1.5b"], "lm", device, dtype, a.seed + 1), tok, name="draft"),
+        "target": HFGenerator(build(shapes["7b"], "lm", device, dtype, a.seed + 2), tok, name="target"),
+    }
     clocks = {role: ForwardTimer(g.model) for role, g in gens.items()}
     inner = None
     if not a.no_router_forward:
@@ -246,18 +299,29 @@ def _main(argv=None) -> dict:
         inner = HFRouter(_CachedScorer(rmodel, tok, _token_cls_head, "router"))
     load_s = time.perf_counter() - t_load
 
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "tiny": tiny,
-              "shapes": {"draft": shapes["1.5b"], "target": shapes["7b"],
-                         "router": None if inner is None else shapes["1.5b"]},
-              "steps_per_problem": steps, "tokens_per_step": k, "prompt_tokens": prompt, "rates": rates,
-              "load_s": load_s, "batch": {}}
-    warm = EngineConfig(max_steps=2, max_step_tokens=k, max_total_tokens=10 ** 6, concurrency=1)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "tiny": tiny,
+        "shapes": {
+            "draft": shapes["1.5b"],
+            "target": shapes["7b"],
+            "router": None if inner is None else shapes["1.5b"],
+        },
+        "steps_per_problem": steps,
+        "tokens_per_step": k,
+        "prompt_tokens": prompt,
+        "rates": rates,
+        "load_s": load_s,
+        "batch": {},
+    }
+    warm = EngineConfig(max_steps=2, max_step_tokens=k, max_total_tokens=10**6, concurrency=1)
     wprobs = problems(1, prompt, tok.vocab_size, a.seed + 99, "warmup")  # kernels, allocator, caches
     run_one(RouterPolicy(0.5), gens, FixedRateRouter({wprobs[0].id: {1}}, inner), clocks, wprobs, warm, device)
     for b in batch_sizes:
         n = n_b1 if b == 1 else b
-        cfg = EngineConfig(max_steps=steps, max_step_tokens=k, max_total_tokens=10 ** 6, concurrency=b)
+        cfg = EngineConfig(max_steps=steps, max_step_tokens=k, max_total_tokens=10**6, concurrency=b)
         probs = problems(n, prompt, tok.vocab_size, a.seed + b, f"b{b}")
         row = {"problems": n, "target": run_one(TargetOnly(), gens, None, clocks, probs, cfg, device)}
         for rate in rates:
@@ -266,9 +330,16 @@ def _main(argv=None) -> dict:
             r["speedup_vs_target"] = row["target"]["latency_s_mean"] / r["latency_s_mean"]
             row[f"router@{rate:g}"] = r
         report["batch"][str(b)] = row
-        print(f"batch {b}: " + ", ".join(f"{name}: {v['latency_s_mean']:.3f} s/problem, overhead "
-                                         f"{v['engine_overhead']:.3f}" for name, v in row.items()
-                                         if isinstance(v, dict)), file=sys.stderr, flush=True)
+        print(
+            f"batch {b}: "
+            + ", ".join(
+                f"{name}: {v['latency_s_mean']:.3f} s/problem, overhead {v['engine_overhead']:.3f}"
+                for name, v in row.items()
+                if isinstance(v, dict)
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     return finish(report, a.out)
 
 

@@ -28,14 +28,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import gpu_paper_scale as gps  # noqa: E402
-from _common import finish  # noqa: E402
+import gpu_paper_scale as gps
+from _common import finish
 
-from arbitrage.backends.hf import HFGenerator  # noqa: E402
-from arbitrage.testing import EveryOtherRouter  # noqa: E402
-from arbitrage.engine import Engine, EngineConfig, Models  # noqa: E402
-from arbitrage.policies import RouterPolicy, TargetOnly  # noqa: E402
-from arbitrage.types import GenerationRequest  # noqa: E402
+from arbitrage.backends.hf import HFGenerator
+from arbitrage.engine import Engine, EngineConfig, Models
+from arbitrage.policies import RouterPolicy, TargetOnly
+from arbitrage.testing import EveryOtherRouter
+from arbitrage.types import GenerationRequest
 
 
 def sync(device):
@@ -92,8 +92,9 @@ def ms_per_token(g, device, batch: int, prompt: int, tokens: int, vocab: int, re
     best = float("inf")
     for rep in range(reps + 1):  # the first is a warm-up (compilation, allocator)
         keys = [f"b{batch}-{rep}-{i}" for i in range(batch)]
-        prompts = ["".join(f"<{t}>" for t in torch.randint(1, vocab, (prompt,), generator=gen).tolist())
-                   for _ in range(batch)]
+        prompts = [
+            "".join(f"<{t}>" for t in torch.randint(1, vocab, (prompt,), generator=gen).tolist()) for _ in range(batch)
+        ]
         sync(device)
         t0 = time.perf_counter()
         g.generate([GenerationRequest(k, p, [], 1) for k, p in zip(keys, prompts)])
@@ -123,8 +124,11 @@ def equality(device, dtype, tok, shape, steps: int) -> dict:
         for g in gens.values():  # a separator the random models do emit now and then: steps of varied length
             g.separator = "<7>"
         done = []
-        Engine(RouterPolicy(0.5), Models(draft=gens["draft"], target=gens["target"], router=EveryOtherRouter()),
-               EngineConfig(max_steps=steps, max_step_tokens=12, concurrency=4)).run(probs, done.append)
+        Engine(
+            RouterPolicy(0.5),
+            Models(draft=gens["draft"], target=gens["target"], router=EveryOtherRouter()),
+            EngineConfig(max_steps=steps, max_step_tokens=12, concurrency=4),
+        ).run(probs, done.append)
         out["fast" if fast else "plain"] = {r.problem.id: [(s.author, s.token_ids) for s in r.steps] for r in done}
     same = out["fast"] == out["plain"]
     n_tokens = sum(len(ids or []) for steps in out["plain"].values() for _, ids in steps)
@@ -151,14 +155,18 @@ def _main(argv=None) -> dict:
     tok = gps.SyntheticTokenizer(min(s["vocab_size"] for s in shapes.values()))
     n_tok = a.decode_tokens or (8 if tiny else 64)
     t_start = time.perf_counter()
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "tiny": tiny}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "tiny": tiny,
+    }
 
     print("(a) fast-path greedy equality", file=sys.stderr, flush=True)
     report["equality"] = equality(device, dtype, tok, shapes["1.5b"], 4 if tiny else 6)
 
     print("(b) ms/token, plain and fast, against the weight-bandwidth floor", file=sys.stderr, flush=True)
-    bw = copy_bandwidth(device, (64 if tiny else 2048) * 2 ** 20)
+    bw = copy_bandwidth(device, (64 if tiny else 2048) * 2**20)
     report["copy_bandwidth_GBps"] = bw / 1e9
     decode = {}
     for name in ("1.5b", "7b"):
@@ -171,8 +179,11 @@ def _main(argv=None) -> dict:
                 g = generator(model, tok, name, fast, batch, 128 + n_tok + 8)
                 ms = ms_per_token(g, device, batch, 64 if not tiny else 8, n_tok, tok.vocab_size)
                 row[f"{'fast' if fast else 'plain'}_b{batch}_ms_per_token"] = ms
-                print(f"  {name} batch {batch} {'fast' if fast else 'plain'}: {ms:.2f} ms/token (floor "
-                      f"{floor_ms:.2f})", file=sys.stderr, flush=True)
+                print(
+                    f"  {name} batch {batch} {'fast' if fast else 'plain'}: {ms:.2f} ms/token (floor {floor_ms:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         row["fast_b1_over_floor"] = row["fast_b1_ms_per_token"] / floor_ms
         decode[name] = row
         del model
@@ -183,18 +194,20 @@ def _main(argv=None) -> dict:
     print("(c) the paper-scale measurements on the fast path", file=sys.stderr, flush=True)
     steps, k, prompt = (3, 4, 8) if tiny else (8, 64, 128)
     batch_sizes = (1, 4) if tiny else (1, 32)
-    models = {"draft": gps.build(shapes["1.5b"], "lm", device, dtype, 21),
-              "target": gps.build(shapes["7b"], "lm", device, dtype, 22)}
+    models = {
+        "draft": gps.build(shapes["1.5b"], "lm", device, dtype, 21),
+        "target": gps.build(shapes["7b"], "lm", device, dtype, 22),
+    }
     max_slots = max(batch_sizes)
     gens = {r: generator(m, tok, r, True, max_slots, prompt + steps * (k + 2) + 16) for r, m in models.items()}
     clocks = {r: DecoderClock(g.static) for r, g in gens.items()}
-    warm = EngineConfig(max_steps=2, max_step_tokens=k, max_total_tokens=10 ** 6, concurrency=1)
+    warm = EngineConfig(max_steps=2, max_step_tokens=k, max_total_tokens=10**6, concurrency=1)
     wprobs = gps.problems(1, prompt, tok.vocab_size, 99, "warm")
     gps.run_one(RouterPolicy(0.5), gens, gps.FixedRateRouter({wprobs[0].id: {1}}), clocks, wprobs, warm, device)
     paper = {}
     for b in batch_sizes:
         n = 2 if (tiny and b == 1) else (8 if b == 1 else b)
-        cfg = EngineConfig(max_steps=steps, max_step_tokens=k, max_total_tokens=10 ** 6, concurrency=b)
+        cfg = EngineConfig(max_steps=steps, max_step_tokens=k, max_total_tokens=10**6, concurrency=b)
         probs = gps.problems(n, prompt, tok.vocab_size, b, f"p{b}")
         row = {"problems": n, "target": gps.run_one(TargetOnly(), gens, None, clocks, probs, cfg, device)}
         for rate in (0.2, 0.4):
@@ -206,17 +219,24 @@ def _main(argv=None) -> dict:
         row["draft_only"] = draft_only
         row["draft_target_step_cost"] = draft_only["latency_s_mean"] / row["target"]["latency_s_mean"]
         paper[str(b)] = row
-        print(f"  batch {b}: target {row['target']['latency_s_mean']:.3f} s/problem, overhead "
-              f"{row['target']['engine_overhead']:.3f}; draft/target step cost {row['draft_target_step_cost']:.3f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  batch {b}: target {row['target']['latency_s_mean']:.3f} s/problem, overhead "
+            f"{row['target']['engine_overhead']:.3f}; draft/target step cost {row['draft_target_step_cost']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
     report["paper_scale_fast"] = paper
     report["seconds"] = time.perf_counter() - t_start
     report["goals"] = {
         "decode_7b_b1_within_2x_floor": decode["7b"]["fast_b1_over_floor"] <= 2.0,
         "decode_1.5b_b1_within_3x_floor": decode["1.5b"]["fast_b1_over_floor"] <= 3.0,
         "draft_target_step_cost_le_0.35": paper["1"]["draft_target_step_cost"] <= 0.35,
-        "engine_overhead_le_1.10": all(v["engine_overhead"] <= 1.10 for row in paper.values()
-                                       for v in row.values() if isinstance(v, dict) and "engine_overhead" in v),
+        "engine_overhead_le_1.10": all(
+            v["engine_overhead"] <= 1.10
+            for row in paper.values()
+            for v in row.values()
+            if isinstance(v, dict) and "engine_overhead" in v
+        ),
     }
     return finish(report, a.out)
 

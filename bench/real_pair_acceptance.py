@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import finish  # noqa: E402
+from _common import finish
 
 CACHE = Path(os.environ.get("ARBITRAGE_GGUF_CACHE", "~/.cache/arbitrage/gguf")).expanduser()
 FILES = {"draft": "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf", "target": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"}
@@ -71,8 +71,13 @@ def main(argv=None) -> dict:
         raise SystemExit("the two GGUF tokenizers differ: no in-step speculation is possible")
     load_s = time.perf_counter() - t0
     problems = load_problems("gsm8k", limit=a.n, offset=a.offset, template="qwen-math-cot")
-    cfg = EngineConfig(max_steps=a.max_steps, max_step_tokens=a.max_step_tokens,
-                       max_total_tokens=a.max_steps * a.max_step_tokens, concurrency=1, gamma=a.gamma)
+    cfg = EngineConfig(
+        max_steps=a.max_steps,
+        max_step_tokens=a.max_step_tokens,
+        max_total_tokens=a.max_steps * a.max_step_tokens,
+        concurrency=1,
+        gamma=a.gamma,
+    )
     done = []
     engine = Engine(make_policy("confidence", 0.0), models, cfg)
     t0 = time.perf_counter()
@@ -88,25 +93,32 @@ def main(argv=None) -> dict:
     written = sum(s.n_tokens for s in steps)
     report = {
         "pair": "Qwen2.5-Coder-0.5B-Instruct (AWQ Q4_K_M) / Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), GGUF dequantized to "
-                "float32, in-process, greedy",
-        "problems": len(done), "target_accuracy_here": correct / len(done) if done else None, "steps": len(steps),
-        "gamma": a.gamma, "identical_steps_share": len(identical) / len(steps) if steps else None,
+        "float32, in-process, greedy",
+        "problems": len(done),
+        "target_accuracy_here": correct / len(done) if done else None,
+        "steps": len(steps),
+        "gamma": a.gamma,
+        "identical_steps_share": len(identical) / len(steps) if steps else None,
         "kept_tokens_median_other_steps": statistics.median(s.speculation["kept"] for s in others) if others else None,
         "kept_share_of_proposals": tot.get("kept", 0) / tot["proposed"] if tot.get("proposed") else None,
         "target_written_share": tot.get("target_written", 0) / written if written else None,
         "in_step_acceptance": tot["draft_accepted"] / tot["draft_speculated"] if tot.get("draft_speculated") else None,
         "tokens_per_target_forward": written / tot["target_forwards"] if tot.get("target_forwards") else None,
-        "totals": tot, "tokens_written": written, "load_s": round(load_s, 1),
+        "totals": tot,
+        "tokens_written": written,
+        "load_s": round(load_s, 1),
         "run_s": round(time.perf_counter() - t0, 1),
     }
-    lines = [f"real pair acceptance: {report['pair']}",
-             f"{report['problems']} GSM8K problems, {report['steps']} steps, every step escalated, gamma {a.gamma}",
-             f"draft steps token-identical to the target's: {report['identical_steps_share']:.3f}",
-             f"tokens kept of the other proposals (median): {report['kept_tokens_median_other_steps']}",
-             f"share of all proposal tokens kept: {report['kept_share_of_proposals']:.3f}",
-             f"share of the target's tokens written by the target itself: {report['target_written_share']:.3f}",
-             f"in-step draft tokens accepted: {report['in_step_acceptance']:.3f}",
-             f"tokens per target forward pass: {report['tokens_per_target_forward']:.2f}"]
+    lines = [
+        f"real pair acceptance: {report['pair']}",
+        f"{report['problems']} GSM8K problems, {report['steps']} steps, every step escalated, gamma {a.gamma}",
+        f"draft steps token-identical to the target's: {report['identical_steps_share']:.3f}",
+        f"tokens kept of the other proposals (median): {report['kept_tokens_median_other_steps']}",
+        f"share of all proposal tokens kept: {report['kept_share_of_proposals']:.3f}",
+        f"share of the target's tokens written by the target itself: {report['target_written_share']:.3f}",
+        f"in-step draft tokens accepted: {report['in_step_acceptance']:.3f}",
+        f"tokens per target forward pass: {report['tokens_per_target_forward']:.2f}",
+    ]
     return finish(report, a.out, lines)
 
 

@@ -79,10 +79,10 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from arbitrage.factory import ModelOptions, load_model
     from arbitrage.router_training import build_data, evaluate_router, train_router
     from arbitrage.router_training.dataset import load_examples
     from arbitrage.router_training.evaluate import predict
-    from arbitrage.factory import ModelOptions, load_model
     from arbitrage.testbed.evaluate import default_models_dir
 
     torch.set_num_threads(1)
@@ -100,34 +100,61 @@ def main(argv=None) -> dict:
             out = os.path.join(work, f"{kind}-{name.replace(' ', '_')}")
             t0 = time.perf_counter()
             if not os.path.isfile(os.path.join(out, "arbitrage_router.json")):
-                extra = {"base": base, "lr": a.lr, "epochs": a.epochs, "batch_size": 16, "device": "cpu"} \
-                    if kind == "classifier" else {}
+                extra = (
+                    {"base": base, "lr": a.lr, "epochs": a.epochs, "batch_size": 16, "device": "cpu"}
+                    if kind == "classifier"
+                    else {}
+                )
                 train_router(data_dir, out, kind=kind, seed=a.seed, log=lambda *_: None, **train_opts, **extra)
             m = evaluate_router(out, data_dir)
             val = load_examples(os.path.join(data_dir, "validation.jsonl"))
             router = load_model("router", out, "router", ModelOptions(device="cpu", reuse_cache=False))
             y = predict(router, val)
             rho, ci = spearman_ci(y, [e.advantage for e in val], [e.problem_id for e in val], a.n_boot, a.seed)
-            row = {"kind": kind, "variant": name, "table": table, "spearman": rho, "spearman_ci95": ci,
-                   "roc_auc": m["roc_auc"], "acc_keep": 100 * m["accuracy_keep"],
-                   "acc_escalate": 100 * m["accuracy_escalate"], "n_validation": m["n"],
-                   "n_classes": m.get("n_classes", 2), "seconds": round(time.perf_counter() - t0, 1),
-                   "paper": PAPER.get(name, {})}
+            row = {
+                "kind": kind,
+                "variant": name,
+                "table": table,
+                "spearman": rho,
+                "spearman_ci95": ci,
+                "roc_auc": m["roc_auc"],
+                "acc_keep": 100 * m["accuracy_keep"],
+                "acc_escalate": 100 * m["accuracy_escalate"],
+                "n_validation": m["n"],
+                "n_classes": m.get("n_classes", 2),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "paper": PAPER.get(name, {}),
+            }
             rows.append(row)
-            print(f"{kind:<10} T{table} {name:<16} Spearman {rho:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] keep "
-                  f"{row['acc_keep']:.1f} escalate {row['acc_escalate']:.1f}", file=sys.stderr, flush=True)
-    lines = ["| router | table | variant | Spearman (95% CI) | paper | acc. keep / escalate (%) | paper |",
-             "|---|---|---|---|---|---|---|"]
+            print(
+                f"{kind:<10} T{table} {name:<16} Spearman {rho:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] keep "
+                f"{row['acc_keep']:.1f} escalate {row['acc_escalate']:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    lines = [
+        "| router | table | variant | Spearman (95% CI) | paper | acc. keep / escalate (%) | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         p = r["paper"]
         paper_acc = f"{p.get('acc_keep', '–')} / {p.get('acc_escalate', '–')}" if p else "–"
-        lines.append(f"| {r['kind']} | {r['table']} | {r['variant']} | {r['spearman']:.4f} ({r['spearman_ci95'][0]:.3f}"
-                     f"–{r['spearman_ci95'][1]:.3f}) | {p.get('spearman', '–')} | {r['acc_keep']:.1f} / "
-                     f"{r['acc_escalate']:.1f} | {paper_acc} |")
+        lines.append(
+            f"| {r['kind']} | {r['table']} | {r['variant']} | {r['spearman']:.4f} ({r['spearman_ci95'][0]:.3f}"
+            f"–{r['spearman_ci95'][1]:.3f}) | {p.get('spearman', '–')} | {r['acc_keep']:.1f} / "
+            f"{r['acc_escalate']:.1f} | {paper_acc} |"
+        )
     table = "\n".join(lines)
     print(table)
-    report = {"generate": os.path.abspath(a.generate), "base": base, "epochs": a.epochs, "lr": a.lr,
-              "seed": a.seed, "n_boot": a.n_boot, "rows": rows}
+    report = {
+        "generate": os.path.abspath(a.generate),
+        "base": base,
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "seed": a.seed,
+        "n_boot": a.n_boot,
+        "rows": rows,
+    }
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(a.out, "table.md"), "w") as f:

@@ -25,8 +25,12 @@ KEYS = ("spearman", "roc_auc", "balanced_accuracy", "oracle_agreement", "escalat
 
 def _row(name: str, router_dir: str, m: dict) -> dict:
     meta = json.loads((Path(router_dir) / "arbitrage_router.json").read_text())
-    row = {"router": name, **{k: round(m[k], 4) for k in KEYS}, "train_seconds": meta["train_seconds"],
-           "ms_per_step": m["ms_per_step"]}
+    row = {
+        "router": name,
+        **{k: round(m[k], 4) for k in KEYS},
+        "train_seconds": meta["train_seconds"],
+        "ms_per_step": m["ms_per_step"],
+    }
     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return row
 
@@ -58,13 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         hyper = dict(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, device=args.device)
         for name, shuffled in (("classifier", False), ("classifier, shuffled labels", True)):
             d = str(out / name.replace(", ", "_").replace(" ", "_"))
-            r = train_router(data, d, kind="classifier", base=args.base, shuffle_labels=shuffled, log=lambda s: None,
-                             **hyper)
+            r = train_router(
+                data, d, kind="classifier", base=args.base, shuffle_labels=shuffled, log=lambda s: None, **hyper
+            )
             rows.append(_row(name, r, evaluate_router(r, data, device=args.device)))
     ctl = [x["spearman"] for x in rows if x["router"].startswith("probe, shuffled")]
-    summary = {"results": [os.path.abspath(x) for x in args.results], "counts": counts, "routers": rows,
-               "probe_control_spearman_mean": round(statistics.fmean(ctl), 4) if ctl else None,
-               "probe_control_spearman_max": max(ctl) if ctl else None, "argv": sys.argv}
+    summary = {
+        "results": [os.path.abspath(x) for x in args.results],
+        "counts": counts,
+        "routers": rows,
+        "probe_control_spearman_mean": round(statistics.fmean(ctl), 4) if ctl else None,
+        "probe_control_spearman_max": max(ctl) if ctl else None,
+        "argv": sys.argv,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -18,8 +18,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import finish, spread  # noqa: E402
-from engine_parallel import start_fake  # noqa: E402  (the same fake-server launcher)
+from _common import finish, spread
+from engine_parallel import start_fake
 
 CONFIGS = ((1, 1), (4, 1), (16, 1), (16, 2), (32, 2), (32, 4))  # (problems in flight, replicas per role)
 
@@ -43,15 +43,18 @@ def main(argv=None) -> dict:
         data = os.path.join(tmp, "problems.jsonl")
         with open(data, "w") as f:
             for i in range(a.problems):
-                f.write(json.dumps({"id": f"p{i}", "question": f"Problem {i}.", "answer": "1",
-                                    "prompt": f"Problem {i}."}) + "\n")
+                f.write(
+                    json.dumps({"id": f"p{i}", "question": f"Problem {i}.", "answer": "1", "prompt": f"Problem {i}."})
+                    + "\n"
+                )
         for concurrency, replicas in CONFIGS:
             procs, urls = [], {"draft": [], "target": []}
             port = a.port
             for role in ("draft", "target"):
                 for _ in range(replicas):
-                    procs.append(start_fake(role, a.per_token_ms, a.tokens_per_step, a.steps, port,
-                                            capacity=a.capacity))
+                    procs.append(
+                        start_fake(role, a.per_token_ms, a.tokens_per_step, a.steps, port, capacity=a.capacity)
+                    )
                     urls[role].append(f"http://127.0.0.1:{port}/v1")
                     port += 1
             walls = []
@@ -59,9 +62,28 @@ def main(argv=None) -> dict:
                 for rep in range(a.repeats):
                     out = os.path.join(tmp, f"c{concurrency}-r{replicas}-{rep}")
                     t0 = time.perf_counter()
-                    rc = cli(["run", "--policy", "generate", "--draft", ",".join(urls["draft"]), "--target",
-                              ",".join(urls["target"]), "--prm", "testbed-checker", "--data", data, "--out", out,
-                              "--quiet", "--concurrency", str(concurrency), "--max-steps", "8"])
+                    rc = cli(
+                        [
+                            "run",
+                            "--policy",
+                            "generate",
+                            "--draft",
+                            ",".join(urls["draft"]),
+                            "--target",
+                            ",".join(urls["target"]),
+                            "--prm",
+                            "testbed-checker",
+                            "--data",
+                            data,
+                            "--out",
+                            out,
+                            "--quiet",
+                            "--concurrency",
+                            str(concurrency),
+                            "--max-steps",
+                            "8",
+                        ]
+                    )
                     walls.append(time.perf_counter() - t0)
                     if rc != 0:
                         raise RuntimeError(f"the run failed ({concurrency} in flight, {replicas} replicas)")
@@ -70,23 +92,36 @@ def main(argv=None) -> dict:
                     p.terminate()
                     p.wait(10)
             w = spread(walls)
-            rows.append({"concurrency": concurrency, "replicas": replicas, "wall_s": w,
-                         "problems_per_s": a.problems / w["mean"]})
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "replicas": replicas,
+                    "wall_s": w,
+                    "problems_per_s": a.problems / w["mean"],
+                }
+            )
             print(f"{concurrency} in flight, {replicas} replica(s): {w['mean']:.2f} s", file=sys.stderr, flush=True)
     base = rows[0]["wall_s"]["mean"]
     for r in rows:  # against the first configuration's mean; the range from this one's fastest and slowest run
         w = r["wall_s"]
         r["speedup_vs_first"] = {"mean": base / w["mean"], "min": base / w["max"], "max": base / w["min"]}
-    report = {"setup": f"generate on {a.problems} problems; fake draft and target servers, {a.per_token_ms:g} ms per "
-                       f"token, {a.tokens_per_step} tokens per step, {a.steps} steps, each serving at most "
-                       f"{a.capacity} requests at once; PRM: the free testbed checker",
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows}
-    lines = [report["setup"] + f"; {a.repeats} runs each",
-             f"{'in flight':>10}{'replicas':>10}{'wall (s)':>10}{'problems/s':>12}{'speed-up (min-max)':>22}"]
+    report = {
+        "setup": f"generate on {a.problems} problems; fake draft and target servers, {a.per_token_ms:g} ms per "
+        f"token, {a.tokens_per_step} tokens per step, {a.steps} steps, each serving at most "
+        f"{a.capacity} requests at once; PRM: the free testbed checker",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "rows": rows,
+    }
+    lines = [
+        report["setup"] + f"; {a.repeats} runs each",
+        f"{'in flight':>10}{'replicas':>10}{'wall (s)':>10}{'problems/s':>12}{'speed-up (min-max)':>22}",
+    ]
     for r in rows:
         s = r["speedup_vs_first"]
-        lines.append(f"{r['concurrency']:>10}{r['replicas']:>10}{r['wall_s']['mean']:>10.2f}{r['problems_per_s']:>12.2f}"
-                     f"{s['mean']:>10.2f}x ({s['min']:.2f}-{s['max']:.2f})")
+        lines.append(
+            f"{r['concurrency']:>10}{r['replicas']:>10}{r['wall_s']['mean']:>10.2f}{r['problems_per_s']:>12.2f}"
+            f"{s['mean']:>10.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+        )
     return finish(report, a.out, lines)
 
 

@@ -29,7 +29,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import finish, spread, wait_healthy  # noqa: E402
+from _common import finish, spread, wait_healthy
 
 
 def start_server(port: int, args: list[str]) -> subprocess.Popen:
@@ -51,12 +51,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "serve_bench.json"))
     a = ap.parse_args(argv)
 
-    import torch
     import openai
+    import torch
 
     from arbitrage.engine import Engine, EngineConfig
-    from arbitrage.factory import ModelOptions, build_models
     from arbitrage.evidence import paired_ratio_ci
+    from arbitrage.factory import ModelOptions, build_models
     from arbitrage.policies import make_policy
     from arbitrage.testbed.task import make_problems
     from arbitrage.types import Problem
@@ -64,9 +64,24 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     limits = ["--max-steps", "10", "--max-step-tokens", "48", "--max-total-tokens", "320"]
     specs = {"draft": "testbed:draft", "target": "testbed:target", "prm": a.prm}
-    server = start_server(a.port, ["--policy", a.policy, "--threshold", str(a.threshold), "--draft", specs["draft"],
-                                   "--target", specs["target"], "--prm", specs["prm"], "--max-concurrency", "64",
-                                   *limits])
+    server = start_server(
+        a.port,
+        [
+            "--policy",
+            a.policy,
+            "--threshold",
+            str(a.threshold),
+            "--draft",
+            specs["draft"],
+            "--target",
+            specs["target"],
+            "--prm",
+            specs["prm"],
+            "--max-concurrency",
+            "64",
+            *limits,
+        ],
+    )
     url = f"http://127.0.0.1:{a.port}/v1"
     try:
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
@@ -98,13 +113,22 @@ def main(argv=None) -> dict:
         direct.stop()
         ratio = paired_ratio_ci(server_s, engine_s)
         per = [s / e for s, e in zip(server_s, engine_s)]
-        report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                  "policy": policy.describe(), "prm": a.prm, "models": "testbed:draft / testbed:target in-process",
-                  "overhead": {"problems": len(probs), "engine_s_mean": statistics.fmean(engine_s),
-                               "server_s_mean": statistics.fmean(server_s), "ratio": ratio["ratio"],
-                               "ratio_ci95": ratio["ci95"],
-                               "ratio_median_per_problem": statistics.median(per), "same_text": same},
-                  "throughput": []}
+        report = {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "policy": policy.describe(),
+            "prm": a.prm,
+            "models": "testbed:draft / testbed:target in-process",
+            "overhead": {
+                "problems": len(probs),
+                "engine_s_mean": statistics.fmean(engine_s),
+                "server_s_mean": statistics.fmean(server_s),
+                "ratio": ratio["ratio"],
+                "ratio_ci95": ratio["ci95"],
+                "ratio_median_per_problem": statistics.median(per),
+                "same_text": same,
+            },
+            "throughput": [],
+        }
         del models  # free this process's copy before the load test
 
         async def load(n_flight: int, prompts: list[str]):
@@ -129,30 +153,43 @@ def main(argv=None) -> dict:
             n = min(len(prompts), max(16, 2 * level)) if level == 1 else len(prompts)
             runs = [asyncio.run(load(level, prompts[:n])) for _ in range(a.repeats)]
             lat = [x for _, lats in runs for x in lats]
-            report["throughput"].append({"in_flight": level, "requests": n,
-                                         "problems_per_s": spread(n / wall for wall, _ in runs),
-                                         "latency_s_mean": statistics.fmean(lat),
-                                         "latency_s_p90": sorted(lat)[int(0.9 * (len(lat) - 1))]})
-            print(f"{level} in flight: {report['throughput'][-1]['problems_per_s']['mean']:.2f} problems/s",
-                  file=sys.stderr, flush=True)
+            report["throughput"].append(
+                {
+                    "in_flight": level,
+                    "requests": n,
+                    "problems_per_s": spread(n / wall for wall, _ in runs),
+                    "latency_s_mean": statistics.fmean(lat),
+                    "latency_s_p90": sorted(lat)[int(0.9 * (len(lat) - 1))],
+                }
+            )
+            print(
+                f"{level} in flight: {report['throughput'][-1]['problems_per_s']['mean']:.2f} problems/s",
+                file=sys.stderr,
+                flush=True,
+            )
         metrics = httpx.get(url.replace("/v1", "/metrics")).text
-        report["server_errors"] = sum(1 for line in metrics.splitlines()
-                                      if line.startswith("arbitrage_requests_total") and 'status="5' in line)
+        report["server_errors"] = sum(
+            1 for line in metrics.splitlines() if line.startswith("arbitrage_requests_total") and 'status="5' in line
+        )
     finally:
         server.terminate()
         server.wait(20)
     o = report["overhead"]
-    lines = [f"serve_bench: {report['policy']}, PRM {a.prm}, testbed models in-process, 1 torch thread each side",
-             f"overhead, {o['problems']} problems one at a time: engine {o['engine_s_mean'] * 1000:.1f} ms, server "
-             f"{o['server_s_mean'] * 1000:.1f} ms per problem: {o['ratio']:.3f}x (95% CI "
-             f"{o['ratio_ci95'][0]:.3f}-{o['ratio_ci95'][1]:.3f}, paired bootstrap over problems; median per problem "
-             f"{o['ratio_median_per_problem']:.3f}x); same text {o['same_text']}/{o['problems']}",
-             f"{'in flight':>10}{'requests':>10}{'problems/s (min-max over ' + str(a.repeats) + ' runs)':>36}"
-             f"{'latency mean (s)':>18}{'p90 (s)':>9}"]
+    lines = [
+        f"serve_bench: {report['policy']}, PRM {a.prm}, testbed models in-process, 1 torch thread each side",
+        f"overhead, {o['problems']} problems one at a time: engine {o['engine_s_mean'] * 1000:.1f} ms, server "
+        f"{o['server_s_mean'] * 1000:.1f} ms per problem: {o['ratio']:.3f}x (95% CI "
+        f"{o['ratio_ci95'][0]:.3f}-{o['ratio_ci95'][1]:.3f}, paired bootstrap over problems; median per problem "
+        f"{o['ratio_median_per_problem']:.3f}x); same text {o['same_text']}/{o['problems']}",
+        f"{'in flight':>10}{'requests':>10}{'problems/s (min-max over ' + str(a.repeats) + ' runs)':>36}"
+        f"{'latency mean (s)':>18}{'p90 (s)':>9}",
+    ]
     for t in report["throughput"]:
         tp = t["problems_per_s"]
-        lines.append(f"{t['in_flight']:>10}{t['requests']:>10}{tp['mean']:>20.2f} ({tp['min']:.2f}-{tp['max']:.2f})"
-                     f"{t['latency_s_mean']:>18.3f}{t['latency_s_p90']:>9.3f}")
+        lines.append(
+            f"{t['in_flight']:>10}{t['requests']:>10}{tp['mean']:>20.2f} ({tp['min']:.2f}-{tp['max']:.2f})"
+            f"{t['latency_s_mean']:>18.3f}{t['latency_s_p90']:>9.3f}"
+        )
     return finish(report, a.out, lines)
 
 

@@ -23,3 +23,13 @@ def tiny_dir(tmp_path_factory):
     make_token_classifier(str(root / "prm_cls"), hidden=32, seed=4)
     make_token_classifier(str(root / "router"), hidden=32, seed=5, router=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def vllm_servers():
+    """vLLM's CPU build serving the tiny models (a generation server and a pooling one), started once per session
+    on 127.0.0.1 and stopped at its end (tests/vllm_server.py)."""
+    from vllm_server import shared_servers, stop_servers
+
+    yield shared_servers()
+    stop_servers()

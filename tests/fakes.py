@@ -7,8 +7,10 @@ from arbitrage.types import Generation, Problem
 
 def problems(lengths: list[int]) -> list[Problem]:
     """Problem i ends (its model writes end-of-sequence) at step lengths[i] - 1."""
-    return [Problem(id=f"p{i}", question=f"q{i}", prompt=f"Q{i}:", gold="1", meta={"n_steps": n})
-            for i, n in enumerate(lengths)]
+    return [
+        Problem(id=f"p{i}", question=f"q{i}", prompt=f"Q{i}:", gold="1", meta={"n_steps": n})
+        for i, n in enumerate(lengths)
+    ]
 
 
 class FakeGenerator:
@@ -20,7 +22,7 @@ class FakeGenerator:
     def __init__(self, name: str, lengths: dict[str, int], tokens_per_step: int = 3, logprobs=None):
         self.name, self.separator, self.lengths, self.tokens = name, "\n\n", lengths, tokens_per_step
         self.logprobs = logprobs or (lambda key, i: [-0.1] * tokens_per_step)
-        self.calls: list[list[str]] = []     # keys of each batched call
+        self.calls: list[list[str]] = []  # keys of each batched call
         self.written: list[tuple[str, int, int]] = []  # (key, step index, tokens written by this request)
         self.released: list[str] = []
 
@@ -36,11 +38,25 @@ class FakeGenerator:
             end = min(len(lps), start + r.max_new_tokens)
             self.written.append((r.key, i, end - start))
             if end < len(lps):  # a partial step: the first `end` tokens
-                out.append(Generation(text=text[:end], stop="length", token_ids=list(range(end)), logprobs=lps[:end],
-                                      extras={"entropies": [-x for x in lps[:end]], "generator": self.name}))
+                out.append(
+                    Generation(
+                        text=text[:end],
+                        stop="length",
+                        token_ids=list(range(end)),
+                        logprobs=lps[:end],
+                        extras={"entropies": [-x for x in lps[:end]], "generator": self.name},
+                    )
+                )
                 continue
-            out.append(Generation(text=text, stop="eos" if last else "separator", token_ids=list(range(len(lps))),
-                                  logprobs=lps, extras={"entropies": [-x for x in lps], "generator": self.name}))
+            out.append(
+                Generation(
+                    text=text,
+                    stop="eos" if last else "separator",
+                    token_ids=list(range(len(lps))),
+                    logprobs=lps,
+                    extras={"entropies": [-x for x in lps], "generator": self.name},
+                )
+            )
         return out
 
     def release(self, key):
@@ -62,8 +78,10 @@ class FakePRM:
 
     def score(self, requests):
         self.calls.append([r.key for r in requests])
-        return [[(0.8 if c.author == "target" else 0.9 if len(r.steps) % 2 == 0 else 0.2) for c in r.candidates]
-                for r in requests]
+        return [
+            [(0.8 if c.author == "target" else 0.9 if len(r.steps) % 2 == 0 else 0.2) for c in r.candidates]
+            for r in requests
+        ]
 
     def release(self, key):
         self.released.append(key)

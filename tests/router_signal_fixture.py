@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -81,8 +81,11 @@ class IteratedMapChecker:
         text = cand.text.strip()
         if len(steps) < n:
             m = _STEP.match(text)
-            return float(bool(m) and (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (a, x, b)
-                         and int(m.group(4)) == (a * x + b) % 10)
+            return float(
+                bool(m)
+                and (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (a, x, b)
+                and int(m.group(4)) == (a * x + b) % 10
+            )
         m = _FINAL.match(text)
         return float(bool(m) and int(m.group(1)) == x)
 
@@ -102,8 +105,12 @@ def char_tokenizer(out_dir: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 3, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + 3,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
     tok.train_from_iterator(["0123456789+= abc"], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
     fast.save_pretrained(out_dir)
@@ -121,24 +128,41 @@ def _batch(tok, rng: random.Random, batch: int):
     labels = torch.full((batch, n), -100)
     mask = torch.zeros((batch, n), dtype=torch.long)
     for i, (p, s) in enumerate(rows):
-        ids[i, :len(p) + len(s)] = torch.tensor(p + s)
-        labels[i, len(p):len(p) + len(s)] = torch.tensor(s)  # loss on the solution only
-        mask[i, :len(p) + len(s)] = 1
+        ids[i, : len(p) + len(s)] = torch.tensor(p + s)
+        labels[i, len(p) : len(p) + len(s)] = torch.tensor(s)  # loss on the solution only
+        mask[i, : len(p) + len(s)] = 1
     return ids, mask, labels
 
 
-def train_checkpoints(out: str, draft_steps: int, target_steps: int, hidden: int = 64, seed: int = 0,
-                      batch: int = 64, lr: float = 3e-3, log=print) -> None:
+def train_checkpoints(
+    out: str,
+    draft_steps: int,
+    target_steps: int,
+    hidden: int = 64,
+    seed: int = 0,
+    batch: int = 64,
+    lr: float = 3e-3,
+    log=print,
+) -> None:
     """One training run; OUT/draft is its weights after `draft_steps`, OUT/target after `target_steps`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = char_tokenizer(os.path.join(out, "draft"))
     char_tokenizer(os.path.join(out, "target"))
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     model = Qwen2ForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
@@ -165,13 +189,21 @@ def record_generate(models_dir: str, out_dir: str, n: int, seed: int = 7, temper
     from arbitrage.run import RunConfig, run
 
     kw = dict(device="cpu", dtype="float32", seed=seed)
-    models = Models(draft=HFGenerator.from_pretrained(os.path.join(models_dir, "draft"), name="draft",
-                                                      temperature=temperature, **kw),
-                    target=HFGenerator.from_pretrained(os.path.join(models_dir, "target"), name="target",
-                                                       temperature=0.0, **kw),
-                    prm=IteratedMapChecker())
-    cfg = RunConfig(policy="generate", out=out_dir, data="iterated-map", template=TEMPLATE, progress=False,
-                    engine=EngineConfig(max_steps=8, max_step_tokens=24, max_total_tokens=200, concurrency=16))
+    models = Models(
+        draft=HFGenerator.from_pretrained(
+            os.path.join(models_dir, "draft"), name="draft", temperature=temperature, **kw
+        ),
+        target=HFGenerator.from_pretrained(os.path.join(models_dir, "target"), name="target", temperature=0.0, **kw),
+        prm=IteratedMapChecker(),
+    )
+    cfg = RunConfig(
+        policy="generate",
+        out=out_dir,
+        data="iterated-map",
+        template=TEMPLATE,
+        progress=False,
+        engine=EngineConfig(max_steps=8, max_step_tokens=24, max_total_tokens=200, concurrency=16),
+    )
     return run(cfg, models=models, problems=problems(n, seed))
 
 
@@ -183,8 +215,10 @@ def main(argv: list[str]) -> int:
         train_checkpoints(out, draft_steps, target_steps)
     m = record_generate(out, os.path.join(out, "gen"), n)
     print({k: m[k] for k in ("n", "accuracy", "escalation_rate", "advantage_positive_rate") if k in m})
-    with open(os.path.join(out, "gen", "results.jsonl"), "rb") as f, \
-            gzip.open(os.path.join(out, "router_generate.jsonl.gz"), "wb") as g:
+    with (
+        open(os.path.join(out, "gen", "results.jsonl"), "rb") as f,
+        gzip.open(os.path.join(out, "router_generate.jsonl.gz"), "wb") as g,
+    ):
         shutil.copyfileobj(f, g)
     return 0
 

@@ -32,7 +32,7 @@ def imports(path: Path, module_level_only: bool = False) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -62,8 +62,9 @@ def test_the_core_never_imports_the_plugin_packages():
 
 
 def test_no_module_level_import_circle():
-    graph = {name: {i for i in imports(path, module_level_only=True) if i != name}
-             for name, path in all_modules().items()}
+    graph = {
+        name: {i for i in imports(path, module_level_only=True) if i != name} for name, path in all_modules().items()
+    }
     # a package's own __init__ is reached through its modules; drop edges to bare package names
     visiting, done, cycles = set(), set(), []
 
@@ -71,7 +72,7 @@ def test_no_module_level_import_circle():
         if n in done:
             return
         if n in visiting:
-            cycles.append(stack[stack.index(n):] + [n])
+            cycles.append(stack[stack.index(n) :] + [n])
             return
         visiting.add(n)
         for m in graph.get(n, ()):
@@ -104,7 +105,8 @@ def test_a_new_prm_kind_plugs_in_through_the_registry(tmp_path, monkeypatch):
         "        pass\n"
         "def register(registry):\n"
         "    registry.add_loader('prm', 'constant', lambda s: s.startswith('constant:'),\n"
-        "                        lambda spec, role, opts, sep: ConstantPRM(float(spec.split(':')[1])), priority=50)\n")
+        "                        lambda spec, role, opts, sep: ConstantPRM(float(spec.split(':')[1])), priority=50)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     real = reg.plugin_entry_points
 
@@ -115,9 +117,28 @@ def test_a_new_prm_kind_plugs_in_through_the_registry(tmp_path, monkeypatch):
     reg.reset_registry()
     try:
         out = tmp_path / "out"
-        rc = main(["run", "--policy", "rsd", "--threshold", "0.5", "--draft", "testbed:draft", "--target",
-                   "testbed:target", "--prm", "constant:0.9", "--data", "testbed:test:3", "--out", str(out),
-                   "--quiet", "--max-steps", "3"])
+        rc = main(
+            [
+                "run",
+                "--policy",
+                "rsd",
+                "--threshold",
+                "0.5",
+                "--draft",
+                "testbed:draft",
+                "--target",
+                "testbed:target",
+                "--prm",
+                "constant:0.9",
+                "--data",
+                "testbed:test:3",
+                "--out",
+                str(out),
+                "--quiet",
+                "--max-steps",
+                "3",
+            ]
+        )
         assert rc == 0
         assert "mine" in reg.registry().plugins
         lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

@@ -8,11 +8,11 @@ import math
 import httpx
 import pytest
 import torch
+from fakes import ForwardTokens
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
 from arbitrage.baselines.assisted import generate_one, split_steps
-from arbitrage.timing import ForwardTimer
 from arbitrage.baselines.specreason import SpecReason
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.errors import ConfigError
@@ -20,8 +20,8 @@ from arbitrage.policies import make_policy
 from arbitrage.run import RunConfig, run
 from arbitrage.target_judge import JUDGE_QUESTION, digit_token_ids, expected_digit, merge_digit_logprobs
 from arbitrage.testing import make_causal_lm
+from arbitrage.timing import ForwardTimer
 from arbitrage.types import JudgeRequest, Problem, Step
-from fakes import ForwardTokens
 
 SEP = "\n\n"
 
@@ -31,8 +31,7 @@ def pair(tmp_path_factory):
     """A target and a draft that is the target with slightly perturbed weights: it agrees on many tokens but
     not all, so assisted generation both accepts and rejects draft tokens."""
     root = tmp_path_factory.mktemp("pair")
-    model, tok = make_causal_lm(str(root / "target"), hidden=64, layers=2, seed=4, separator_bias=3.0,
-                                eos_bias=1.0)
+    model, tok = make_causal_lm(str(root / "target"), hidden=64, layers=2, seed=4, separator_bias=3.0, eos_bias=1.0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -56,9 +55,14 @@ def test_assisted_output_equals_target_greedy(pair):
         out = generate_one(draft, target, p, SEP, max_new_tokens=40, max_steps=100, timers=timers)
         ids = torch.tensor([list(target.encode(q, True))])
         with torch.no_grad():
-            ref = target.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=40, eos_token_id=sorted(target.eos_ids),
-                                        pad_token_id=target.pad_id)[0, ids.shape[1]:].tolist()
+            ref = target.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=40,
+                eos_token_id=sorted(target.eos_ids),
+                pad_token_id=target.pad_id,
+            )[0, ids.shape[1] :].tolist()
         cut = next((j for j, t in enumerate(ref) if t in target.eos_ids), len(ref))
         assert out.solution == target.tokenizer.decode(ref[:cut]), f"problem {i}"
         assert out.counts["target_tokens"] == cut
@@ -82,8 +86,12 @@ def test_assisted_run_writes_layout_and_resumes(pair, tmp_path):
     from arbitrage.grading import Grader
 
     draft, target = load(pair, "draft"), load(pair, "target")
-    cfg = RunConfig(policy="assisted", out=str(tmp_path / "a"), data="x",
-                    models={"draft": str(pair / "draft"), "target": str(pair / "target")})
+    cfg = RunConfig(
+        policy="assisted",
+        out=str(tmp_path / "a"),
+        data="x",
+        models={"draft": str(pair / "draft"), "target": str(pair / "target")},
+    )
     cfg.engine = EngineConfig(max_steps=3, max_total_tokens=24)
     probs = [Problem("a", "1+1?", "Question: 1+1?\n\n", gold="2"), Problem("b", "2+2?", "Question: 2+2?\n\n", "4")]
     cfg.progress = False
@@ -99,6 +107,7 @@ def test_assisted_run_writes_layout_and_resumes(pair, tmp_path):
 
 
 # --- SpecReason judge ------------------------------------------------------------------------------------
+
 
 def full_forward_score(gen: HFGenerator, prompt: str, steps, draft: Step, question: str) -> float:
     ids = list(gen.encode(prompt, True))
@@ -169,14 +178,17 @@ def test_specreason_target_writes_only_steps_judged_below_tau(pair):
     assert isinstance(policy, SpecReason)
     done = []
     probs = [Problem(f"p{i}", "q", f"Question: {i} + {i}?\n\n") for i in range(4)]
-    Engine(policy, Models(draft=draft, target=target, judge=target),
-           EngineConfig(max_steps=4, max_step_tokens=8, concurrency=3)).run(probs, done.append)
+    Engine(
+        policy,
+        Models(draft=draft, target=target, judge=target),
+        EngineConfig(max_steps=4, max_step_tokens=8, concurrency=3),
+    ).run(probs, done.append)
     assert len(done) == 4
     escalated = kept = 0
     for res in done:
         assert res.counts["judge_calls"] == len(res.steps) == res.counts["draft_calls"]
         assert res.counts["target_calls"] == res.counts["escalated_steps"] == target.generated.get(res.problem.id, 0)
-        for k, rec in enumerate(res.records):
+        for rec in res.records:
             judged = rec.scores["judge"]
             assert rec.escalated == (judged < 5.0) == (rec.author == "target")
             escalated += rec.escalated
@@ -202,6 +214,7 @@ def test_specreason_threshold_range_and_server_without_judge():
     class OneDraft(NoJudge):
         def generate(self, reqs):
             from arbitrage.types import Generation
+
             return [Generation("x", "separator", [1]) for _ in reqs]
 
     with pytest.raises(ConfigError, match="needs judge"):  # the engine sniffs no capability: the slot is empty
@@ -212,31 +225,89 @@ def test_specreason_threshold_range_and_server_without_judge():
     registry().add_loader("generator", "test: no judge", lambda s: s == "no-judge", lambda *a: NoJudge(), 99)
     try:  # a target that cannot judge is refused when the models are built, naming it
         with pytest.raises(ConfigError, match="cannot act as judge"):
-            build_models(make_policy("specreason").needs, {"draft": "no-judge", "target": "no-judge"},
-                         ModelOptions())
+            build_models(make_policy("specreason").needs, {"draft": "no-judge", "target": "no-judge"}, ModelOptions())
     finally:
         registry().loaders["generator"] = [lo for lo in registry().loaders["generator"] if lo.name != "test: no judge"]
 
 
 # --- server judge ----------------------------------------------------------------------------------------
 
+
 def _server(handler, **kw):
-    return OpenAICompletionsGenerator("http://127.0.0.1:9", "m", check=False, backoff=0.0,
-                                      transport=httpx.MockTransport(handler), **kw)
+    return OpenAICompletionsGenerator(
+        "http://127.0.0.1:9", "m", check=False, backoff=0.0, transport=httpx.MockTransport(handler), **kw
+    )
 
 
-@pytest.mark.parametrize("api,answer", [
-    ("completions", {"choices": [{"text": "8", "finish_reason": "length", "logprobs": {
-        "tokens": ["8"], "token_logprobs": [-0.7], "top_logprobs": [{"8": math.log(0.5), "6": math.log(0.25),
-                                                                     " 6": math.log(0.25), "x": -3.0}]}}]}),
-    ("completions", {"choices": [{"text": "8", "finish_reason": "length", "logprobs": {"content": [{
-        "token": "8", "logprob": -0.7, "top_logprobs": [{"token": "8", "logprob": math.log(0.5)},
-                                                        {"token": "6", "logprob": math.log(0.5)}]}]}}]}),
-    ("llamacpp", {"content": "8", "stop_type": "limit", "completion_probabilities": [{"top_logprobs": [
-        {"token": "8", "logprob": math.log(0.5)}, {"token": "6", "logprob": math.log(0.5)}]}]}),
-    ("llamacpp", {"content": "8", "stop_type": "limit", "completion_probabilities": [{"probs": [
-        {"tok_str": "8", "prob": 0.5}, {"tok_str": "6", "prob": 0.5}]}]}),
-])
+@pytest.mark.parametrize(
+    "api,answer",
+    [
+        (
+            "completions",
+            {
+                "choices": [
+                    {
+                        "text": "8",
+                        "finish_reason": "length",
+                        "logprobs": {
+                            "tokens": ["8"],
+                            "token_logprobs": [-0.7],
+                            "top_logprobs": [
+                                {"8": math.log(0.5), "6": math.log(0.25), " 6": math.log(0.25), "x": -3.0}
+                            ],
+                        },
+                    }
+                ]
+            },
+        ),
+        (
+            "completions",
+            {
+                "choices": [
+                    {
+                        "text": "8",
+                        "finish_reason": "length",
+                        "logprobs": {
+                            "content": [
+                                {
+                                    "token": "8",
+                                    "logprob": -0.7,
+                                    "top_logprobs": [
+                                        {"token": "8", "logprob": math.log(0.5)},
+                                        {"token": "6", "logprob": math.log(0.5)},
+                                    ],
+                                }
+                            ]
+                        },
+                    }
+                ]
+            },
+        ),
+        (
+            "llamacpp",
+            {
+                "content": "8",
+                "stop_type": "limit",
+                "completion_probabilities": [
+                    {
+                        "top_logprobs": [
+                            {"token": "8", "logprob": math.log(0.5)},
+                            {"token": "6", "logprob": math.log(0.5)},
+                        ]
+                    }
+                ],
+            },
+        ),
+        (
+            "llamacpp",
+            {
+                "content": "8",
+                "stop_type": "limit",
+                "completion_probabilities": [{"probs": [{"tok_str": "8", "prob": 0.5}, {"tok_str": "6", "prob": 0.5}]}],
+            },
+        ),
+    ],
+)
 def test_server_judge_reads_top_logprobs(api, answer):
     seen = []
 

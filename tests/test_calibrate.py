@@ -14,19 +14,20 @@ import pytest
 from arbitrage import calibrate as cal
 from arbitrage.calibrate import NOTHING_CERTIFIABLE, Outcomes, select
 
-
 # --- scripted outcomes ---------------------------------------------------------------------------------------
+
 
 def target_outcomes(n: int, wrong: int = 0) -> Outcomes:
     """Target-only right on all but the last `wrong` problems, 1 s each."""
     correct = np.ones(n, dtype=bool)
     if wrong:
-        correct[n - wrong:] = False
+        correct[n - wrong :] = False
     return Outcomes("target", None, correct, np.ones(n), np.full(n, 3), np.full(n, 3))
 
 
-def point(policy: str, tau: float, target: Outcomes, losses: int, wins: int = 0, latency: float = 0.5,
-          escalated: int = 1) -> Outcomes:
+def point(
+    policy: str, tau: float, target: Outcomes, losses: int, wins: int = 0, latency: float = 0.5, escalated: int = 1
+) -> Outcomes:
     """A point that loses the first `losses` problems target-only solves and wins the first `wins` it does not."""
     correct = target.correct.copy()
     solved = np.flatnonzero(target.correct)
@@ -46,6 +47,7 @@ def largest_certified_losses(n: int, eps: float, level: float) -> int:
 
 
 # --- the selection -------------------------------------------------------------------------------------------
+
 
 def test_a_threshold_just_inside_the_bound_is_picked_and_one_just_outside_is_not():
     n, eps, delta = 400, 0.03, 0.1
@@ -75,8 +77,11 @@ def test_fixed_sequence_stops_at_the_first_failure_in_the_policys_own_order():
     t = target_outcomes(n, wrong=40)
     # router: a LOWER tau escalates more, so the order is 0.1, 0.5, 0.9; 0.5 fails, and 0.9, which alone would
     # pass and is the cheapest, must then not even be tested
-    pts = [point("router", 0.1, t, 0, latency=0.9), point("router", 0.5, t, 40, latency=0.6),
-           point("router", 0.9, t, 0, latency=0.2)]
+    pts = [
+        point("router", 0.1, t, 0, latency=0.9),
+        point("router", 0.5, t, 40, latency=0.6),
+        point("router", 0.9, t, 0, latency=0.2),
+    ]
     sel = select(t, pts, eps, delta)
     assert sel.policies["router"]["order"] == [0.1, 0.5, 0.9]
     by_tau = {x.threshold: x for x in sel.tests}
@@ -137,12 +142,14 @@ def test_refuses_when_the_data_cannot_support_the_guarantee():
 
 # --- the p-values, against direct computations -----------------------------------------------------------------
 
+
 def _trinomial(n, p_plus, p_minus):
     out = np.zeros((n + 1, n + 1))
     for b in range(n + 1):
         for c in range(n + 1 - b):
-            out[b, c] = (math.comb(n, b) * math.comb(n - b, c) * p_plus ** b * p_minus ** c
-                         * (1 - p_plus - p_minus) ** (n - b - c))
+            out[b, c] = (
+                math.comb(n, b) * math.comb(n - b, c) * p_plus**b * p_minus**c * (1 - p_plus - p_minus) ** (n - b - c)
+            )
     return out
 
 
@@ -171,7 +178,7 @@ def _p_direct(b0, c0, n, eps, grid=40):
     hull = np.zeros_like(region)
     for b in range(n + 1):
         for c in range(n + 1 - b):
-            hull[b, c] = region[b:, :c + 1].any()
+            hull[b, c] = region[b:, : c + 1].any()
     best = 0.0
     for pm in np.linspace(max(0.0, -eps), (1 - eps) / 2, grid):
         for pp in np.linspace(pm + eps, 1 - pm, grid):
@@ -200,7 +207,7 @@ def test_the_rejection_region_is_the_monotone_hull(monkeypatch):
     monkeypatch.setattr(cal, "_z_table", lambda n_, eps: table)
     for z_obs in (-1.0, 0.0, 0.7):
         inside = table <= z_obs  # rows c, columns b
-        want = [max([b for b in range(n + 1 - c) if inside[:c + 1, b:].any()], default=-1) for c in range(n + 1)]
+        want = [max([b for b in range(n + 1 - c) if inside[: c + 1, b:].any()], default=-1) for c in range(n + 1)]
         assert list(cal._hull_rows(n, 0.1, z_obs)) == want
 
 
@@ -227,7 +234,7 @@ def test_hb_p_value_against_the_formula():
         h1 = (mean * math.log(mean / bound) if mean > 0 else 0) + (1 - mean) * math.log((1 - mean) / (1 - bound))
         hoeffding = math.exp(-n * h1) if mean < bound else 1.0
         k = math.ceil(n * mean - 1e-9)
-        bentkus = math.e * sum(math.comb(n, j) * bound ** j * (1 - bound) ** (n - j) for j in range(k + 1))
+        bentkus = math.e * sum(math.comb(n, j) * bound**j * (1 - bound) ** (n - j) for j in range(k + 1))
         return min(1.0, hoeffding, bentkus)
 
     for mean, n, bound in [(0.45, 100, 0.5), (0.5, 200, 0.51), (0.1, 50, 0.3), (0.3, 40, 0.2), (0.495, 300, 0.505)]:
@@ -249,8 +256,20 @@ def test_calibrate_end_to_end_and_run_and_serve_take_its_choice(tmp_path, capsys
     from arbitrage.cli import main
 
     out = tmp_path / "cal"
-    args = ["calibrate", *MODELS, "--data", "testbed:validation:12", "--policies", "rsd", "--thresholds",
-            "rsd=0.3,0.9", *SMALL, "--no-plots", "--out", str(out)]
+    args = [
+        "calibrate",
+        *MODELS,
+        "--data",
+        "testbed:validation:12",
+        "--policies",
+        "rsd",
+        "--thresholds",
+        "rsd=0.3,0.9",
+        *SMALL,
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
     assert main(args + ["--max-loss", "0.3", "--delta", "0.2"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "calibration.json").read_text())
@@ -298,8 +317,22 @@ def test_calibrate_end_to_end_and_run_and_serve_take_its_choice(tmp_path, capsys
     assert NOTHING_CERTIFIABLE in capsys.readouterr().err
     report = json.loads((out / "calibration.json").read_text())
     assert report["chosen"] is None and len(report["tests"]) == 2 and report["tests"][0]["p_value"] > 0.2
-    assert main(["run", "--calibration", cal_file, *MODELS, "--data", "testbed:validation:2", *SMALL,
-                 "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--calibration",
+                cal_file,
+                *MODELS,
+                "--data",
+                "testbed:validation:2",
+                *SMALL,
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "certifies no threshold" in capsys.readouterr().err
 
 
@@ -307,8 +340,23 @@ def test_calibrate_refuses_before_running_when_no_outcome_could_be_certified(tmp
     from arbitrage.cli import main
 
     out = tmp_path / "tiny"
-    rc = main(["calibrate", *MODELS, "--data", "testbed:validation:2", "--policies", "rsd", "--thresholds",
-               "rsd=0.5", *SMALL, "--out", str(out), "--max-loss", "0.01"])
+    rc = main(
+        [
+            "calibrate",
+            *MODELS,
+            "--data",
+            "testbed:validation:2",
+            "--policies",
+            "rsd",
+            "--thresholds",
+            "rsd=0.5",
+            *SMALL,
+            "--out",
+            str(out),
+            "--max-loss",
+            "0.01",
+        ]
+    )
     assert rc == 1
     assert NOTHING_CERTIFIABLE in capsys.readouterr().err
     report = json.loads((out / "calibration.json").read_text())

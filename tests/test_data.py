@@ -40,6 +40,7 @@ def write_jsonl(path: Path, rows) -> Path:
 
 # ---------------------------------------------------------------- built-in sets
 
+
 def test_every_builtin_set_says_where_it_comes_from():
     assert set(data.ORIGINS) == set(BUILTIN)
     assert {n for n, o in data.ORIGINS.items() if o.shipped} == set(SHIPPED)
@@ -80,7 +81,10 @@ def test_sets_not_shipped_load_from_the_users_folder(name, data_dir):
 
 def test_layouts_of_the_sets_not_shipped(data_dir):
     assert load_problems("asdiv", limit=1)[0].gold == "9"  # "9 (apples)"
-    assert load_problems("asdiv", limit=1)[0].question == "Ann had 5 apples and found 4 more. How many apples does she have?"
+    assert (
+        load_problems("asdiv", limit=1)[0].question
+        == "Ann had 5 apples and found 4 more. How many apples does she have?"
+    )
     assert load_problems("mawps", limit=1)[0].gold == "43"  # 43.0
     ob = load_problems("olympiadbench")
     assert ob[0].gold == "11" and ob[1].gold == "(2,3,5), (2,5,3)"  # list gold, $ stripped
@@ -129,11 +133,15 @@ def test_resolution_order(tmp_path, monkeypatch):
 
 def test_sets_not_shipped_come_from_the_hub_with_their_columns_mapped(monkeypatch):
     calls = []
-    rows = {"HuggingFaceH4/aime_2024": [{"id": 60, "problem": "P1", "answer": "204", "url": "u"}],
-            "EleutherAI/asdiv": [{"body": "B1", "question": "Q1?", "answer": "9 (apples)"},
-                                 {"body": "B2", "question": "Q2?", "answer": "3 (cats); 4 (dogs)"},
-                                 {"body": "B3.", "question": "Q3?", "answer": "5"}],
-            "Hothan/OlympiadBench": [{"id": 7, "question": "Q", "final_answer": ["$\\frac{1}{2}$"]}]}
+    rows = {
+        "HuggingFaceH4/aime_2024": [{"id": 60, "problem": "P1", "answer": "204", "url": "u"}],
+        "EleutherAI/asdiv": [
+            {"body": "B1", "question": "Q1?", "answer": "9 (apples)"},
+            {"body": "B2", "question": "Q2?", "answer": "3 (cats); 4 (dogs)"},
+            {"body": "B3.", "question": "Q3?", "answer": "5"},
+        ],
+        "Hothan/OlympiadBench": [{"id": 7, "question": "Q", "final_answer": ["$\\frac{1}{2}$"]}],
+    }
 
     def load_dataset(name, config=None, split=None):
         calls.append((name, config, split))
@@ -158,12 +166,16 @@ def test_sets_not_shipped_come_from_the_hub_with_their_columns_mapped(monkeypatc
 
 # ---------------------------------------------------------------- user files
 
+
 def test_user_jsonl_custom_fields(tmp_path):
-    f = write_jsonl(tmp_path / "mine.jsonl", [
-        {"qid": "a", "prob": "What is $\\frac{1}{2}+\\frac{1}{2}$?", "sol": 1, "level": "easy", "long": "x" * 500},
-        "",
-        {"qid": "b", "prob": "Name {x}.", "sol": ["$2$", "$3$"]},
-    ])
+    f = write_jsonl(
+        tmp_path / "mine.jsonl",
+        [
+            {"qid": "a", "prob": "What is $\\frac{1}{2}+\\frac{1}{2}$?", "sol": 1, "level": "easy", "long": "x" * 500},
+            "",
+            {"qid": "b", "prob": "Name {x}.", "sol": ["$2$", "$3$"]},
+        ],
+    )
     ps = load_problems(f, question_field="prob", answer_field="sol", id_field="qid")
     assert [(p.id, p.gold) for p in ps] == [("a", "1"), ("b", "2, 3")]
     assert ps[0].meta == {"level": "easy", "source": str(f), "line": 1}
@@ -180,23 +192,44 @@ def test_user_jsonl_guesses_usual_fields_and_joins(tmp_path):
     assert load_problems(f, question_field="a+b")[0].question == "Ann has 2. How?"
 
 
-@pytest.mark.parametrize("rows, kwargs, pieces", [
-    ([{"question": "a", "answer": 1}, {"question": "b", "answer": 2}, '{"question": "c", "answer": '],
-     {}, ["line 3", "invalid JSON"]),
-    ([{"prob": "a", "sol": 1}, {"sol": 2, "other": 0}], {"question_field": "prob", "answer_field": "sol"},
-     ["line 2", "missing question field 'prob'", "fields on this line: sol, other"]),
-    ([{"question": "a", "answer": 1}, {"question": "b", "ans": 2}], {"answer_field": "answer"},
-     ["line 2", "missing answer field 'answer'", "fields on this line: question, ans"]),
-    ([{"text": "a", "answer": 1}], {}, ["line 1", "no question field", "fields on this line: text, answer"]),
-    ([{"question": "a", "answer": 1, "k": 5}, {"question": "b", "answer": 2, "k": 6},
-      {"question": "c", "answer": 3, "k": 5}], {"id_field": "k"},
-     ["line 3", "duplicate id '5'", "'k'", "first on line 1"]),
-    ([{"question": "a", "answer": 1}, {"question": "b", "answer": 2}], {"id_field": "uid"},
-     ["line 1", "missing id field 'uid'"]),
-    ([{"question": "a", "answer": None}], {}, ["line 1", "answer field 'answer' is null"]),
-    ([{"question": "  ", "answer": 1}], {}, ["line 1", "question field 'question' is empty"]),
-    (['["not", "an", "object"]', {"question": "b", "answer": 2}], {}, ["line 1", "expected a JSON object"]),
-])
+@pytest.mark.parametrize(
+    "rows, kwargs, pieces",
+    [
+        (
+            [{"question": "a", "answer": 1}, {"question": "b", "answer": 2}, '{"question": "c", "answer": '],
+            {},
+            ["line 3", "invalid JSON"],
+        ),
+        (
+            [{"prob": "a", "sol": 1}, {"sol": 2, "other": 0}],
+            {"question_field": "prob", "answer_field": "sol"},
+            ["line 2", "missing question field 'prob'", "fields on this line: sol, other"],
+        ),
+        (
+            [{"question": "a", "answer": 1}, {"question": "b", "ans": 2}],
+            {"answer_field": "answer"},
+            ["line 2", "missing answer field 'answer'", "fields on this line: question, ans"],
+        ),
+        ([{"text": "a", "answer": 1}], {}, ["line 1", "no question field", "fields on this line: text, answer"]),
+        (
+            [
+                {"question": "a", "answer": 1, "k": 5},
+                {"question": "b", "answer": 2, "k": 6},
+                {"question": "c", "answer": 3, "k": 5},
+            ],
+            {"id_field": "k"},
+            ["line 3", "duplicate id '5'", "'k'", "first on line 1"],
+        ),
+        (
+            [{"question": "a", "answer": 1}, {"question": "b", "answer": 2}],
+            {"id_field": "uid"},
+            ["line 1", "missing id field 'uid'"],
+        ),
+        ([{"question": "a", "answer": None}], {}, ["line 1", "answer field 'answer' is null"]),
+        ([{"question": "  ", "answer": 1}], {}, ["line 1", "question field 'question' is empty"]),
+        (['["not", "an", "object"]', {"question": "b", "answer": 2}], {}, ["line 1", "expected a JSON object"]),
+    ],
+)
 def test_errors_name_file_line_and_field(tmp_path, rows, kwargs, pieces):
     f = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as err:
@@ -217,6 +250,7 @@ def test_empty_and_missing_files(tmp_path):
 
 
 # ---------------------------------------------------------------- hub datasets (no network here: faked)
+
 
 def test_hub_needs_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
@@ -239,12 +273,16 @@ def test_hub_with_fake_datasets(monkeypatch):
     assert [(p.id, p.gold) for p in ps] == [("1", "1000"), ("2", "2")]  # gsm8k layout, row numbers as ids
     load_problems("hf:someone/set:cfg:train", limit=1)
     assert calls[-1] == ("someone/set", "cfg", "train")
-    with pytest.raises(DataError, match=r"hf:nobody/missing: could not load nobody/missing \(test\) from the "
-                                        r"Hugging Face hub: Dataset 'nobody"):
+    with pytest.raises(
+        DataError,
+        match=r"hf:nobody/missing: could not load nobody/missing \(test\) from the "
+        r"Hugging Face hub: Dataset 'nobody",
+    ):
         load_problems("hf:nobody/missing")
 
 
 # ---------------------------------------------------------------- prompt templates
+
 
 def _tiny_tokenizer(chat_template):
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -259,9 +297,13 @@ def _tiny_tokenizer(chat_template):
 
 def test_templates():
     q = r"What is $\frac{1}{2}$ of {x}?"
-    assert format_prompt(q) == ("<|im_start|>system\nPlease reason step by step, and put your final answer within "
-                                "\\boxed{}.<|im_end|>\n<|im_start|>user\n" + q + "<|im_end|>\n<|im_start|>assistant\n")
-    assert format_prompt(q, "plain") == q + "\nPlease reason step by step, and put your final answer within \\boxed{}.\n\n"
+    assert format_prompt(q) == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within "
+        "\\boxed{}.<|im_end|>\n<|im_start|>user\n" + q + "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (
+        format_prompt(q, "plain") == q + "\nPlease reason step by step, and put your final answer within \\boxed{}.\n\n"
+    )
     assert format_prompt(q, "Q: {question}\nA: \\boxed{}") == "Q: " + q + "\nA: \\boxed{}"
 
 
@@ -277,16 +319,20 @@ def test_template_from_file_and_errors(tmp_path, data_dir):
 
 
 def test_chat_template():
-    tok = _tiny_tokenizer("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n"
-                          "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok = _tiny_tokenizer(
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     ps = load_problems("gsm8k", limit=2, template="chat", tokenizer=tok)
     assert ps[0].prompt == f"<system>{INSTRUCTION}</system>\n<user>{ps[0].question}</user>\n<assistant>"
 
 
 def test_chat_template_without_system_role():
-    tok = _tiny_tokenizer("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-                          "{% endif %}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-                          "{% if add_generation_prompt %}[assistant] {% endif %}")
+    tok = _tiny_tokenizer(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
     assert format_prompt("2+2?", "chat", tok) == f"[user] 2+2?\n{INSTRUCTION}\n[assistant] "
 
 

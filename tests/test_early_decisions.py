@@ -6,12 +6,12 @@ draft writes in one go."""
 from __future__ import annotations
 
 import pytest
+from fakes import FakeGenerator, FakeRouter, ForwardTokens, problems
 
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.errors import ConfigError
 from arbitrage.policies import make_policy
 from arbitrage.types import Problem
-from fakes import FakeGenerator, FakeRouter, ForwardTokens, problems
 
 LENGTHS = [4, 3, 5]
 
@@ -30,7 +30,8 @@ def run(policy, lengths=LENGTHS, router=None):
     models = Models(draft=draft, target=target, router=router)
     done = []
     Engine(policy, Models(**{r: getattr(models, r) for r in policy.needs}), EngineConfig(concurrency=2)).run(
-        probs, done.append)
+        probs, done.append
+    )
     return draft, target, done
 
 
@@ -54,9 +55,15 @@ def test_glimpse_escalates_exactly_when_the_first_tokens_entropy_exceeds_tau(tau
     assert target.n_requests == sum(rec.escalated for r in done for rec in r.records)
 
 
-@pytest.mark.parametrize("name,stat,tau", [("confidence", lambda lps: sum(lps) / len(lps), -0.3),
-                                           ("confidence", lambda lps: sum(lps) / len(lps), -0.7),
-                                           ("confidence-min", min, -1.0), ("confidence-min", min, -0.5)])
+@pytest.mark.parametrize(
+    "name,stat,tau",
+    [
+        ("confidence", lambda lps: sum(lps) / len(lps), -0.3),
+        ("confidence", lambda lps: sum(lps) / len(lps), -0.7),
+        ("confidence-min", min, -1.0),
+        ("confidence-min", min, -0.5),
+    ],
+)
 def test_confidence_escalates_exactly_when_the_statistic_is_below_tau(name, stat, tau):
     draft, target, done = run(make_policy(name, tau))
     seen = set()
@@ -105,8 +112,9 @@ def test_a_kept_glimpse_continues_from_the_cache_and_equals_the_step_written_at_
     steps = [Engine._to_step("draft", g) for g in glimpses]
     assert all(s.n_tokens == 1 for s in steps)
     with ForwardTokens(gen.model) as seen:
-        rest = gen.generate([GenerationRequest(f"b{i}", p, [], 11, prefix=s)
-                             for i, (p, s) in enumerate(zip(prompts, steps))])
+        rest = gen.generate(
+            [GenerationRequest(f"b{i}", p, [], 11, prefix=s) for i, (p, s) in enumerate(zip(prompts, steps))]
+        )
     assert seen.calls[0] == [1, 1]  # the prefill of the continuation: one token per row, nothing recomputed
     for a, b in zip(once, rest):
         assert (b.text, b.stop, b.token_ids) == (a.text, a.stop, a.token_ids)

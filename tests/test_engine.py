@@ -5,11 +5,11 @@ import threading
 import time
 
 import pytest
+from fakes import FakeGenerator, FakePRM, FakeRouter, problems
 
 from arbitrage.engine import Engine, EngineConfig, Limits, Models
 from arbitrage.errors import ConfigError
 from arbitrage.policies import make_policy
-from fakes import FakeGenerator, FakePRM, FakeRouter, problems
 
 LENGTHS = [5, 1, 7, 3, 2, 6]
 
@@ -17,8 +17,9 @@ LENGTHS = [5, 1, 7, 3, 2, 6]
 def run(policy_name, threshold=None, lengths=LENGTHS, concurrency=3, models=None, **cfg):
     probs = problems(lengths)
     by_key = {p.id: p.meta["n_steps"] for p in probs}
-    models = models or Models(draft=FakeGenerator("draft", by_key), target=FakeGenerator("target", by_key),
-                              prm=FakePRM(), router=FakeRouter())
+    models = models or Models(
+        draft=FakeGenerator("draft", by_key), target=FakeGenerator("target", by_key), prm=FakePRM(), router=FakeRouter()
+    )
     policy = make_policy(policy_name, threshold)
     keep = Models(**{r: getattr(models, r) for r in policy.needs})
     done = []
@@ -96,8 +97,25 @@ def test_escalation_rate_counts_decisions_not_target_calls():
     from arbitrage.results import compute_metrics
 
     _, done, _ = run("oracle")
-    recs = [ProblemRecord(r.problem.id, "q", "1", "1", True, "", "oracle", 0.0, r.finish, r.latency_s, r.seconds,
-                          r.counts, r.solution, r.records) for r in done]
+    recs = [
+        ProblemRecord(
+            r.problem.id,
+            "q",
+            "1",
+            "1",
+            True,
+            "",
+            "oracle",
+            0.0,
+            r.finish,
+            r.latency_s,
+            r.seconds,
+            r.counts,
+            r.solution,
+            r.records,
+        )
+        for r in done
+    ]
     m = compute_metrics(recs, "oracle", 0.0)
     steps = [rec for r in done for rec in r.records]
     assert m["target_calls"] == len(steps)  # the oracle calls the target on every step...
@@ -108,8 +126,9 @@ def test_escalation_rate_counts_decisions_not_target_calls():
 def test_each_problem_ends_on_its_own_and_frees_its_place():
     models, done, engine = run("draft", concurrency=3)
     # every problem ran exactly its own number of steps and ended at end-of-sequence
-    assert sorted((r.problem.id, len(r.steps), r.finish) for r in done) == \
-        sorted((f"p{i}", n, "eos") for i, n in enumerate(LENGTHS))
+    assert sorted((r.problem.id, len(r.steps), r.finish) for r in done) == sorted(
+        (f"p{i}", n, "eos") for i, n in enumerate(LENGTHS)
+    )
     # problems finish in order of length, not of the dataset: short ones leave first
     order = [r.problem.id for r in done]
     assert order.index("p1") < order.index("p0")
@@ -220,7 +239,7 @@ def test_models_on_different_lanes_work_at_the_same_time():
     d, t, _, _ = go(True, lanes=("gpu0", "gpu0"))  # same lane: they take turns
     assert _overlap(d.intervals, t.intervals) == 0
     # the same decisions either way
-    key = lambda res: sorted((r.problem.id, [s.text for s in r.steps]) for r in res)  # noqa: E731
+    key = lambda res: sorted((r.problem.id, [s.text for s in r.steps]) for r in res)
     assert key(done) == key(done_serial)
 
 
@@ -271,8 +290,7 @@ def test_per_problem_limits_and_stop_strings():
 
 def test_missing_model_is_a_config_error():
     with pytest.raises(ConfigError, match="router"):
-        Engine(make_policy("router", 0.5), Models(draft=FakeGenerator("draft", {}),
-                                                  target=FakeGenerator("target", {})))
+        Engine(make_policy("router", 0.5), Models(draft=FakeGenerator("draft", {}), target=FakeGenerator("target", {})))
 
 
 def test_a_model_error_stops_the_run_with_that_error():
@@ -317,6 +335,7 @@ def test_each_step_is_capped_by_what_is_left_of_the_token_budget():
     draft = FakeGenerator("draft", by_key, tokens_per_step=4)
     done = []
     Engine(make_policy("draft"), Models(draft=draft), EngineConfig(max_total_tokens=10, max_step_tokens=8)).run(
-        probs, done.append)
+        probs, done.append
+    )
     assert [w for _, _, w in draft.written] == [4, 4, 2]  # the third step may only write the 2 tokens left
     assert done[0].finish == "budget" and sum(s.n_tokens for s in done[0].steps) == 10

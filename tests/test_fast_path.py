@@ -4,13 +4,13 @@ token for token, with each problem's cache kept in its slot between steps and on
 from __future__ import annotations
 
 import pytest
+from fakes import ForwardTokens
 
 from arbitrage.backends.hf import HFGenerator
-from arbitrage.testing import EveryOtherRouter
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
+from arbitrage.testing import EveryOtherRouter
 from arbitrage.types import GenerationRequest, Problem
-from fakes import ForwardTokens
 
 QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]
 
@@ -27,8 +27,11 @@ def run(tiny_dir, concurrency=4, **kw):
     d, t = generators(tiny_dir, **kw)
     done = []
     probs = [Problem(f"p{i}", q, f"Question: {q}\n\n") for i, q in enumerate(QUESTIONS)]
-    Engine(make_policy("router", 0.5), Models(draft=d, target=t, router=EveryOtherRouter()),
-           EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency)).run(probs, done.append)
+    Engine(
+        make_policy("router", 0.5),
+        Models(draft=d, target=t, router=EveryOtherRouter()),
+        EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency),
+    ).run(probs, done.append)
     return {r.problem.id: [(s.author, s.text, s.stop, s.token_ids) for s in r.steps] for r in done}, d, t
 
 

@@ -17,44 +17,51 @@ def grader():
 
 # ---------------------------------------------------------------- extraction and gold normalisation
 
-@pytest.mark.parametrize("text, expected", [
-    (r"so \boxed{5}.", "5"),
-    (r"\boxed{1} first, then \boxed{\frac{2}{3}}", r"\frac{2}{3}"),
-    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
-    (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
-    (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
-    (r"The answer is \boxed 7.", "7"),
-    (r"\fbox{12}", "12"),
-    (r"\boxed {3}", "3"),
-    (r"\boxed{}", ""),
-    (r"\boxed{\frac{1}{2}", None),  # cut off mid-answer
-    ("no box here", None),
-    ("", None),
-    (None, None),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so \boxed{5}.", "5"),
+        (r"\boxed{1} first, then \boxed{\frac{2}{3}}", r"\frac{2}{3}"),
+        (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
+        (r"The answer is \boxed 7.", "7"),
+        (r"\fbox{12}", "12"),
+        (r"\boxed {3}", "3"),
+        (r"\boxed{}", ""),
+        (r"\boxed{\frac{1}{2}", None),  # cut off mid-answer
+        ("no box here", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
 
 
-@pytest.mark.parametrize("raw, dataset, expected", [
-    ("She makes 9 * 2 = $18.\n#### 18", "gsm8k", "18"),
-    ("So 1,000 + 234 = 1,234\n#### 1,234", None, "1234"),
-    (["$69$,$84$"], "olympiadbench", "$69$,$84$"),
-    (["$2$", "$3$"], "olympiadbench", "2, 3"),
-    (["$\\frac{1}{2 n+2}$"], "olympiadbench", "\\frac{1}{2 n+2}"),
-    ("9 (apples)", "asdiv", "9"),
-    ("14  (seats)", None, "14"),
-    ("-(1/3)", "asdiv", "-(1/3)"),
-    ("Mrs. Hilt", "asdiv", "Mrs. Hilt"),
-    ("3 (mod 5)", None, "3 (mod 5)"),
-    (43.0, "mawps", "43"),
-    (1.25, None, "1.25"),
-    (7, None, "7"),
-    ("18.0", None, "18"),
-    ("$10-4 n$", "college_math", "10-4 n"),
-    ("\\frac{14}{3}", "math500", "\\frac{14}{3}"),
-    (None, None, ""),
-])
+@pytest.mark.parametrize(
+    "raw, dataset, expected",
+    [
+        ("She makes 9 * 2 = $18.\n#### 18", "gsm8k", "18"),
+        ("So 1,000 + 234 = 1,234\n#### 1,234", None, "1234"),
+        (["$69$,$84$"], "olympiadbench", "$69$,$84$"),
+        (["$2$", "$3$"], "olympiadbench", "2, 3"),
+        (["$\\frac{1}{2 n+2}$"], "olympiadbench", "\\frac{1}{2 n+2}"),
+        ("9 (apples)", "asdiv", "9"),
+        ("14  (seats)", None, "14"),
+        ("-(1/3)", "asdiv", "-(1/3)"),
+        ("Mrs. Hilt", "asdiv", "Mrs. Hilt"),
+        ("3 (mod 5)", None, "3 (mod 5)"),
+        (43.0, "mawps", "43"),
+        (1.25, None, "1.25"),
+        (7, None, "7"),
+        ("18.0", None, "18"),
+        ("$10-4 n$", "college_math", "10-4 n"),
+        ("\\frac{14}{3}", "math500", "\\frac{14}{3}"),
+        (None, None, ""),
+    ],
+)
 def test_gold_answer(raw, dataset, expected):
     assert gold_answer(raw, dataset) == expected
 
@@ -94,8 +101,7 @@ CASES = [
     # tuples and matrices: order matters
     (r"\boxed{(3, \frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)", True),
     (r"\boxed{(3,2,1)}", "(1,2,3)", False),
-    (r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}",
-     r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", True),
+    (r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}", r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", True),
     (r"\boxed{\begin{pmatrix} 2 \\ 1 \end{pmatrix}}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", False),
     # units and percent (math-verify accepts "50" for "50\%" and the fraction 0.5 as well)
     (r"\boxed{5\text{ cm}}", "5", True),
@@ -158,6 +164,7 @@ def test_grade_many(grader):
 
 # ---------------------------------------------------------------- hangs and crashes never stop the run
 
+
 def test_hanging_answer_times_out_and_grader_recovers():
     with Grader(timeout=1.0, _grade_fn=_debug_grade) as g:
         assert g.grade(r"\boxed{2}", "2").correct  # worker started and warm
@@ -182,22 +189,25 @@ def test_close_and_reuse():
     g.close()
 
 
-@pytest.mark.parametrize("prediction,gold,correct", [
-    ("4.5\\times10^{33}", "4.5e33", True),       # e-notation gold: math-verify alone reads 4.5 * e * 33
-    ("1e-5", "0.00001", True),
-    ("0.00001", "1e-5", True),
-    ("3.2 \\times 10^{-4}", "3.2e-4", True),
-    ("6.02\\times 10^{23}", "6.02E+23", True),
-    ("4.5\\times10^{32}", "4.5e33", False),      # and a wrong exponent stays wrong
-    ("1\\,000", "1000", True),                   # thin-space thousands
-    ("1\\,000", "0", False),                     # math-verify alone reads 1 * 000 = 0
-    ("1\\;234\\;567", "1234567", True),
-    ("5 m", "5 \\text{ cm}", False),             # different units: wrong
-    ("5 \\text{ m}", "5 \\text{ cm}", False),
-    ("5 \\text{ cm}", "5 cm", True),             # the same unit, spelled two ways
-    ("5", "5 \\text{ cm}", True),                # a unit on one side only is dropped (as math-verify does)
-    ("2 \\text{ meters}", "2 \\text{ meter}", True),
-])
+@pytest.mark.parametrize(
+    "prediction,gold,correct",
+    [
+        ("4.5\\times10^{33}", "4.5e33", True),  # e-notation gold: math-verify alone reads 4.5 * e * 33
+        ("1e-5", "0.00001", True),
+        ("0.00001", "1e-5", True),
+        ("3.2 \\times 10^{-4}", "3.2e-4", True),
+        ("6.02\\times 10^{23}", "6.02E+23", True),
+        ("4.5\\times10^{32}", "4.5e33", False),  # and a wrong exponent stays wrong
+        ("1\\,000", "1000", True),  # thin-space thousands
+        ("1\\,000", "0", False),  # math-verify alone reads 1 * 000 = 0
+        ("1\\;234\\;567", "1234567", True),
+        ("5 m", "5 \\text{ cm}", False),  # different units: wrong
+        ("5 \\text{ m}", "5 \\text{ cm}", False),
+        ("5 \\text{ cm}", "5 cm", True),  # the same unit, spelled two ways
+        ("5", "5 \\text{ cm}", True),  # a unit on one side only is dropped (as math-verify does)
+        ("2 \\text{ meters}", "2 \\text{ meter}", True),
+    ],
+)
 def test_numbers_and_units_math_verify_misreads(grader, prediction, gold, correct):
     result = grader.grade(f"so \\boxed{{{prediction}}}", gold)
     assert result.correct is correct, result

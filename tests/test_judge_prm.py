@@ -7,28 +7,59 @@ import math
 import httpx
 import pytest
 
+from arbitrage.backends.judge_prm import JudgePRM, judge_score, top_logprobs, verdict_of
 from arbitrage.errors import BackendError, ConfigError
 from arbitrage.protocols import StepScorer
-from arbitrage.backends.judge_prm import JudgePRM, judge_score, top_logprobs, verdict_of
 from arbitrage.types import ScoreRequest, Step
 
 URL = "http://127.0.0.1:9"  # never contacted
 
 
 def legacy(tops):  # vLLM / llama-cpp-python /v1/completions
-    return {"choices": [{"text": "Yes", "finish_reason": "length",
-                         "logprobs": {"tokens": ["Yes"], "token_logprobs": [-0.1], "top_logprobs": [tops]}}]}
+    return {
+        "choices": [
+            {
+                "text": "Yes",
+                "finish_reason": "length",
+                "logprobs": {"tokens": ["Yes"], "token_logprobs": [-0.1], "top_logprobs": [tops]},
+            }
+        ]
+    }
 
 
 def chat_layout(tops):  # llama-server /v1/completions
-    return {"choices": [{"text": "Yes", "finish_reason": "length", "logprobs": {"content": [
-        {"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": t, "logprob": v} for t, v in tops.items()]}]}}]}
+    return {
+        "choices": [
+            {
+                "text": "Yes",
+                "finish_reason": "length",
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "Yes",
+                            "logprob": -0.1,
+                            "top_logprobs": [{"token": t, "logprob": v} for t, v in tops.items()],
+                        }
+                    ]
+                },
+            }
+        ]
+    }
 
 
 def native(tops):  # llama-server /completion with n_probs
-    return {"content": "Yes", "stop_type": "limit", "completion_probabilities": [
-        {"id": 1, "token": "Yes", "logprob": -0.1, "top_logprobs": [{"id": 2, "token": t, "logprob": v}
-                                                                      for t, v in tops.items()]}]}
+    return {
+        "content": "Yes",
+        "stop_type": "limit",
+        "completion_probabilities": [
+            {
+                "id": 1,
+                "token": "Yes",
+                "logprob": -0.1,
+                "top_logprobs": [{"id": 2, "token": t, "logprob": v} for t, v in tops.items()],
+            }
+        ],
+    }
 
 
 def judge(handler, **kw):
@@ -37,8 +68,16 @@ def judge(handler, **kw):
 
 
 def test_verdict_spellings():
-    assert [verdict_of(t) for t in ("Yes", " yes", "YES.", "No", " no", "**No", "Maybe", " ")] == \
-        ["yes", "yes", "yes", "no", "no", "no", None, None]
+    assert [verdict_of(t) for t in ("Yes", " yes", "YES.", "No", " no", "**No", "Maybe", " ")] == [
+        "yes",
+        "yes",
+        "yes",
+        "no",
+        "no",
+        "no",
+        None,
+        None,
+    ]
 
 
 def test_score_is_yes_over_yes_plus_no_summed_over_spellings():
@@ -64,8 +103,9 @@ def test_completions_api_request_and_layouts(layout):
     assert isinstance(prm, StepScorer)
     prev = [Step("draft", "Let x be the answer.", "separator", 5), Step("target", "Then x + 1 = 3.", "separator", 6)]
     good, bad = Step("draft", "So x = 2.", "eos", 4), Step("target", "So x = 5.", "eos", 4)
-    out = prm.score([ScoreRequest("p1", "What is x if x + 1 = 3?", prev, [good, bad]),
-                     ScoreRequest("p2", "Q2", [], [bad])])
+    out = prm.score(
+        [ScoreRequest("p1", "What is x if x + 1 = 3?", prev, [good, bad]), ScoreRequest("p2", "Q2", [], [bad])]
+    )
     assert out[0] == [pytest.approx(0.8), pytest.approx(0.25)] and out[1] == [pytest.approx(0.25)]
     path, body = seen[0]
     assert path == "/v1/completions"
@@ -87,16 +127,15 @@ def test_judging_prompts_grow_by_prefix():
     prm = judge(lambda r: httpx.Response(200, json=legacy({"Yes": -0.1, "No": -2.0})))
     steps = [Step("draft", f"Step {i}: compute {i} + {i}.", "separator", 6) for i in range(4)]
     for k in range(1, 4):
-        before = prm.prompt("Q", steps[:k - 1], steps[k - 1])
+        before = prm.prompt("Q", steps[: k - 1], steps[k - 1])
         after = prm.prompt("Q", steps[:k], steps[k])
-        shared = before[:before.index(steps[k - 1].text) + len(steps[k - 1].text) + 2]
+        shared = before[: before.index(steps[k - 1].text) + len(steps[k - 1].text) + 2]
         assert after.startswith(shared), (before, after)
     custom = judge(lambda r: None, template="{question}|{steps}|{step}")
     assert custom.prompt("Q", steps[:2], steps[2]) == f"Q|{steps[0].text}\n\n{steps[1].text}|{steps[2].text}"
     assert custom.prompt("Q", [], steps[0]) == f"Q|(nothing yet)|{steps[0].text}"
     with pytest.raises(ConfigError, match="prefix"):
         judge(lambda r: None, template="{question} {step}")
-
 
 
 def test_llamacpp_native_api():
@@ -113,8 +152,12 @@ def test_llamacpp_native_api():
 
 
 def test_older_llamacpp_probs_layout():
-    resp = {"content": "Yes", "completion_probabilities": [{"content": "Yes", "probs": [
-        {"tok_str": "Yes", "prob": 0.6}, {"tok_str": "No", "prob": 0.2}]}]}
+    resp = {
+        "content": "Yes",
+        "completion_probabilities": [
+            {"content": "Yes", "probs": [{"tok_str": "Yes", "prob": 0.6}, {"tok_str": "No", "prob": 0.2}]}
+        ],
+    }
     assert judge_score(top_logprobs(resp)) == pytest.approx(0.75)
 
 

@@ -6,14 +6,14 @@ other) on tiny random Qwen2 models, once with cache reuse and once without, and 
 
 import pytest
 import torch
+from fakes import ForwardTokens
 
 from arbitrage.backends.hf import HFGenerator
-from arbitrage.testing import EveryOtherRouter
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.scoring.hf import HFPRM, HFRouter
+from arbitrage.testing import EveryOtherRouter
 from arbitrage.types import GenerationRequest, Problem, RouteRequest, ScoreRequest, Step
-from fakes import ForwardTokens
 
 QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]
 
@@ -35,9 +35,11 @@ def run_alternating(tiny_dir, reuse, concurrency=4, verify=True, **kw):
     for g in (d, t):  # random models: keep them from ending a problem at its first step, whatever the version
         g.eos_ids = set()
     done = []
-    Engine(make_policy("router", 0.5), Models(draft=d, target=t, router=EveryOtherRouter()),
-           EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency, verify=verify)).run(problems(),
-                                                                                              done.append)
+    Engine(
+        make_policy("router", 0.5),
+        Models(draft=d, target=t, router=EveryOtherRouter()),
+        EngineConfig(max_steps=5, max_step_tokens=12, concurrency=concurrency, verify=verify),
+    ).run(problems(), done.append)
     return {r.problem.id: [(s.author, s.text, s.stop) for s in r.steps] for r in done}, d, t
 
 
@@ -131,8 +133,10 @@ def test_prm_scores_with_cache_equal_scores_without(tiny_dir, prm):
     steps = _steps()
     cands = (Step("draft", "So the answer is 14.", "separator", 6), Step("target", "\\boxed{14}", "eos", 4))
     for k in range(len(steps) + 1):  # score step k's candidates after steps[:k], as the engine does
-        reqs = [ScoreRequest("a", "What is 2 * (3 + 4)?", steps[:k], cands),
-                ScoreRequest("b", "What is 12 * 12?", steps[:k], cands[:1])]
+        reqs = [
+            ScoreRequest("a", "What is 2 * (3 + 4)?", steps[:k], cands),
+            ScoreRequest("b", "What is 12 * 12?", steps[:k], cands[:1]),
+        ]
         with ForwardTokens(cached.scorer.model) as fc, ForwardTokens(plain.scorer.model) as fp:
             got, want = cached.score(reqs), plain.score(reqs)
         assert [len(x) for x in got] == [2, 1]
@@ -173,7 +177,8 @@ def test_another_models_token_ids_are_not_reused_when_its_tokenizer_differs(tiny
     (g,) = testbed.generate([GenerationRequest("k", "Let a = 4. b = a + 3. What is b?\n\n", [], 16)])
     step = Step("draft", g.text, g.stop, len(g.token_ids), token_ids=g.token_ids, extras=dict(g.extras))
     assert step.token_ids and step.extras["generator"] == "draft"
-    assert reader.context_ids(prompt, [step]) == list(reader.encode(prompt, True)) + \
-        list(reader.encode(step.context_text("\n\n"), False))
+    assert reader.context_ids(prompt, [step]) == list(reader.encode(prompt, True)) + list(
+        reader.encode(step.context_text("\n\n"), False)
+    )
     own = Step("target", "x", "separator", 1, token_ids=[7, 7, 7], extras={"generator": "target"})
     assert reader.context_ids(prompt, [own])[-3:] == [7, 7, 7]  # its own ids are reused as written

@@ -46,5 +46,5 @@ def test_percentile_interval_and_sign_test_values():
     assert percentile_ci(list(range(101))) == [2, 98]
     assert sign_test_p(0, 0) == 1.0
     assert sign_test_p(5, 5) == 1.0
-    assert sign_test_p(10, 0) == pytest.approx(2 / 2 ** 10)
-    assert sign_test_p(1, 9) == pytest.approx(2 * 11 / 2 ** 10)
+    assert sign_test_p(10, 0) == pytest.approx(2 / 2**10)
+    assert sign_test_p(1, 9) == pytest.approx(2 * 11 / 2**10)

@@ -127,15 +127,55 @@ def test_a_plugins_policy_option_and_backend_setting_reach_run_and_sweep(example
     data = tmp_path / "q.jsonl"
     data.write_text(json.dumps({"id": "q1", "question": "What is 1?", "answer": "1"}) + "\n")
     out = tmp_path / "out"
-    assert main(["run", "--policy", "every-nth", "--every", "3", "--draft", "echo:d", "--target", "echo:t",
-                 "--echo-word", "howdy", "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "every-nth",
+                "--every",
+                "3",
+                "--draft",
+                "echo:d",
+                "--target",
+                "echo:t",
+                "--echo-word",
+                "howdy",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     steps = json.loads((out / "results.jsonl").read_text())["steps"]
     assert [s["escalated"] for s in steps] == [False, False, True]  # every third step
     assert all("howdy" in s["text"] for s in steps)  # the backend's own setting reached it
     run = json.loads((out / "run.json").read_text())["settings"]
     assert run["policy_options"] == {"every": 3} and run["extra"] == {"echo_word": "howdy"}
-    assert main(["run", "--policy", "every-nth", "--every", "0", "--draft", "echo:d", "--target", "echo:t",
-                 "--data", str(data), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "every-nth",
+                "--every",
+                "0",
+                "--draft",
+                "echo:d",
+                "--target",
+                "echo:t",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "bad"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "--every must be >= 1" in capsys.readouterr().err
 
 
@@ -149,9 +189,13 @@ def test_a_plugins_policy_option_is_a_server_request_field(example_plugin):
     models = build_models({"draft", "target"}, {"draft": "echo:d", "target": "echo:t"}, ModelOptions())
     service = Service(models, make_policy("draft"), EngineConfig(max_steps=5))
     with serving(create_app(service)) as s:
+
         def ask(**extra):
-            return httpx.post(s.url + "/v1/completions", json={"model": "arbitrage", "prompt": "Q?\n\n",
-                                                                "policy": "every-nth", **extra})
+            return httpx.post(
+                s.url + "/v1/completions",
+                json={"model": "arbitrage", "prompt": "Q?\n\n", "policy": "every-nth", **extra},
+            )
+
         ok = ask(every=1)
         assert ok.status_code == 200 and ok.json()["usage"]["escalated_steps"] == 3
         assert ask(every=2).json()["usage"]["escalated_steps"] == 1

@@ -14,8 +14,9 @@ summarize = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(summarize)
 
 
-@pytest.mark.parametrize("wins,losses,p", [(0, 0, 1.0), (0, 5, 2 / 32), (5, 0, 2 / 32), (3, 3, 1.0),
-                                           (1, 9, 2 * 11 / 1024)])
+@pytest.mark.parametrize(
+    "wins,losses,p", [(0, 0, 1.0), (0, 5, 2 / 32), (5, 0, 2 / 32), (3, 3, 1.0), (1, 9, 2 * 11 / 1024)]
+)
 def test_sign_test_is_the_exact_binomial(wins, losses, p):
     assert summarize.sign_test_p(wins, losses) == pytest.approx(p)
 
@@ -23,13 +24,27 @@ def test_sign_test_is_the_exact_binomial(wins, losses, p):
 def _point(root: Path, name: str, policy: str, rows: list[tuple[bool, float]], threshold=None) -> dict:
     d = root / name
     d.mkdir()
-    (d / "results.jsonl").write_text("".join(json.dumps({"id": str(i), "question": "q", "steps": [], "correct": c,
-                                                                    "latency_s": t}) + "\n"
-                                             for i, (c, t) in enumerate(rows)))
-    m = {"policy": policy, "threshold": threshold, "n": len(rows), "accuracy": sum(c for c, _ in rows) / len(rows),
-         "accuracy_se": 0.1, "escalation_rate": 0.5, "latency_s_mean": sum(t for _, t in rows) / len(rows),
-         "latency_s_p50": 1.0, "target_calls": 0, "target_tokens": 0, "draft_tokens_accepted": 0,
-         "draft_tokens_discarded": 0, "dir": f"/moved/elsewhere/{name}"}
+    (d / "results.jsonl").write_text(
+        "".join(
+            json.dumps({"id": str(i), "question": "q", "steps": [], "correct": c, "latency_s": t}) + "\n"
+            for i, (c, t) in enumerate(rows)
+        )
+    )
+    m = {
+        "policy": policy,
+        "threshold": threshold,
+        "n": len(rows),
+        "accuracy": sum(c for c, _ in rows) / len(rows),
+        "accuracy_se": 0.1,
+        "escalation_rate": 0.5,
+        "latency_s_mean": sum(t for _, t in rows) / len(rows),
+        "latency_s_p50": 1.0,
+        "target_calls": 0,
+        "target_tokens": 0,
+        "draft_tokens_accepted": 0,
+        "draft_tokens_discarded": 0,
+        "dir": f"/moved/elsewhere/{name}",
+    }
     return m
 
 
@@ -46,4 +61,3 @@ def test_paired_table_from_a_moved_sweep(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:5] == ["+0.200", "2 / 0", "0.50"]
     assert cells[5] == "2.00x (2.00–2.00)"  # every resample has the same ratio
-

@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from fakes import FakeGenerator, problems
 
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
-from arbitrage.router_training.heads import (OrdinalLogit, class_edges, classes_of, positive_classes,
-                                             y_hat_from_probs)
-from fakes import FakeGenerator, problems
+from arbitrage.router_training.heads import OrdinalLogit, class_edges, classes_of, positive_classes, y_hat_from_probs
 
 
 def test_quantile_class_edges_and_ties():
@@ -30,8 +29,9 @@ def test_quantile_class_edges_and_ties():
 def test_y_hat_is_the_mass_of_the_positive_classes():
     probs = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]])
     assert y_hat_from_probs(probs, [2, 3]).tolist() == pytest.approx([0.7, 0.2])
-    assert y_hat_from_probs(probs[:, :2] / probs[:, :2].sum(1, keepdims=True), [1]).tolist() == \
-        pytest.approx([2 / 3, 0.125])
+    assert y_hat_from_probs(probs[:, :2] / probs[:, :2].sum(1, keepdims=True), [1]).tolist() == pytest.approx(
+        [2 / 3, 0.125]
+    )
 
 
 def test_ordinal_loss_gradient_and_fit():
@@ -43,8 +43,12 @@ def test_ordinal_loss_gradient_and_fit():
     params = rng.normal(size=3 + 1 + 2) * 0.3
     loss, grad = m.nll(params, X, y, 4)
     eps = 1e-6
-    num = np.array([(m.nll(params + eps * e, X, y, 4)[0] - m.nll(params - eps * e, X, y, 4)[0]) / (2 * eps)
-                    for e in np.eye(len(params))])
+    num = np.array(
+        [
+            (m.nll(params + eps * e, X, y, 4)[0] - m.nll(params - eps * e, X, y, 4)[0]) / (2 * eps)
+            for e in np.eye(len(params))
+        ]
+    )
     assert grad == pytest.approx(num, rel=1e-4, abs=1e-4)  # the analytic gradient of the ordinal loss
     m.fit(X, y, 4)
     assert m.coef_[0] > 1.0 and m.coef_[1] < -0.5 and abs(m.coef_[2]) < 0.3
@@ -63,8 +67,9 @@ def test_probe_heads_train_and_route(tmp_path):
     build_data([str(fixture)], str(tmp_path / "data"), seed=0)
     for classes, ordinal in ((2, False), (4, False), (10, False), (4, True)):
         out = tmp_path / f"r{classes}{'o' if ordinal else ''}"
-        train_router(str(tmp_path / "data"), str(out), kind="probe", classes=classes, ordinal=ordinal,
-                     log=lambda *_: None)
+        train_router(
+            str(tmp_path / "data"), str(out), kind="probe", classes=classes, ordinal=ordinal, log=lambda *_: None
+        )
         router = load_probe_router(str(out))
         meta = json.loads((out / "arbitrage_router.json").read_text())
         assert meta["model"] == ("logistic" if classes == 2 else "ordinal" if ordinal else "multinomial")
@@ -72,8 +77,9 @@ def test_probe_heads_train_and_route(tmp_path):
         assert 0.0 <= m["y_hat_mean"] <= 1.0 and m["n"] > 0
         if classes > 2:
             assert len(meta["edges"]) == router.n_classes - 1 and meta["positive_classes"]
-            assert m["n_classes"] == router.n_classes and set(m["per_class_accuracy"]) == \
-                {str(c) for c in range(router.n_classes)}
+            assert m["n_classes"] == router.n_classes and set(m["per_class_accuracy"]) == {
+                str(c) for c in range(router.n_classes)
+            }
 
 
 def test_generate_records_several_target_samples_and_labels_from_them(tmp_path):
@@ -91,8 +97,10 @@ def test_generate_records_several_target_samples_and_labels_from_them(tmp_path):
         name = "prm"
 
         def score(self, requests):  # draft 0.5; target samples 0.2, 0.9, 0.4 in order
-            return [[0.5 if c.author == "draft" else (0.2, 0.9, 0.4)[int(c.text[-1])] for c in r.candidates]
-                    for r in requests]
+            return [
+                [0.5 if c.author == "draft" else (0.2, 0.9, 0.4)[int(c.text[-1])] for c in r.candidates]
+                for r in requests
+            ]
 
         def release(self, key):
             pass
@@ -101,17 +109,20 @@ def test_generate_records_several_target_samples_and_labels_from_them(tmp_path):
     by_key = {p.id: p.meta["n_steps"] for p in probs}
     target = SampledTarget("target", by_key)
     done = []
-    Engine(make_policy("generate", target_samples=3),
-           Models(draft=FakeGenerator("draft", by_key), target=target, prm=SampleScores()),
-           EngineConfig(concurrency=2)).run(probs, done.append)
+    Engine(
+        make_policy("generate", target_samples=3),
+        Models(draft=FakeGenerator("draft", by_key), target=target, prm=SampleScores()),
+        EngineConfig(concurrency=2),
+    ).run(probs, done.append)
     assert target.n_requests == 3 * sum(len(r.steps) for r in done)  # three samples per step
     rec = done[0].records[0]
     assert [p.text for p in rec.target_samples] == ["t0s1", "t0s2"] and rec.target.text == "t0s0"
     assert rec.scores["prm_target"] == 0.2 and rec.scores["prm_target_max"] == 0.9
     assert rec.scores["prm_target_mean"] == pytest.approx(0.5) and rec.scores["prm_target_samples"] == [0.2, 0.9, 0.4]
     assert not rec.escalated and rec.author == "draft"  # the trajectory continues as with one sample (0.2 < 0.5)
-    pr = ProblemRecord("p0", "q", "1", "1", True, "", "generate", None, "eos", 0.1, {}, done[0].counts, "",
-                       done[0].records)
+    pr = ProblemRecord(
+        "p0", "q", "1", "1", True, "", "generate", None, "eos", 0.1, {}, done[0].counts, "", done[0].records
+    )
     pr = ProblemRecord.from_json(json.loads(json.dumps(pr.to_json())), "test")  # through the file layout
     labels = {how: [e.advantage for e in examples_from_record(pr, "t", 0.0, how)] for how in ("mean", "max", "first")}
     assert labels["first"][0] == pytest.approx(0.2 - 0.5)
@@ -141,15 +152,26 @@ def test_classifier_heads_train_and_route(tiny_dir, tmp_path, classes, ordinal):
     """The paper's classifier with 4 quantile classes (cross entropy) or an ordinal head (cumulative logits):
     it saves its edges and positive classes, loads as a router, and y_hat is the positive classes' mass."""
     import torch
+    from test_router_training_models import synthetic_results
 
     from arbitrage.router_training import build_data, evaluate_router, train_router
     from arbitrage.scoring.hf import HFRouter
-    from test_router_training_models import synthetic_results
 
     build_data([synthetic_results(tmp_path / "results.jsonl")], str(tmp_path / "data"), val_fraction=0.25, seed=0)
     out = tmp_path / "router"
-    train_router(str(tmp_path / "data"), str(out), kind="classifier", base=str(tiny_dir / "draft"), lr=5e-3,
-                 epochs=2, batch_size=8, device="cpu", classes=classes, ordinal=ordinal, log=lambda *_: None)
+    train_router(
+        str(tmp_path / "data"),
+        str(out),
+        kind="classifier",
+        base=str(tiny_dir / "draft"),
+        lr=5e-3,
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+        classes=classes,
+        ordinal=ordinal,
+        log=lambda *_: None,
+    )
     meta = json.loads((out / "arbitrage_router.json").read_text())
     assert meta["head"] == ("ordinal" if ordinal else "softmax") and meta["n_classes"] == len(meta["edges"]) + 1
     router = HFRouter.from_pretrained(str(out), device="cpu")

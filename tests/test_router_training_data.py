@@ -17,18 +17,33 @@ def step(author, text, pd, pt, draft=None, target=None, stop="separator", adv=Tr
     scores = {"prm_draft": pd, "prm_target": pt}
     if adv:
         scores["advantage"] = pt - pd
-    return {"index": 0, "author": author, "text": text, "stop": stop, "n_tokens": 3, "escalated": author == "target",
-            "scores": scores, "draft": draft, "target": target, "seconds": {}}
+    return {
+        "index": 0,
+        "author": author,
+        "text": text,
+        "stop": stop,
+        "n_tokens": 3,
+        "escalated": author == "target",
+        "scores": scores,
+        "draft": draft,
+        "target": target,
+        "seconds": {},
+    }
 
 
 def sub(text, lps=(-0.1, -0.2, -0.3), stop="separator"):
-    return {"text": text, "stop": stop, "n_tokens": len(lps), "logprobs": list(lps),
-            "entropies": [0.5] * len(lps)}
+    return {"text": text, "stop": stop, "n_tokens": len(lps), "logprobs": list(lps), "entropies": [0.5] * len(lps)}
 
 
 def problem(pid, steps, question=None):
-    return {"id": pid, "question": question or f"question {pid}", "gold": "1", "prediction": "1", "correct": True,
-            "steps": steps}
+    return {
+        "id": pid,
+        "question": question or f"question {pid}",
+        "gold": "1",
+        "prediction": "1",
+        "correct": True,
+        "steps": steps,
+    }
 
 
 def write(path: Path, rows) -> str:
@@ -40,11 +55,15 @@ def write(path: Path, rows) -> str:
 @pytest.fixture
 def results(tmp_path):
     """Problem p0: draft kept (A=-0.5), then target took over (A=+0.25), then draft kept at A=0 (a tie)."""
-    p0 = problem("p0", [
-        step("draft", "d one", 0.9, 0.4, draft=sub("d one")),
-        step("target", "t two", 0.5, 0.75, draft=sub("d two")),
-        step("draft", "d three", 0.8, 0.8, draft=sub("d three", stop="eos"), stop="eos"),
-    ], question="What is 1+1?")
+    p0 = problem(
+        "p0",
+        [
+            step("draft", "d one", 0.9, 0.4, draft=sub("d one")),
+            step("target", "t two", 0.5, 0.75, draft=sub("d two")),
+            step("draft", "d three", 0.8, 0.8, draft=sub("d three", stop="eos"), stop="eos"),
+        ],
+        question="What is 1+1?",
+    )
     return write(tmp_path / "gen" / "results.jsonl", [p0])
 
 
@@ -92,8 +111,9 @@ def many_problems(n_problems=20, steps_per=5, escalate_every=4):
         steps = []
         for _ in range(steps_per):
             up = k % escalate_every == 0
-            steps.append(step("target" if up else "draft", f"s{k}", 0.2 if up else 0.9, 0.9 if up else 0.5,
-                              draft=sub(f"d{k}")))
+            steps.append(
+                step("target" if up else "draft", f"s{k}", 0.2 if up else 0.9, 0.9 if up else 0.5, draft=sub(f"d{k}"))
+            )
             k += 1
         rows.append(problem(f"q{i}", steps))
     return rows
@@ -132,16 +152,27 @@ def test_round_trip_of_examples(results, tmp_path):
     assert d.author == "draft" and d.text == "d three" and d.stop == "eos" and d.extras["entropies"] == [0.5] * 3
 
 
-@pytest.mark.parametrize("bad,where,field", [
-    (problem("x", [step("draft", "a", 0.1, 0.2), {"author": "target", "text": "b", "scores": {"prm_draft": 0.1}}]),
-     2, "steps[1].scores"),
-    (problem("x", [step("robot", "a", 0.1, 0.2)]), 2, "steps[0].author"),
-    (problem("x", [step("target", "a", 0.1, 0.2, draft=None)]), 2, "steps[0].draft"),
-    (problem("x", [step("draft", "a", 0.1, 0.2, draft={"text": "a", "logprobs": ["x"]})]), 2,
-     "steps[0].draft.logprobs"),
-    ({"id": "x", "steps": []}, 2, "question"),
-    ("{not json", 2, "(line)"),
-])
+@pytest.mark.parametrize(
+    "bad,where,field",
+    [
+        (
+            problem(
+                "x", [step("draft", "a", 0.1, 0.2), {"author": "target", "text": "b", "scores": {"prm_draft": 0.1}}]
+            ),
+            2,
+            "steps[1].scores",
+        ),
+        (problem("x", [step("robot", "a", 0.1, 0.2)]), 2, "steps[0].author"),
+        (problem("x", [step("target", "a", 0.1, 0.2, draft=None)]), 2, "steps[0].draft"),
+        (
+            problem("x", [step("draft", "a", 0.1, 0.2, draft={"text": "a", "logprobs": ["x"]})]),
+            2,
+            "steps[0].draft.logprobs",
+        ),
+        ({"id": "x", "steps": []}, 2, "question"),
+        ("{not json", 2, "(line)"),
+    ],
+)
 def test_errors_name_file_line_and_field(tmp_path, bad, where, field):
     good = problem("ok", [step("draft", "a", 0.1, 0.2, draft=sub("a"))])
     path = write(tmp_path / "r.jsonl", [good, bad])
@@ -155,8 +186,9 @@ def test_missing_file_and_one_class_data(tmp_path, capsys):
     assert "no such results file" in capsys.readouterr().err
     path = write(tmp_path / "r.jsonl", [problem("a", [step("draft", "a", 0.9, 0.1, draft=sub("a"))])])
     assert main(["router", "build-data", path, "--out", str(tmp_path / "d"), "--val-fraction", "0"]) == 0
-    assert main(["router", "train", "--kind", "probe", "--data", str(tmp_path / "d"), "--out",
-                 str(tmp_path / "r")]) == 2
+    assert (
+        main(["router", "train", "--kind", "probe", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
+    )
     assert "one class only" in capsys.readouterr().err
 
 

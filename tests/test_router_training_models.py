@@ -17,13 +17,14 @@ from arbitrage.router_training import build_data, evaluate_router, train_router
 from arbitrage.router_training.dataset import load_examples
 from arbitrage.router_training.evaluate import metrics, router_requests
 from arbitrage.router_training.probe import ProbeRouter, is_probe_router, load_probe_router
+from arbitrage.router_training.train import LastTokenCollator, encode_example
+from arbitrage.scoring.hf import HFRouter
+from arbitrage.types import RouteRequest, Step
 
 
 def probe_needs_hidden(path) -> bool:
     return "last_hidden" in load_probe_router(str(path)).draft_features
-from arbitrage.router_training.train import LastTokenCollator, encode_example
-from arbitrage.scoring.hf import HFRouter
-from arbitrage.types import RouteRequest, Step
+
 
 QUESTION = "Question: what is 12 * 12?"
 
@@ -51,10 +52,20 @@ def synthetic_results(path, n_problems=40, seed=0, hidden=False):
             pd = 0.2 if bad else 0.9
             pt = pd + (rng.uniform(0.1, 0.7) if bad else -rng.uniform(0.0, 0.3))
             h = [rng.gauss(1.0 if bad else -1.0, 1.0) for _ in range(4)] if hidden else None
-            steps.append({"index": k, "author": "target" if bad else "draft",
-                          "text": "12 * 12 = 144." if bad else text, "stop": "separator", "n_tokens": n,
-                          "escalated": bad, "scores": {"prm_draft": pd, "prm_target": pt, "advantage": pt - pd},
-                          "draft": _sub(text, lps, ents, h), "target": None, "seconds": {}})
+            steps.append(
+                {
+                    "index": k,
+                    "author": "target" if bad else "draft",
+                    "text": "12 * 12 = 144." if bad else text,
+                    "stop": "separator",
+                    "n_tokens": n,
+                    "escalated": bad,
+                    "scores": {"prm_draft": pd, "prm_target": pt, "advantage": pt - pd},
+                    "draft": _sub(text, lps, ents, h),
+                    "target": None,
+                    "seconds": {},
+                }
+            )
         rows.append({"id": f"p{i}", "question": QUESTION, "gold": "144", "steps": steps})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
@@ -80,8 +91,9 @@ def test_training_tokenization_equals_the_serving_routers(tiny_dir, data_dir):
 
 
 def test_collator_puts_the_label_on_the_last_real_token_only():
-    batch = LastTokenCollator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, -100, 1]},
-                                         {"input_ids": [8], "labels": [0]}])
+    batch = LastTokenCollator(pad_id=0)(
+        [{"input_ids": [5, 6, 7], "labels": [-100, -100, 1]}, {"input_ids": [8], "labels": [0]}]
+    )
     assert batch["labels"].tolist() == [[-100, -100, 1], [0, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -89,8 +101,29 @@ def test_collator_puts_the_label_on_the_last_real_token_only():
 
 def test_classifier_router_trains_saves_and_runs(tiny_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "router"
-    assert main(["router", "train", "--data", str(data_dir), "--out", str(out), "--base", str(tiny_dir / "draft"),
-                 "--lr", "5e-3", "--epochs", "8", "--batch-size", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "router",
+                "train",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--base",
+                str(tiny_dir / "draft"),
+                "--lr",
+                "5e-3",
+                "--epochs",
+                "8",
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "arbitrage_router.json").read_text())
     assert meta["kind"] == "classifier" and meta["separator"] == "\n\n" and meta["author_tags"] is True
     assert meta["train_counts"]["escalate"] == meta["train_counts"]["keep"]
@@ -105,9 +138,33 @@ def test_classifier_router_trains_saves_and_runs(tiny_dir, data_dir, tmp_path, c
     data = tmp_path / "q.jsonl"
     data.write_text(json.dumps({"id": "a", "question": "What is 2+2?", "answer": "4"}) + "\n")
     run_out = tmp_path / "run"
-    assert main(["run", "--policy", "router", "--router", str(out), "--draft", str(tiny_dir / "draft"), "--target",
-                 str(tiny_dir / "target"), "--data", str(data), "--out", str(run_out), "--max-steps", "3",
-                 "--max-step-tokens", "6", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "router",
+                "--router",
+                str(out),
+                "--draft",
+                str(tiny_dir / "draft"),
+                "--target",
+                str(tiny_dir / "target"),
+                "--data",
+                str(data),
+                "--out",
+                str(run_out),
+                "--max-steps",
+                "3",
+                "--max-step-tokens",
+                "6",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((run_out / "results.jsonl").read_text().splitlines()[0])
     assert all(0.0 <= s["scores"]["router"] <= 1.0 for s in rec["steps"])
     assert all(s["escalated"] == (s["scores"]["router"] > 0.5) for s in rec["steps"])
@@ -136,10 +193,22 @@ def test_probe_router_predicts_through_the_router_protocol(data_dir, tmp_path):
     out = train_router(str(data_dir), str(tmp_path / "probe"), kind="probe", C=1.0, log=lambda s: None)
     router = load_model("router", out, "router", ModelOptions())
     assert isinstance(router, ProbeRouter) and router.name == "router"
-    unsure = Step("draft", "12 * 12 = 150.", "separator", 4, logprobs=[-2.1, -1.8, -2.5, -1.9],
-                  extras={"entropies": [2.0, 2.2, 1.9, 2.1]})
-    sure = Step("draft", "12 * 12 = 144.", "separator", 4, logprobs=[-0.2, -0.3, -0.1, -0.4],
-                extras={"entropies": [0.5, 0.6, 0.7, 0.5]})
+    unsure = Step(
+        "draft",
+        "12 * 12 = 150.",
+        "separator",
+        4,
+        logprobs=[-2.1, -1.8, -2.5, -1.9],
+        extras={"entropies": [2.0, 2.2, 1.9, 2.1]},
+    )
+    sure = Step(
+        "draft",
+        "12 * 12 = 144.",
+        "separator",
+        4,
+        logprobs=[-0.2, -0.3, -0.1, -0.4],
+        extras={"entropies": [0.5, 0.6, 0.7, 0.5]},
+    )
     p_unsure, p_sure = router.predict([RouteRequest("a", QUESTION, [], unsure), RouteRequest("b", QUESTION, [], sure)])
     assert p_unsure > 0.5 > p_sure
     meta = json.loads((tmp_path / "probe" / "arbitrage_router.json").read_text())
@@ -151,12 +220,15 @@ def test_probe_router_predicts_through_the_router_protocol(data_dir, tmp_path):
 def test_probe_on_hidden_states(tmp_path):
     res = synthetic_results(tmp_path / "r.jsonl", hidden=True)
     build_data([res], str(tmp_path / "d"), val_fraction=0.25)
-    out = train_router(str(tmp_path / "d"), str(tmp_path / "p"), kind="probe", features=["hidden", "shape"],
-                       log=lambda s: None)
+    out = train_router(
+        str(tmp_path / "d"), str(tmp_path / "p"), kind="probe", features=["hidden", "shape"], log=lambda s: None
+    )
     assert probe_needs_hidden(out)
     assert evaluate_router(out, str(tmp_path / "d"))["roc_auc"] > 0.8
     with pytest.raises(ConfigError, match="hidden state"):
-        load_model("router", out, "router", ModelOptions()).predict([RouteRequest("a", QUESTION, [], Step("draft", "x", "separator", 1))])
+        load_model("router", out, "router", ModelOptions()).predict(
+            [RouteRequest("a", QUESTION, [], Step("draft", "x", "separator", 1))]
+        )
 
 
 def test_metrics_on_known_predictions():
@@ -180,48 +252,192 @@ def test_probe_end_to_end_from_a_real_generate_run(tiny_dir, tmp_path, capsys):
     from arbitrage.run import RunConfig, run
 
     data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i}?", "answer": str(3 * i)})
-                            + "\n" for i in range(6)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i}?", "answer": str(3 * i)}) + "\n"
+            for i in range(6)
+        )
+    )
     models = {"draft": str(tiny_dir / "draft"), "target": str(tiny_dir / "target"), "prm": str(tiny_dir / "prm")}
     engine = EngineConfig(max_steps=3, max_step_tokens=6)
     opts = ModelOptions(device="cpu", temperature=1.0, return_hidden=True)
-    run(RunConfig("generate", str(tmp_path / "gen"), str(data), models=models, engine=engine, model_options=opts,
-                  progress=False))
-    assert main(["router", "build-data", str(tmp_path / "gen"), "--out", str(tmp_path / "d"),
-                 "--val-fraction", "0.3"]) == 0
-    assert main(["router", "train", "--kind", "probe", "--data", str(tmp_path / "d"), "--out",
-                 str(tmp_path / "p"), "--C", "1"]) == 0
-    assert main(["router", "eval", "--router", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--out-json",
-                 str(tmp_path / "e.json")]) == 0
+    run(
+        RunConfig(
+            "generate",
+            str(tmp_path / "gen"),
+            str(data),
+            models=models,
+            engine=engine,
+            model_options=opts,
+            progress=False,
+        )
+    )
+    assert (
+        main(["router", "build-data", str(tmp_path / "gen"), "--out", str(tmp_path / "d"), "--val-fraction", "0.3"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "router",
+                "train",
+                "--kind",
+                "probe",
+                "--data",
+                str(tmp_path / "d"),
+                "--out",
+                str(tmp_path / "p"),
+                "--C",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "router",
+                "eval",
+                "--router",
+                str(tmp_path / "p"),
+                "--data",
+                str(tmp_path / "d"),
+                "--out-json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     assert "Spearman" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["n"] > 0
-    assert main(["run", "--policy", "router", "--router", str(tmp_path / "p"), "--threshold", "0.5",
-                 "--out", str(tmp_path / "run"), "--draft", models["draft"], "--target", models["target"],
-                 "--data", str(data), "--max-steps", "3", "--max-step-tokens", "6", "--quiet", "--device", "cpu",
-                 "--temperature", "1.0"]) == 0
-    steps = [s for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
-             for s in json.loads(line)["steps"]]
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "router",
+                "--router",
+                str(tmp_path / "p"),
+                "--threshold",
+                "0.5",
+                "--out",
+                str(tmp_path / "run"),
+                "--draft",
+                models["draft"],
+                "--target",
+                models["target"],
+                "--data",
+                str(data),
+                "--max-steps",
+                "3",
+                "--max-step-tokens",
+                "6",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--temperature",
+                "1.0",
+            ]
+        )
+        == 0
+    )
+    steps = [
+        s for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines() for s in json.loads(line)["steps"]
+    ]
     assert steps and all(s["escalated"] == (s["scores"]["router"] > 0.5) for s in steps)
     assert np.isfinite([s["scores"]["router"] for s in steps]).all()
     # the draft's hidden state (32 values for this draft) as probe features
     assert "last_hidden" in json.loads((tmp_path / "d" / "meta.json").read_text())["draft_features"]
-    hidden = train_router(str(tmp_path / "d"), str(tmp_path / "ph"), kind="probe", features=["hidden", "logprobs"],
-                          C=1.0, log=lambda s: None)
-    assert probe_needs_hidden(hidden) and json.loads((tmp_path / "ph" / "arbitrage_router.json").read_text())[
-        "hidden_dim"] == 32
-    m = run(RunConfig("router", str(tmp_path / "run_h"), str(data), threshold=0.5,
-                      models={**models, "router": hidden}, engine=engine, model_options=opts, progress=False))
+    hidden = train_router(
+        str(tmp_path / "d"),
+        str(tmp_path / "ph"),
+        kind="probe",
+        features=["hidden", "logprobs"],
+        C=1.0,
+        log=lambda s: None,
+    )
+    assert (
+        probe_needs_hidden(hidden)
+        and json.loads((tmp_path / "ph" / "arbitrage_router.json").read_text())["hidden_dim"] == 32
+    )
+    m = run(
+        RunConfig(
+            "router",
+            str(tmp_path / "run_h"),
+            str(data),
+            threshold=0.5,
+            models={**models, "router": hidden},
+            engine=engine,
+            model_options=opts,
+            progress=False,
+        )
+    )
     assert m["n"] == 6 and m["router_s"] > 0
     # through the CLI the draft's hidden states are turned on by the router itself, with no flag
-    assert main(["run", "--policy", "router", "--router", hidden, "--threshold", "0.5", "--out",
-                 str(tmp_path / "run_hcli"), "--draft", models["draft"], "--target", models["target"],
-                 "--data", str(data), "--max-steps", "3", "--max-step-tokens", "6", "--quiet", "--device", "cpu",
-                 "--temperature", "1.0", "--limit", "2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "router",
+                "--router",
+                hidden,
+                "--threshold",
+                "0.5",
+                "--out",
+                str(tmp_path / "run_hcli"),
+                "--draft",
+                models["draft"],
+                "--target",
+                models["target"],
+                "--data",
+                str(data),
+                "--max-steps",
+                "3",
+                "--max-step-tokens",
+                "6",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--temperature",
+                "1.0",
+                "--limit",
+                "2",
+            ]
+        )
+        == 0
+    )
     # and `--draft-hidden-states` records them in generate runs for training
-    assert main(["run", "--policy", "generate", "--draft-hidden-states", "--out", str(tmp_path / "gen_cli"),
-                 "--draft", models["draft"], "--target", models["target"], "--prm", models["prm"],
-                 "--data", str(data), "--max-steps", "2", "--max-step-tokens", "6", "--quiet", "--device", "cpu",
-                 "--limit", "1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "generate",
+                "--draft-hidden-states",
+                "--out",
+                str(tmp_path / "gen_cli"),
+                "--draft",
+                models["draft"],
+                "--target",
+                models["target"],
+                "--prm",
+                models["prm"],
+                "--data",
+                str(data),
+                "--max-steps",
+                "2",
+                "--max-step-tokens",
+                "6",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--limit",
+                "1",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((tmp_path / "gen_cli" / "results.jsonl").read_text().splitlines()[0])
     assert len(rec["steps"][0]["draft"]["last_hidden"]) == 32
 
@@ -245,18 +461,40 @@ def test_thresholds_hit_the_asked_escalation_rates(data_dir, tmp_path, capsys):
     # y_hat ranks the bad steps first, so at the oracle's own rate the router picks (almost) exactly them
     router = load_model("router", out, "router", ModelOptions())
     tau_bad = rate_thresholds([res], [bad_share], out)["router"][0]["tau"]
-    picked = [router.predict([RouteRequest("k", QUESTION, [], Step("draft", s["draft"]["text"], "separator",
-                                                                  s["n_tokens"], logprobs=s["draft"]["logprobs"],
-                                                                  extras={"entropies": s["draft"]["entropies"]}))])[0]
-              > tau_bad for r in examples for s in r["steps"]]
+    picked = [
+        router.predict(
+            [
+                RouteRequest(
+                    "k",
+                    QUESTION,
+                    [],
+                    Step(
+                        "draft",
+                        s["draft"]["text"],
+                        "separator",
+                        s["n_tokens"],
+                        logprobs=s["draft"]["logprobs"],
+                        extras={"entropies": s["draft"]["entropies"]},
+                    ),
+                )
+            ]
+        )[0]
+        > tau_bad
+        for r in examples
+        for s in r["steps"]
+    ]
     truth = [s["escalated"] for r in examples for s in r["steps"]]
     assert np.mean(np.array(picked) == np.array(truth)) > 0.95
     # RSD: the PRM(draft) scores here take two values (0.2 and 0.9): tau falls between them (a plain quantile
     # would land on a tied value), escalating the steps scored 0.2, the share closest to the asked rate
     rsd = {p["rate"]: p for p in found["rsd"]}
     assert 0.2 < rsd[0.5]["tau"] < 0.9 and rsd[0.5]["achieved"] == pytest.approx(bad_share)
-    assert main(["router", "thresholds", res, "--router", out, "--rates", "0.5,0.2",
-                 "--out-json", str(tmp_path / "t.json")]) == 0
+    assert (
+        main(
+            ["router", "thresholds", res, "--router", out, "--rates", "0.5,0.2", "--out-json", str(tmp_path / "t.json")]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "--thresholds rsd=" in printed and "--thresholds router=" in printed
     assert json.loads((tmp_path / "t.json").read_text())["router"] == found["router"]

@@ -37,11 +37,18 @@ def test_fixture_is_real_generate_output():
 
 
 def test_probe_router_beats_shuffled_label_controls(data_dir, tmp_path):
-    real = evaluate_router(train_router(str(data_dir), str(tmp_path / "probe"), kind="probe", log=lambda s: None),
-                           str(data_dir))
-    controls = [evaluate_router(train_router(str(data_dir), str(tmp_path / f"ctl{s}"), kind="probe", seed=s,
-                                             shuffle_labels=True, log=lambda s: None), str(data_dir))
-                for s in range(3)]
+    real = evaluate_router(
+        train_router(str(data_dir), str(tmp_path / "probe"), kind="probe", log=lambda s: None), str(data_dir)
+    )
+    controls = [
+        evaluate_router(
+            train_router(
+                str(data_dir), str(tmp_path / f"ctl{s}"), kind="probe", seed=s, shuffle_labels=True, log=lambda s: None
+            ),
+            str(data_dir),
+        )
+        for s in range(3)
+    ]
     best_control = max(c["spearman"] for c in controls)
     assert real["spearman"] > 0.3 and real["roc_auc"] > 0.75, real
     assert real["spearman"] > best_control + 0.2, ([c["spearman"] for c in controls], real["spearman"])

@@ -11,23 +11,55 @@ import pytest
 
 from arbitrage.cli import main
 
-QUESTIONS = [("What is 3 + 4?", "7"), ("What is 2 * 6?", "12"), ("Compute 1/2 + 1/3.", "\\frac{5}{6}"),
-             ("What is 10 - 3?", "7"), ("What is 9 * 9?", "81"), ("What is 100 / 4?", "25")]
+QUESTIONS = [
+    ("What is 3 + 4?", "7"),
+    ("What is 2 * 6?", "12"),
+    ("Compute 1/2 + 1/3.", "\\frac{5}{6}"),
+    ("What is 10 - 3?", "7"),
+    ("What is 9 * 9?", "81"),
+    ("What is 100 / 4?", "25"),
+]
 
 
 @pytest.fixture
 def data_file(tmp_path):
     path = tmp_path / "toy.jsonl"
-    path.write_text("".join(json.dumps({"uid": f"t{i}", "q": q, "a": a}) + "\n"
-                            for i, (q, a) in enumerate(QUESTIONS)))
+    path.write_text("".join(json.dumps({"uid": f"t{i}", "q": q, "a": a}) + "\n" for i, (q, a) in enumerate(QUESTIONS)))
     return path
 
 
 def base_args(tiny_dir, data_file, out, policy="rsd", *extra):
-    return ["run", "--policy", policy, "--draft", str(tiny_dir / "draft"), "--target", str(tiny_dir / "target"),
-            "--prm", str(tiny_dir / "prm"), "--router", str(tiny_dir / "router"), "--data", str(data_file),
-            "--question-field", "q", "--answer-field", "a", "--id-field", "uid", "--out", str(out),
-            "--max-steps", "4", "--max-step-tokens", "10", "--quiet", "--threads", "1", *extra]
+    return [
+        "run",
+        "--policy",
+        policy,
+        "--draft",
+        str(tiny_dir / "draft"),
+        "--target",
+        str(tiny_dir / "target"),
+        "--prm",
+        str(tiny_dir / "prm"),
+        "--router",
+        str(tiny_dir / "router"),
+        "--data",
+        str(data_file),
+        "--question-field",
+        "q",
+        "--answer-field",
+        "a",
+        "--id-field",
+        "uid",
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--max-step-tokens",
+        "10",
+        "--quiet",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def test_run_writes_results_and_metrics(tiny_dir, data_file, tmp_path, capsys):
@@ -42,9 +74,23 @@ def test_run_writes_results_and_metrics(tiny_dir, data_file, tmp_path, capsys):
             assert 0.0 <= s["scores"]["prm_draft"] <= 1.0
             assert s["escalated"] == (s["scores"]["prm_draft"] < 0.6)
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("policy", "threshold", "n", "accuracy", "escalation_rate", "draft_tokens_accepted",
-                "draft_tokens_discarded", "target_tokens", "target_calls", "latency_s_mean", "latency_s_p50",
-                "draft_s", "target_s", "prm_s", "router_s"):
+    for key in (
+        "policy",
+        "threshold",
+        "n",
+        "accuracy",
+        "escalation_rate",
+        "draft_tokens_accepted",
+        "draft_tokens_discarded",
+        "target_tokens",
+        "target_calls",
+        "latency_s_mean",
+        "latency_s_p50",
+        "draft_s",
+        "target_s",
+        "prm_s",
+        "router_s",
+    ):
         assert key in m, key
     assert m["n"] == 6 and m["policy"] == "rsd" and m["threshold"] == 0.6
     steps = sum(len(r["steps"]) for r in lines)
@@ -98,7 +144,7 @@ def test_sigkilled_run_resumes_with_every_problem_exactly_once(tiny_dir, data_fi
     assert done.returncode == 0, done.stderr
     after = [json.loads(x) for x in results.read_text().splitlines()]
     assert sorted(r["id"] for r in after) == [f"t{i}" for i in range(6)]  # each exactly once
-    assert [json.dumps(r) for r in after[:len(before)]] == [json.dumps(json.loads(x)) for x in before]
+    assert [json.dumps(r) for r in after[: len(before)]] == [json.dumps(json.loads(x)) for x in before]
     assert json.loads((out / "metrics.json").read_text())["n"] == 6
 
 
@@ -127,14 +173,17 @@ def test_a_corrupt_line_in_the_middle_is_an_error_not_dropped(tmp_path):
     assert [r["id"] for r in ResultsFile(str(tmp_path)).load()] == ["t0", "t1"]
 
 
-@pytest.mark.parametrize("change,message", [
-    (["--draft", "/no/such/model"], "'/no/such/model' does not exist"),
-    (["--policy", "router", "--router", ""], "needs --router"),
-    (["--threshold", "1.5"], "out of range"),
-    (["--policy", "draft", "--threshold", "0.5"], "takes no --threshold"),
-    (["--question-field", "question_text"], "question_text"),
-    (["--max-steps", "0"], "--max-steps"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (["--draft", "/no/such/model"], "'/no/such/model' does not exist"),
+        (["--policy", "router", "--router", ""], "needs --router"),
+        (["--threshold", "1.5"], "out of range"),
+        (["--policy", "draft", "--threshold", "0.5"], "takes no --threshold"),
+        (["--question-field", "question_text"], "question_text"),
+        (["--max-steps", "0"], "--max-steps"),
+    ],
+)
 def test_clear_one_line_errors(tiny_dir, data_file, tmp_path, capsys, change, message):
     args = base_args(tiny_dir, data_file, tmp_path / "err", "rsd")
     for i in range(0, len(change), 2):
@@ -152,7 +201,7 @@ def test_missing_field_error_names_file_and_line(tiny_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n" + json.dumps({"q": "2+2?"}) + "\n")
     args = base_args(tiny_dir, bad, tmp_path / "err2", "draft")
-    args[args.index("--id-field"):args.index("--id-field") + 2] = []
+    args[args.index("--id-field") : args.index("--id-field") + 2] = []
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl: line 2: missing answer field 'a'" in err

@@ -25,14 +25,34 @@ from arbitrage.server.running import serving
 
 
 def toy_data(path, n=6):
-    path.write_text("".join(json.dumps({"uid": f"t{i}", "q": f"What is {i} + {i}?", "a": str(2 * i)}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"uid": f"t{i}", "q": f"What is {i} + {i}?", "a": str(2 * i)}) + "\n" for i in range(n))
+    )
     return path
 
 
 def run_args(out, data, draft, *extra):
-    return ["run", "--policy", "draft", "--draft", draft, "--data", str(data), "--question-field", "q",
-            "--answer-field", "a", "--id-field", "uid", "--out", str(out), "--quiet", "--concurrency", "1", *extra]
+    return [
+        "run",
+        "--policy",
+        "draft",
+        "--draft",
+        draft,
+        "--data",
+        str(data),
+        "--question-field",
+        "q",
+        "--answer-field",
+        "a",
+        "--id-field",
+        "uid",
+        "--out",
+        str(out),
+        "--quiet",
+        "--concurrency",
+        "1",
+        *extra,
+    ]
 
 
 def test_two_runs_on_one_directory_the_second_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
@@ -83,9 +103,28 @@ def test_a_directory_that_is_not_a_trained_router_is_refused_before_any_problem(
         message = "no trained router head"
     data = toy_data(tmp_path / "d.jsonl", 2)
     out = tmp_path / "out"
-    rc = main(["run", "--policy", "router", "--draft", str(tiny_dir / "draft"), "--target", str(tiny_dir / "target"),
-               "--router", router, "--data", str(data), "--question-field", "q", "--answer-field", "a",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "run",
+            "--policy",
+            "router",
+            "--draft",
+            str(tiny_dir / "draft"),
+            "--target",
+            str(tiny_dir / "target"),
+            "--router",
+            router,
+            "--data",
+            str(data),
+            "--question-field",
+            "q",
+            "--answer-field",
+            "a",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not err[0].endswith(": "), err
@@ -96,8 +135,12 @@ def test_a_data_files_own_prompt_and_id_are_used(tmp_path, capsys):
     from arbitrage.data import load_problems
 
     path = tmp_path / "own.jsonl"
-    path.write_text("".join(json.dumps({"id": f"x{i}", "question": f"q{i}", "answer": str(i),
-                                        "prompt": f"PROMPT {i}:\n\n"}) + "\n" for i in range(3)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"x{i}", "question": f"q{i}", "answer": str(i), "prompt": f"PROMPT {i}:\n\n"}) + "\n"
+            for i in range(3)
+        )
+    )
     probs = load_problems(str(path))
     assert [p.id for p in probs] == ["x0", "x1", "x2"]
     assert [p.prompt for p in probs] == [f"PROMPT {i}:\n\n" for i in range(3)]
@@ -145,8 +188,9 @@ def _changed(value):
 def test_every_result_changing_setting_is_checked_on_resume(tmp_path):
     """Each field of the run's config, changed alone: refused (naming it) unless it only picks problems or
     changes speed. The list follows from the config's fields, so a new field is checked by default."""
-    base = RunConfig(policy="rsd", out=str(tmp_path), data="d.jsonl", threshold=0.5,
-                     models={"draft": "d", "target": "t", "prm": "p"})
+    base = RunConfig(
+        policy="rsd", out=str(tmp_path), data="d.jsonl", threshold=0.5, models={"draft": "d", "target": "t", "prm": "p"}
+    )
     record_session(str(tmp_path), base.settings(), base.speed_settings(), 1)
     checked = []
     for section, obj in (("run", base), ("engine", base.engine), ("model_options", base.model_options)):
@@ -159,18 +203,32 @@ def test_every_result_changing_setting_is_checked_on_resume(tmp_path):
             elif section == "engine":
                 cfg = dataclasses.replace(base, engine=dataclasses.replace(base.engine, **{f.name: value}))
             else:
-                cfg = dataclasses.replace(base, model_options=dataclasses.replace(base.model_options,
-                                                                                  **{f.name: value}))
-            free = f.name in RunConfig.FREE or f.name in RunConfig.SPEED_ONLY or \
-                f.name in RunConfig.SPEED_ONLY_WHEN_GREEDY  # base decodes greedily
+                cfg = dataclasses.replace(
+                    base, model_options=dataclasses.replace(base.model_options, **{f.name: value})
+                )
+            free = (
+                f.name in RunConfig.FREE or f.name in RunConfig.SPEED_ONLY or f.name in RunConfig.SPEED_ONLY_WHEN_GREEDY
+            )  # base decodes greedily
             if free:
                 check_manifest(str(tmp_path), cfg.settings())  # accepted
             else:
                 with pytest.raises(ConfigError, match=f"({f.name}|models)"):
                     check_manifest(str(tmp_path), cfg.settings())
                 checked.append(f.name)
-    for name in ("threshold", "dtype", "server_api", "pooling_route", "return_hidden", "temperature",
-                 "separator", "max_steps", "template", "policy_options", "reuse_cache", "shard"):
+    for name in (
+        "threshold",
+        "dtype",
+        "server_api",
+        "pooling_route",
+        "return_hidden",
+        "temperature",
+        "separator",
+        "max_steps",
+        "template",
+        "policy_options",
+        "reuse_cache",
+        "shard",
+    ):
         assert name in checked, name
     # each session records every speed setting
     assert set(base.speed_settings()) == RunConfig.SPEED_ONLY | RunConfig.SPEED_ONLY_WHEN_GREEDY
@@ -180,9 +238,14 @@ def test_reusing_the_draft_may_change_on_resume_only_when_greedy(tmp_path):
     """Verification gives the target's own greedy steps (speed only), but other samples when sampling."""
     for temperature, allowed in ((0.0, True), (0.7, False)):
         out = tmp_path / f"t{temperature}"
-        base = RunConfig(policy="rsd", out=str(out), data="d.jsonl", threshold=0.5,
-                         models={"draft": "d", "target": "t", "prm": "p"},
-                         model_options=ModelOptions(temperature=temperature))
+        base = RunConfig(
+            policy="rsd",
+            out=str(out),
+            data="d.jsonl",
+            threshold=0.5,
+            models={"draft": "d", "target": "t", "prm": "p"},
+            model_options=ModelOptions(temperature=temperature),
+        )
         record_session(str(out), base.settings(), base.speed_settings(), 1)
         for change in ({"verify": False}, {"gamma": 0}):
             cfg = dataclasses.replace(base, engine=dataclasses.replace(base.engine, **change))
@@ -260,15 +323,15 @@ class SlowGrader:
 def test_grading_runs_beside_the_engine_and_adds_nothing_to_latency(tmp_path):
     import threading
 
+    from fakes import FakeGenerator, problems
+
     from arbitrage.engine import Models
     from arbitrage.run import run
-    from fakes import FakeGenerator, problems
 
     probs = problems([2, 3, 4, 5])
     draft = FakeGenerator("draft", {p.id: p.meta["n_steps"] for p in probs})
     grader = SlowGrader()
-    cfg = RunConfig(policy="draft", out=str(tmp_path / "out"), progress=False,
-                    engine=EngineConfig(concurrency=4))
+    cfg = RunConfig(policy="draft", out=str(tmp_path / "out"), progress=False, engine=EngineConfig(concurrency=4))
     run(cfg, models=Models(draft=draft), problems=probs, grader=grader)
     assert len(grader.threads) == 4 and threading.current_thread().name not in grader.threads
     records = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]

@@ -18,8 +18,21 @@ from arbitrage.errors import DataError
 from arbitrage.router_training import build_data
 from arbitrage.router_training.dataset import read_results
 
-GEN = ["--policy", "generate", "--draft", "testbed:draft", "--target", "testbed:target", "--prm",
-       "testbed-checker:0.1:0.1", "--data", "testbed:train:12", "--quiet", "--max-steps", "6"]
+GEN = [
+    "--policy",
+    "generate",
+    "--draft",
+    "testbed:draft",
+    "--target",
+    "testbed:target",
+    "--prm",
+    "testbed-checker:0.1:0.1",
+    "--data",
+    "testbed:train:12",
+    "--quiet",
+    "--max-steps",
+    "6",
+]
 
 
 def test_shards_are_a_stable_partition_by_id():
@@ -74,18 +87,37 @@ def test_missing_or_overlapping_shards_are_refused(shard_runs, tmp_path):
 
 
 def test_sweeps_on_shards_merge_into_one_report(tmp_path, capsys):
-    args = ["sweep", "--policies", "draft,target", "--draft", "testbed:draft", "--target", "testbed:target",
-            "--data", "testbed:test:9", "--quiet", "--no-plots", "--max-steps", "6"]
+    args = [
+        "sweep",
+        "--policies",
+        "draft,target",
+        "--draft",
+        "testbed:draft",
+        "--target",
+        "testbed:target",
+        "--data",
+        "testbed:test:9",
+        "--quiet",
+        "--no-plots",
+        "--max-steps",
+        "6",
+    ]
     for k in range(2):
         assert main([*args, "--shard", f"{k}/2", "--out", str(tmp_path / f"w{k}")]) == 0
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    assert main(["sweep-merge", str(tmp_path / "w0"), str(tmp_path / "w1"), "--out", str(tmp_path / "m"),
-                 "--no-plots"]) == 0
+    assert (
+        main(["sweep-merge", str(tmp_path / "w0"), str(tmp_path / "w1"), "--out", str(tmp_path / "m"), "--no-plots"])
+        == 0
+    )
     merged = json.loads((tmp_path / "m" / "sweep.json").read_text())
     whole = json.loads((tmp_path / "whole" / "sweep.json").read_text())
     for a, b in zip(merged["points"], whole["points"]):
-        assert (a["policy"], a["n"], a["accuracy"], a["target_tokens"]) == \
-            (b["policy"], b["n"], b["accuracy"], b["target_tokens"])
+        assert (a["policy"], a["n"], a["accuracy"], a["target_tokens"]) == (
+            b["policy"],
+            b["n"],
+            b["accuracy"],
+            b["target_tokens"],
+        )
     assert main(["sweep-merge", str(tmp_path / "w0"), "--out", str(tmp_path / "m2"), "--no-plots"]) == 2
     assert "missing shard" in capsys.readouterr().err
 
@@ -101,12 +133,32 @@ def test_replicas_split_the_load_keep_each_problem_on_one_and_survive_one_dying(
     apps = [make_app(f"r{i}", per_token_s=0.01, tokens_per_step=4, steps=4) for i in range(2)]
     servers = [ThreadedServer(app).start() for app in apps]
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Problem {i}.", "answer": "1",
-                                        "prompt": f"Problem {i}.\n\n"}) + "\n" for i in range(24)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": f"Problem {i}.", "answer": "1", "prompt": f"Problem {i}.\n\n"})
+            + "\n"
+            for i in range(24)
+        )
+    )
     spec = ",".join(s.url + "/v1" for s in servers)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "arbitrage.cli", "run", "--policy", "draft", "--draft", spec, "--data", str(data),
-           "--out", str(out), "--quiet", "--concurrency", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "arbitrage.cli",
+        "run",
+        "--policy",
+        "draft",
+        "--draft",
+        spec,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+        "--concurrency",
+        "8",
+    ]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 60
@@ -164,20 +216,56 @@ def test_replicas_stick_by_problem_and_fail_only_when_all_are_down():
 def test_router_training_under_torchrun_matches_one_process(tmp_path):
     """DDP with two CPU processes (gloo): the run completes, one process writes the router, and its held-out
     figures agree with a single-process run's (same data and recipe) within 0.05 ROC-AUC."""
-    from arbitrage.router_training import evaluate_router
-    from arbitrage.testing import make_causal_lm
     from test_router_training_models import synthetic_results
 
-    build_data([synthetic_results(tmp_path / "r.jsonl", n_problems=80, seed=5)], str(tmp_path / "data"),
-               val_fraction=0.25, seed=0)
+    from arbitrage.router_training import evaluate_router
+    from arbitrage.testing import make_causal_lm
+
+    build_data(
+        [synthetic_results(tmp_path / "r.jsonl", n_problems=80, seed=5)],
+        str(tmp_path / "data"),
+        val_fraction=0.25,
+        seed=0,
+    )
     make_causal_lm(str(tmp_path / "base"), hidden=32, layers=2, seed=3)
-    train = ["router", "train", "--data", str(tmp_path / "data"), "--base", str(tmp_path / "base"), "--lr", "5e-3",
-             "--epochs", "6", "--batch-size", "4", "--device", "cpu"]
+    train = [
+        "router",
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--base",
+        str(tmp_path / "base"),
+        "--lr",
+        "5e-3",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert main([*train, "--out", str(tmp_path / "one")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29531", "-m", "arbitrage.cli", *train, "--out", str(tmp_path / "ddp")],
-                          capture_output=True, text=True, timeout=900, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "arbitrage.cli",
+            *train,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "ddp" / "arbitrage_router.json").read_text())
     assert meta["processes"] == 2 and done.stdout.count(str(tmp_path / "ddp")) == 1  # rank 0 alone wrote it

@@ -33,8 +33,9 @@ def models():
 
 
 def make_service(models, policy="rsd", threshold=0.5, **kw) -> Service:
-    return Service(models, make_policy(policy, threshold), CONFIG, served_name="arbitrage",
-                   tokenizer=models.draft.tokenizer, **kw)
+    return Service(
+        models, make_policy(policy, threshold), CONFIG, served_name="arbitrage", tokenizer=models.draft.tokenizer, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,9 @@ def client(server):
 
 def engine_result(models, prompt, policy="rsd", threshold=0.5):
     done = []
-    Engine(make_policy(policy, threshold), Models(**{r: getattr(models, r) for r in ("draft", "target", "prm")}),
-           CONFIG).run([Problem("alone", prompt, prompt)], done.append)
+    Engine(
+        make_policy(policy, threshold), Models(**{r: getattr(models, r) for r in ("draft", "target", "prm")}), CONFIG
+    ).run([Problem("alone", prompt, prompt)], done.append)
     return done[0]
 
 
@@ -79,8 +81,9 @@ def test_chat_renders_the_draft_tokenizers_template(client, models):
 
 def test_streaming_sends_one_chunk_per_step_and_joins_to_the_text(client, models):
     ref = engine_result(models, PROMPTS[2])
-    stream = client.completions.create(model="arbitrage", prompt=PROMPTS[2], stream=True,
-                                       stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model="arbitrage", prompt=PROMPTS[2], stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].finish_reason is None]
     assert texts == [s.context_text("\n\n") for s in ref.steps]  # one chunk per accepted step, in order
@@ -88,16 +91,19 @@ def test_streaming_sends_one_chunk_per_step_and_joins_to_the_text(client, models
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
     assert len(finals) == 1 and finals[0].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.steps == len(ref.steps)
-    chat = client.chat.completions.create(model="arbitrage", stream=True,
-                                          messages=[{"role": "user", "content": PROMPTS[2].rstrip()}])
+    chat = client.chat.completions.create(
+        model="arbitrage", stream=True, messages=[{"role": "user", "content": PROMPTS[2].rstrip()}]
+    )
     deltas = [c.choices[0].delta.content for c in chat if c.choices and c.choices[0].delta.content]
     assert "".join(deltas) == ref.solution
 
 
 def test_per_request_policy_and_threshold_change_the_escalations(client):
     def escalated(**extra):
-        return sum(client.completions.create(model="arbitrage", prompt=p, extra_body=extra).usage.escalated_steps
-                   for p in PROMPTS[:6])
+        return sum(
+            client.completions.create(model="arbitrage", prompt=p, extra_body=extra).usage.escalated_steps
+            for p in PROMPTS[:6]
+        )
 
     never, always = escalated(threshold=0.0), escalated(threshold=1.0)  # PRM scores lie in [0, 1]
     assert never == 0 < always
@@ -111,28 +117,31 @@ def test_stop_strings_and_max_tokens(client):
     full = client.completions.create(model="arbitrage", prompt=PROMPTS[3]).choices[0].text
     cut = full.split("\n\n")[1][:3]
     out = client.completions.create(model="arbitrage", prompt=PROMPTS[3], stop=[cut])
-    assert out.choices[0].text == full[:full.index(cut)] and out.choices[0].finish_reason == "stop"
+    assert out.choices[0].text == full[: full.index(cut)] and out.choices[0].finish_reason == "stop"
     out = client.completions.create(model="arbitrage", prompt=PROMPTS[3], max_tokens=5)
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens <= 5 + 48
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({"model": "arbitrage", "prompt": "x", "policy": "nope"}, 400, "policy"),
-    ({"model": "arbitrage", "prompt": "x", "threshold": 3.0}, 400, "threshold"),
-    ({"model": "arbitrage", "prompt": "x", "policy": "router"}, 400, "policy"),  # no router loaded
-    ({"model": "arbitrage", "prompt": "x", "policy": "draft", "threshold": 0.5}, 400, "threshold"),
-    ({"model": "arbitrage", "prompt": "x", "policy": "draft", "decide_after": 2}, 400, "decide_after"),
-    ({"model": "arbitrage"}, 400, "prompt"),
-    ({"prompt": "x"}, 400, "model"),
-    ({"model": "gpt-4", "prompt": "x"}, 404, "model"),
-    ({"model": "arbitrage", "prompt": "x", "n": 2}, 400, "n"),
-    ({"model": "arbitrage", "prompt": "x", "temperature": -1}, 400, "temperature"),
-    ({"model": "arbitrage", "prompt": "x", "top_p": 0}, 400, "top_p"),
-    ({"model": "arbitrage", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": "arbitrage", "prompt": "x", "stop": [3]}, 400, "stop"),
-    ({"model": "arbitrage", "prompt": "x", "stream": "yes"}, 400, "stream"),
-    ({"model": "arbitrage", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
-])
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "arbitrage", "prompt": "x", "policy": "nope"}, 400, "policy"),
+        ({"model": "arbitrage", "prompt": "x", "threshold": 3.0}, 400, "threshold"),
+        ({"model": "arbitrage", "prompt": "x", "policy": "router"}, 400, "policy"),  # no router loaded
+        ({"model": "arbitrage", "prompt": "x", "policy": "draft", "threshold": 0.5}, 400, "threshold"),
+        ({"model": "arbitrage", "prompt": "x", "policy": "draft", "decide_after": 2}, 400, "decide_after"),
+        ({"model": "arbitrage"}, 400, "prompt"),
+        ({"prompt": "x"}, 400, "model"),
+        ({"model": "gpt-4", "prompt": "x"}, 404, "model"),
+        ({"model": "arbitrage", "prompt": "x", "n": 2}, 400, "n"),
+        ({"model": "arbitrage", "prompt": "x", "temperature": -1}, 400, "temperature"),
+        ({"model": "arbitrage", "prompt": "x", "top_p": 0}, 400, "top_p"),
+        ({"model": "arbitrage", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "arbitrage", "prompt": "x", "stop": [3]}, 400, "stop"),
+        ({"model": "arbitrage", "prompt": "x", "stream": "yes"}, 400, "stream"),
+        ({"model": "arbitrage", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ],
+)
 def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, param):
     r = httpx.post(server.url + "/v1/completions", json=body)
     assert r.status_code == status, r.text
@@ -153,9 +162,15 @@ def test_models_health_and_metrics(server, client):
     assert h.status_code == 200 and h.json()["backends"]["draft"] == "in-process"
     client.completions.create(model="arbitrage", prompt=PROMPTS[4], extra_body={"threshold": 1.0})
     text = httpx.get(server.url + "/metrics").text
-    for name in ("arbitrage_requests_total", "arbitrage_steps_total", "arbitrage_escalations_total",
-                 "arbitrage_tokens_total", "arbitrage_discarded_draft_tokens_total",
-                 "arbitrage_model_call_seconds_bucket", "arbitrage_requests_in_flight"):
+    for name in (
+        "arbitrage_requests_total",
+        "arbitrage_steps_total",
+        "arbitrage_escalations_total",
+        "arbitrage_tokens_total",
+        "arbitrage_discarded_draft_tokens_total",
+        "arbitrage_model_call_seconds_bucket",
+        "arbitrage_requests_in_flight",
+    ):
         assert name in text, name
     assert 'arbitrage_model_call_seconds_count{role="draft"}' in text
     assert 'arbitrage_tokens_total{model="target"}' in text
@@ -185,8 +200,12 @@ def test_a_client_that_disconnects_mid_stream_frees_its_place(models):
     slow = Models(draft=EndlessDraft(models.draft.tokenizer))
     service = make_service(slow, policy="draft", threshold=None)
     with serving(create_app(service)) as s:
-        with httpx.stream("POST", s.url + "/v1/completions", timeout=30,
-                          json={"model": "arbitrage", "prompt": PROMPTS[5], "stream": True, "max_steps": 50}) as r:
+        with httpx.stream(
+            "POST",
+            s.url + "/v1/completions",
+            timeout=30,
+            json={"model": "arbitrage", "prompt": PROMPTS[5], "stream": True, "max_steps": 50},
+        ) as r:
             first = next(r.iter_lines())
             assert first.startswith("data: ")
             assert service.engine.in_flight == 1

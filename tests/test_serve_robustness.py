@@ -64,14 +64,21 @@ def still_serving(server):
 
 # ---------------------------------------------------------------- text the tokenizer cannot take
 
-@pytest.mark.parametrize("body,path,param", [
-    ({"prompt": "Let a = 1.\ud800 What is a?"}, "/v1/completions", "prompt"),
-    ({"prompt": ["\udfff"]}, "/v1/completions", "prompt"),
-    ({"prompt": "Let a = 1. What is a?", "stop": ["x\ud800"]}, "/v1/completions", "stop"),
-    ({"messages": [{"role": "user", "content": "\ud800"}]}, "/v1/chat/completions", "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a\udc00"}]}]}, "/v1/chat/completions",
-     "messages[0].content[0].text"),
-])
+
+@pytest.mark.parametrize(
+    "body,path,param",
+    [
+        ({"prompt": "Let a = 1.\ud800 What is a?"}, "/v1/completions", "prompt"),
+        ({"prompt": ["\udfff"]}, "/v1/completions", "prompt"),
+        ({"prompt": "Let a = 1. What is a?", "stop": ["x\ud800"]}, "/v1/completions", "stop"),
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "/v1/chat/completions", "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\udc00"}]}]},
+            "/v1/chat/completions",
+            "messages[0].content[0].text",
+        ),
+    ],
+)
 def test_unpaired_surrogates_are_a_400_and_the_server_lives_on(server, body, path, param):
     raw = json.dumps({"model": "arbitrage", **body})  # json.dumps writes the lone surrogate as \ud800: valid JSON
     r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
@@ -80,6 +87,7 @@ def test_unpaired_surrogates_are_a_400_and_the_server_lives_on(server, body, pat
 
 
 # ---------------------------------------------------------------- bounded prompts
+
 
 def test_prompt_bytes_are_bounded_before_tokenizing(server, models, monkeypatch):
     t0 = time.perf_counter()
@@ -102,8 +110,9 @@ def test_prompt_tokens_and_output_are_bounded_by_the_models_positions(models, se
     long = "Let a = 12. b = a + 7. " * 60  # about 600 tokens, under the byte bound
     assert "prompt" in assert_error(post(server, {"model": "arbitrage", "prompt": long}), 400, "prompt")
     n = len(models.draft.tokenizer(PROMPTS[1])["input_ids"])
-    msg = assert_error(post(server, {"model": "arbitrage", "prompt": PROMPTS[1], "max_tokens": 512 - n + 1}), 400,
-                       "max_tokens")
+    msg = assert_error(
+        post(server, {"model": "arbitrage", "prompt": PROMPTS[1], "max_tokens": 512 - n + 1}), 400, "max_tokens"
+    )
     assert f"at most {512 - n}" in msg
     assert post(server, {"model": "arbitrage", "prompt": PROMPTS[1], "max_tokens": 512 - n}).status_code == 200
 
@@ -111,8 +120,11 @@ def test_prompt_tokens_and_output_are_bounded_by_the_models_positions(models, se
 def test_body_over_the_limit_is_a_413(models):
     svc = service_of(models, max_prompt_tokens=100)
     with serving(create_app(svc)) as s:
-        r = httpx.post(s.url + "/v1/completions", content=b"{" + b" " * (svc.max_body_bytes + 10) + b"}",
-                       headers={"content-type": "application/json"})
+        r = httpx.post(
+            s.url + "/v1/completions",
+            content=b"{" + b" " * (svc.max_body_bytes + 10) + b"}",
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413 and r.json()["error"]["message"]
 
 
@@ -120,27 +132,35 @@ def test_max_prompt_tokens_must_fit_the_models():
     from arbitrage.errors import ConfigError
 
     with pytest.raises(ConfigError, match="below the models' 512 positions"):
-        service_of(build_models({"draft"}, {"draft": "testbed:draft"}, ModelOptions()), policy="draft",
-                   threshold=None, max_prompt_tokens=600)
+        service_of(
+            build_models({"draft"}, {"draft": "testbed:draft"}, ModelOptions()),
+            policy="draft",
+            threshold=None,
+            max_prompt_tokens=600,
+        )
 
 
 # ---------------------------------------------------------------- malformed fields: JSON 400s, never 500s
 
-@pytest.mark.parametrize("extra,param", [
-    ({"seed": 10 ** 400}, "seed"),
-    ({"seed": 2 ** 64}, "seed"),
-    ({"policy": ["rsd"]}, "policy"),
-    ({"policy": {"name": "rsd"}}, "policy"),
-    ({"threshold": 10 ** 400}, "threshold"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"logprobs": 1}, "logprobs"),
-    ({"top_logprobs": 2}, "top_logprobs"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
-    ({"model": ["arbitrage"]}, "model"),
-    ({"threshold": 5}, "threshold"),
-    ({"policy": "router"}, "policy"),
-])
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"seed": 10**400}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"policy": ["rsd"]}, "policy"),
+        ({"policy": {"name": "rsd"}}, "policy"),
+        ({"threshold": 10**400}, "threshold"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"logprobs": 1}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"model": ["arbitrage"]}, "model"),
+        ({"threshold": 5}, "threshold"),
+        ({"policy": "router"}, "policy"),
+    ],
+)
 def test_malformed_fields_are_400s_naming_the_field(server, extra, param):
     body = {"model": "arbitrage", "prompt": "Let a = 3. b = a + 1. What is b?\n\n", **extra}
     assert_error(post(server, body), 400, param)
@@ -160,6 +180,7 @@ def test_deeply_nested_body_and_other_routes_are_json(server):
 
 
 # ---------------------------------------------------------------- a failing backend fails only its request
+
 
 class Flaky:
     """The testbed draft, except that any batch holding a prompt with "POISON" raises, as a tokenizer or a
@@ -230,6 +251,7 @@ def test_an_engine_that_stopped_is_a_503_on_health_and_on_requests(models):
 
 # ---------------------------------------------------------------- seed, usage, chat
 
+
 def test_seed_reproduces_sampled_text_streamed_or_not(server):
     body = {"model": "arbitrage", "prompt": PROMPTS[2], "temperature": 1.5, "seed": 42, "policy": "draft"}
     texts = {post(server, body).json()["choices"][0]["text"] for _ in range(3)}
@@ -247,35 +269,48 @@ def test_usage_counts_only_the_returned_text(server, models):
     stop = second[:5]
     out = post(server, {"model": "arbitrage", "prompt": PROMPTS[3], "policy": "draft", "stop": [stop]}).json()
     text = out["choices"][0]["text"]
-    assert text == full[:full.index(stop)]
+    assert text == full[: full.index(stop)]
     assert out["usage"]["completion_tokens"] == len(models.draft.tokenizer(text, add_special_tokens=False)["input_ids"])
     assert out["usage"]["draft_tokens"] > out["usage"]["completion_tokens"]  # the work done is still counted there
 
 
-@pytest.mark.parametrize("messages,param", [
-    ([{"role": "robot", "content": "hi"}], "messages[0].role"),
-    ([{"role": "tool", "content": "hi"}], "messages[0].role"),
-    ([{"role": "system", "content": "be brief"}], "messages"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
-    ([{"role": "user", "content": []}], "messages[0].content"),
-    ([{"role": "user", "content": None}], "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    "messages,param",
+    [
+        ([{"role": "robot", "content": "hi"}], "messages[0].role"),
+        ([{"role": "tool", "content": "hi"}], "messages[0].role"),
+        ([{"role": "system", "content": "be brief"}], "messages"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": []}], "messages[0].content"),
+        ([{"role": "user", "content": None}], "messages[0].content"),
+    ],
+)
 def test_chat_roles_and_parts_follow_openai(server, messages, param):
     assert_error(post(server, {"model": "arbitrage", "messages": messages}, "/v1/chat/completions"), 400, param)
 
 
 def test_chat_content_parts_are_joined_like_a_string(server):
     question = PROMPTS[5].rstrip("\n")
-    plain = post(server, {"model": "arbitrage", "messages": [{"role": "user", "content": question}]},
-                 "/v1/chat/completions")
-    parts = post(server, {"model": "arbitrage", "messages": [
-        {"role": "developer", "content": "answer in steps"},
-        {"role": "user", "content": [{"type": "text", "text": question}]}]}, "/v1/chat/completions")
+    plain = post(
+        server, {"model": "arbitrage", "messages": [{"role": "user", "content": question}]}, "/v1/chat/completions"
+    )
+    parts = post(
+        server,
+        {
+            "model": "arbitrage",
+            "messages": [
+                {"role": "developer", "content": "answer in steps"},
+                {"role": "user", "content": [{"type": "text", "text": question}]},
+            ],
+        },
+        "/v1/chat/completions",
+    )
     assert parts.status_code == plain.status_code == 200
     assert parts.json()["choices"][0]["message"]["content"] == plain.json()["choices"][0]["message"]["content"]
 
 
 # ---------------------------------------------------------------- bounded shutdown
+
 
 @pytest.mark.slow
 def test_sigterm_with_streams_in_flight_exits_within_the_shutdown_timeout(tmp_path):
@@ -285,9 +320,29 @@ def test_sigterm_with_streams_in_flight_exits_within_the_shutdown_timeout(tmp_pa
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "arbitrage.cli", "serve", "--policy", "target", "--target",
-                             "testbed:target", "--port", str(port), "--max-concurrency", "1", "--shutdown-timeout",
-                             "1", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "arbitrage.cli",
+            "serve",
+            "--policy",
+            "target",
+            "--target",
+            "testbed:target",
+            "--port",
+            str(port),
+            "--max-concurrency",
+            "1",
+            "--shutdown-timeout",
+            "1",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -302,8 +357,11 @@ def test_sigterm_with_streams_in_flight_exits_within_the_shutdown_timeout(tmp_pa
 
         def stream(i):  # 40 problems, one at a time: about 40 x 0.15 s of work queued behind each other
             try:
-                httpx.post(url + "/v1/completions", json={"model": "arbitrage", "prompt": PROMPTS[i % 6],
-                                                          "stream": True}, timeout=60)
+                httpx.post(
+                    url + "/v1/completions",
+                    json={"model": "arbitrage", "prompt": PROMPTS[i % 6], "stream": True},
+                    timeout=60,
+                )
             except httpx.HTTPError:
                 pass
 

@@ -57,16 +57,20 @@ def model_server(kind: str):
         ids, n = body["prompt"], body["max_tokens"]
         app.state.calls.append(("completions", len(ids), body.get("prompt_logprobs")))
         out, why = greedy(ids, n)
-        choice = {"text": tok.decode(out[:-1] if why == "eos" else out), "token_ids": out,
-                  "finish_reason": "length" if why == "length" else "stop",
-                  "stop_reason": SEP if why == "stop" else None}
+        choice = {
+            "text": tok.decode(out[:-1] if why == "eos" else out),
+            "token_ids": out,
+            "finish_reason": "length" if why == "length" else "stop",
+            "stop_reason": SEP if why == "stop" else None,
+        }
         if why == "stop":
             text = tok.decode(out)
-            choice["text"] = text[:text.index(SEP)]
+            choice["text"] = text[: text.index(SEP)]
         if body.get("prompt_logprobs"):
             choice["prompt_logprobs"] = [None] + [
                 {str(t): {"logprob": -0.5, "rank": 1 if t == b else 2}, str(b): {"logprob": lp, "rank": 1}}
-                for t, b, lp in top(ids, 1)]
+                for t, b, lp in top(ids, 1)
+            ]
         return {"choices": [choice]}
 
     @app.post("/generate")
@@ -75,9 +79,13 @@ def model_server(kind: str):
         ids, start = body["input_ids"], body["logprob_start_len"]
         app.state.calls.append(("generate", len(ids), start))
         out, _ = greedy(ids, 1)
-        return {"text": tok.decode(out), "meta_info": {
-            "input_top_logprobs": [None] * (start == 0) + [[[lp, b, None]] for _, b, lp in top(ids, max(1, start))],
-            "output_token_logprobs": [[0.0, out[0], None]]}}
+        return {
+            "text": tok.decode(out),
+            "meta_info": {
+                "input_top_logprobs": [None] * (start == 0) + [[[lp, b, None]] for _, b, lp in top(ids, max(1, start))],
+                "output_token_logprobs": [[0.0, out[0], None]],
+            },
+        }
 
     return app, tok
 
@@ -109,9 +117,10 @@ def test_served_verification_writes_the_plain_step(kind):
         plain = gen.generate(reqs)
         props = proposals(plain, tok)
         app.state.calls.clear()
-        verified = gen.generate([GenerationRequest(r.key, r.prompt, [], 48, 0, speculation=d)
-                                 for r, d in zip(reqs, props)])
-        for g, v, d in zip(plain, verified, props):
+        verified = gen.generate(
+            [GenerationRequest(r.key, r.prompt, [], 48, 0, speculation=d) for r, d in zip(reqs, props)]
+        )
+        for g, v in zip(plain, verified):
             assert (v.text, v.stop) == (g.text, g.stop)
             spec = v.extras["speculation"]
             assert spec["proposed"] > 0 and 0 <= spec["kept"] <= spec["proposed"]
@@ -119,17 +128,27 @@ def test_served_verification_writes_the_plain_step(kind):
         assert kept[0] == verified[0].extras["speculation"]["proposed"]  # its own step: every token kept
         assert kept[2] < kept[0]  # an unrelated proposal keeps little
         assert sum(1 for c in app.state.calls if c[0] == ("completions" if kind == "vllm" else "generate")) >= 6
-        sampled = gen.generate([GenerationRequest("s", probs[0].prompt, [], 48, 0, speculation=props[0],
-                                                  sampling=__import__("arbitrage").types.Sampling(temperature=0.8,
-                                                                                                   seed=1))])
+        sampled = gen.generate(
+            [
+                GenerationRequest(
+                    "s",
+                    probs[0].prompt,
+                    [],
+                    48,
+                    0,
+                    speculation=props[0],
+                    sampling=__import__("arbitrage").types.Sampling(temperature=0.8, seed=1),
+                )
+            ]
+        )
         assert "speculation" not in sampled[0].extras  # no distributions from a server: written as usual
 
 
 @pytest.mark.live
 @pytest.mark.slow
 def test_live_vllm_verification_equals_the_plain_path():
-    from vllm_server import SEPARATOR, shared_servers, tiny_models  # noqa: F401
     from transformers import AutoTokenizer
+    from vllm_server import SEPARATOR, shared_servers, tiny_models  # noqa: F401
 
     servers = shared_servers()
     gen = OpenAICompletionsGenerator(servers["lm"].url + "/v1", name="target")

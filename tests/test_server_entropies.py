@@ -21,12 +21,25 @@ def H(ps):
 
 def llamacpp_body():  # as llama-server answers POST /completion with n_probs=3 (trimmed)
     def entry(tok, id_, tops):
-        return {"id": id_, "token": tok, "logprob": math.log(tops[0][1]),
-                "top_logprobs": [{"id": i, "token": t, "logprob": math.log(p)} for i, (t, p) in enumerate(tops)]}
-    return {"content": "x = 2", "tokens": [87, 284, 220], "stop": True, "stop_type": "word", "stopping_word": "\n\n",
-            "completion_probabilities": [entry("x", 87, [("x", 0.9), ("y", 0.05), ("z", 0.01)]),
-                                         entry(" =", 284, [(" =", 0.5), (" is", 0.5), ("=", 1e-30)]),
-                                         entry(" 2", 220, [(" 2", 0.4), (" 3", 0.3), (" 4", 0.1)])]}
+        return {
+            "id": id_,
+            "token": tok,
+            "logprob": math.log(tops[0][1]),
+            "top_logprobs": [{"id": i, "token": t, "logprob": math.log(p)} for i, (t, p) in enumerate(tops)],
+        }
+
+    return {
+        "content": "x = 2",
+        "tokens": [87, 284, 220],
+        "stop": True,
+        "stop_type": "word",
+        "stopping_word": "\n\n",
+        "completion_probabilities": [
+            entry("x", 87, [("x", 0.9), ("y", 0.05), ("z", 0.01)]),
+            entry(" =", 284, [(" =", 0.5), (" is", 0.5), ("=", 1e-30)]),
+            entry(" 2", 220, [(" 2", 0.4), (" 3", 0.3), (" 4", 0.1)]),
+        ],
+    }
 
 
 def test_entropies_from_llamacpp_top_logprobs_and_request():
@@ -36,8 +49,9 @@ def test_entropies_from_llamacpp_top_logprobs_and_request():
         bodies.append(json.loads(request.content))
         return httpx.Response(200, json=llamacpp_body())
 
-    g = OpenAICompletionsGenerator(URL, "m", check=False, api="llamacpp", top_logprobs=3, backoff=0.0,
-                                   transport=httpx.MockTransport(handler))
+    g = OpenAICompletionsGenerator(
+        URL, "m", check=False, api="llamacpp", top_logprobs=3, backoff=0.0, transport=httpx.MockTransport(handler)
+    )
     (gen,) = g.generate([GenerationRequest("p", "Q\n", [], 8, 0)])
     assert bodies[0]["n_probs"] == 3
     assert (gen.text, gen.stop) == ("x = 2", "separator")
@@ -46,10 +60,15 @@ def test_entropies_from_llamacpp_top_logprobs_and_request():
 
 
 def test_entropies_legacy_layout_and_absent():
-    legacy = {"text": "a", "finish_reason": "stop",
-              "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-0.1, -0.2],
-                           "top_logprobs": [{"a": math.log(0.7), "c": math.log(0.2)},
-                                            {"b": math.log(0.6), "d": math.log(0.4)}]}}
+    legacy = {
+        "text": "a",
+        "finish_reason": "stop",
+        "logprobs": {
+            "tokens": ["a", "b"],
+            "token_logprobs": [-0.1, -0.2],
+            "top_logprobs": [{"a": math.log(0.7), "c": math.log(0.2)}, {"b": math.log(0.6), "d": math.log(0.4)}],
+        },
+    }
     assert _entropies(legacy) == pytest.approx([H([0.7, 0.2]), H([0.6, 0.4])])
     one = {"completion_probabilities": [{"logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1}]}]}
     assert _entropies(one) is None  # k = 1 says nothing about the spread

@@ -9,24 +9,40 @@ import threading
 
 import httpx
 import pytest
+from vllm_server import build_tokenizer, free_port
 
 from arbitrage.backends.http_common import HttpClient, server_root
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
-from arbitrage.types import request_seed as seed_for
 from arbitrage.errors import BackendError
 from arbitrage.protocols import StepGenerator
 from arbitrage.types import GenerationRequest, Step
-from vllm_server import build_tokenizer, free_port
+from arbitrage.types import request_seed as seed_for
 
 URL = "http://127.0.0.1:9"  # never contacted: MockTransport answers
 
 
 def completion(text="x", finish="stop", stop_reason="\n\n", ids=(5, 4), lps=(-0.5, -0.25)):
-    return {"id": "cmpl-1", "object": "text_completion", "model": "m",
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason,
-                         "token_ids": list(ids), "logprobs": {"tokens": ["x", "\n\n"], "token_logprobs": list(lps),
-                                                              "top_logprobs": None, "text_offset": [0, 1]}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": len(ids), "total_tokens": 3 + len(ids)}}
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "text": text,
+                "finish_reason": finish,
+                "stop_reason": stop_reason,
+                "token_ids": list(ids),
+                "logprobs": {
+                    "tokens": ["x", "\n\n"],
+                    "token_logprobs": list(lps),
+                    "top_logprobs": None,
+                    "text_offset": [0, 1],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": len(ids), "total_tokens": 3 + len(ids)},
+    }
 
 
 def generator(handler, **kw):
@@ -59,8 +75,13 @@ def test_generator_protocol_and_request_body():
     assert body["prompt"] == "Q: 1+1?\na = 1\n\n" and body["max_tokens"] == 7 and body["stop"] == ["\n\n"]
     assert body["model"] == "m" and body["logprobs"] == 5 and body["temperature"] == 0.0 and "seed" not in body
     gen = out[0]
-    assert (gen.text, gen.stop, gen.token_ids, gen.logprobs, gen.n_prefill) == ("x", "separator", [5, 4],
-                                                                              [-0.5, -0.25], 0)
+    assert (gen.text, gen.stop, gen.token_ids, gen.logprobs, gen.n_prefill) == (
+        "x",
+        "separator",
+        [5, 4],
+        [-0.5, -0.25],
+        0,
+    )
     assert gen.extras["generator"] == "draft"
     g.release("p1")  # a no-op
 
@@ -76,7 +97,7 @@ def test_sampling_seed_is_per_problem_and_step():
     g.generate([req("a", index=0), req("a", index=1), req("b", index=0)])
     seeds = [b["seed"] for b in sorted(bodies, key=lambda b: b["seed"])]
     assert sorted(seeds) == sorted([seed_for(3, "a", 0), seed_for(3, "a", 1), seed_for(3, "b", 0)])
-    assert len(set(seeds)) == 3 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert len(set(seeds)) == 3 and all(0 <= s < 2**31 for s in seeds)
     assert all(b["temperature"] == 0.7 and b["top_p"] == 0.9 for b in bodies)
 
 
@@ -86,20 +107,28 @@ def test_token_id_prompts_follow_the_in_process_rule():
 
     def handler(request):
         bodies.append(json.loads(request.content))
-        return httpx.Response(200, json=completion(text="ab", ids=[tok.convert_tokens_to_ids(c) for c in "ab"] + [
-            tok.convert_tokens_to_ids("\n\n")]))
+        return httpx.Response(
+            200,
+            json=completion(
+                text="ab", ids=[tok.convert_tokens_to_ids(c) for c in "ab"] + [tok.convert_tokens_to_ids("\n\n")]
+            ),
+        )
 
     g = generator(handler, name="draft", tokenizer=tok)
     own = Step("draft", "zz", "separator", 2, token_ids=[7, 7, 7], extras={"generator": "draft"})  # ids kept as is
-    other = Step("target", "b", "separator", 2, token_ids=[9], extras={"generator": "target"})    # re-tokenized
+    other = Step("target", "b", "separator", 2, token_ids=[9], extras={"generator": "target"})  # re-tokenized
     g.generate([req(steps=[own, other], prompt="Q")])
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
     assert bodies[0]["prompt"] == tok("Q")["input_ids"] + [7, 7, 7] + enc("b\n\n")
 
 
 def test_eos_drops_the_final_token_and_length_keeps_all():
-    answers = iter([completion("7", "stop", None, ids=(33, 2), lps=(-1.0, -2.0)),
-                    completion("abc", "length", None, ids=(1, 2, 3), lps=(-1.0, -1.0, -1.0))])
+    answers = iter(
+        [
+            completion("7", "stop", None, ids=(33, 2), lps=(-1.0, -2.0)),
+            completion("abc", "length", None, ids=(1, 2, 3), lps=(-1.0, -1.0, -1.0)),
+        ]
+    )
     g = generator(lambda r: httpx.Response(200, json=next(answers)))
     eos, length = g.generate([req()]) + g.generate([req()])
     assert (eos.stop, eos.token_ids, len(eos.logprobs)) == ("eos", [33], 2)
@@ -117,10 +146,20 @@ def test_llamacpp_native_api():
 
     def handler(request):
         bodies.append((request.url.path, json.loads(request.content)))
-        return httpx.Response(200, json={"content": "7", "tokens": [33, 2], "stop": True, "stop_type": "eos",
-                                         "stopping_word": "", "completion_probabilities": [
-                                             {"id": 33, "token": "7", "logprob": -0.1, "top_logprobs": []},
-                                             {"id": 2, "token": "", "logprob": -0.2, "top_logprobs": []}]})
+        return httpx.Response(
+            200,
+            json={
+                "content": "7",
+                "tokens": [33, 2],
+                "stop": True,
+                "stop_type": "eos",
+                "stopping_word": "",
+                "completion_probabilities": [
+                    {"id": 33, "token": "7", "logprob": -0.1, "top_logprobs": []},
+                    {"id": 2, "token": "", "logprob": -0.2, "top_logprobs": []},
+                ],
+            },
+        )
 
     g = generator(handler, api="llamacpp")
     (gen,) = g.generate([req(n=5)])
@@ -153,8 +192,14 @@ def test_backoff_doubles_up_to_a_cap():
     async def fake_sleep(s):
         sleeps.append(s)
 
-    client = HttpClient(URL, backoff=0.5, max_backoff=3.0, max_retries=5, sleep=fake_sleep,
-                        transport=httpx.MockTransport(lambda r: httpx.Response(502, text="bad gateway")))
+    client = HttpClient(
+        URL,
+        backoff=0.5,
+        max_backoff=3.0,
+        max_retries=5,
+        sleep=fake_sleep,
+        transport=httpx.MockTransport(lambda r: httpx.Response(502, text="bad gateway")),
+    )
     with pytest.raises(BackendError, match="kept failing after 6 attempts"):
         client.post_many("/x", [{}])
     assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0]
@@ -218,6 +263,7 @@ def test_model_discovery_and_wrong_model_name():
 
 class _Scripted(http.server.BaseHTTPRequestHandler):
     """A real HTTP server whose n-th POST (from 1) is answered by `answer(n) -> (status, body)`."""
+
     count = 0
 
     @classmethod
@@ -252,6 +298,7 @@ def serving(handler):
 
 class _Flaky(_Scripted):
     """Answers 500 to the first `fail` POSTs, then a completion."""
+
     fail = 2
 
     @classmethod
@@ -269,6 +316,7 @@ def test_real_flaky_http_server():
 
 class _DiesAfter(_Scripted):
     """Answers `ok` completions (each ends its problem at eos), then 503 for ever: a server that went down."""
+
     ok = 3
 
     @classmethod

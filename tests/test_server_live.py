@@ -3,17 +3,16 @@ the same tiny models in-process. The servers are started once per session (see v
 
 import pytest
 import torch
+from vllm_server import SEPARATOR, tiny_models
 
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
 from arbitrage.backends.pooling import PoolingPRM, PoolingRouter
 from arbitrage.types import GenerationRequest, RouteRequest, ScoreRequest, Step
-from vllm_server import SEPARATOR, tiny_models, vllm_servers  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 # Prompts whose greedy continuations by the tiny LM end at the separator, at the length limit and at eos.
-PROMPTS = ["What is 3 + 4?", "Let x = 5.", "abc", "Let a = 37. b = a * 4. What is b?", "b = 3", "x",
-           "7 + 8 = "]
+PROMPTS = ["What is 3 + 4?", "Let x = 5.", "abc", "Let a = 37. b = a * 4. What is b?", "b = 3", "x", "7 + 8 = "]
 MAX_NEW = [12, 12, 12, 12, 12, 2, 12]
 
 
@@ -29,16 +28,23 @@ def reference(model, tok, prompt: str, max_new: int):
     """(text, stop, step ids, log-probs) of a greedy step by transformers, as the in-process backend keeps it."""
     ids = tok(prompt)["input_ids"]
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, pad_token_id=0,
-                             output_scores=True, return_dict_in_generate=True, output_logits=True)
-    new = out.sequences[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    new = out.sequences[0, len(ids) :].tolist()
     lps = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.logits, new)]
     for k, t in enumerate(new):
         if t == tok.eos_token_id:
-            return tok.decode(new[:k]), "eos", new[:k], lps[:k + 1]
-        text = tok.decode(new[:k + 1])
+            return tok.decode(new[:k]), "eos", new[:k], lps[: k + 1]
+        text = tok.decode(new[: k + 1])
         if SEPARATOR in text:  # the separator is one token or two "\n" tokens here
-            return text[:text.index(SEPARATOR)], "separator", new[:k + 1], lps[:k + 1]
+            return text[: text.index(SEPARATOR)], "separator", new[: k + 1], lps[: k + 1]
     return tok.decode(new), "length", new, lps
 
 
@@ -68,13 +74,14 @@ def test_token_id_prompts_and_steps_of_other_models(vllm_servers, lm):
     assert [(g.text, g.stop, g.token_ids) for g in a] == [(g.text, g.stop, g.token_ids) for g in b]
     # the generator's own step goes back as its own ids
     own = Step("draft", b[1].text, b[1].stop, len(b[1].token_ids), b[1].token_ids, extras=b[1].extras)
-    assert ids_gen.prompt_for(GenerationRequest("b", "abc", [own], 4, 1))[-len(own.token_ids):] == own.token_ids
+    assert ids_gen.prompt_for(GenerationRequest("b", "abc", [own], 4, 1))[-len(own.token_ids) :] == own.token_ids
 
 
 def test_many_problems_concurrently_within_the_limit(vllm_servers):
     url = vllm_servers["lm"].url
-    reqs = [GenerationRequest(f"p{i}", PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), [], 8, 0)
-            for i in range(18)]
+    reqs = [
+        GenerationRequest(f"p{i}", PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), [], 8, 0) for i in range(18)
+    ]
     one_by_one = OpenAICompletionsGenerator(url, concurrency=1)
     together = OpenAICompletionsGenerator(url, concurrency=4)
     seq = [one_by_one.generate([r])[0] for r in reqs]
@@ -111,8 +118,10 @@ CANDS = [Step("draft", "c = b * 3 = 21", "separator", 14), Step("target", "c = 2
 
 def test_prm_over_pooling_matches_transformers(vllm_servers, classifier):
     prm = PoolingPRM(vllm_servers["cls"].url)  # model, and tokenizer from the served directory, discovered
-    reqs = [ScoreRequest("k1", "Let a = 5. b = a + 2. c = b * 3. What is c?", STEPS, CANDS),
-            ScoreRequest("k2", "What is 3 + 4?", [], CANDS[:1])]
+    reqs = [
+        ScoreRequest("k1", "Let a = 5. b = a + 2. c = b * 3. What is c?", STEPS, CANDS),
+        ScoreRequest("k2", "What is 3 + 4?", [], CANDS[:1]),
+    ]
     got = prm.score(reqs)
     want = [[last_token_p1(classifier, prm.row_ids(r.question, r.steps, c)) for c in r.candidates] for r in reqs]
     assert [len(g) for g in got] == [2, 1]
@@ -122,7 +131,7 @@ def test_prm_over_pooling_matches_transformers(vllm_servers, classifier):
 
 def test_router_over_pooling_matches_transformers(vllm_servers, classifier):
     router = PoolingRouter(vllm_servers["cls"].url, concurrency=3)
-    reqs = [RouteRequest(f"k{i}", "Let a = 5. b = a + 2. What is b?", STEPS[:i % 3], CANDS[i % 2]) for i in range(8)]
+    reqs = [RouteRequest(f"k{i}", "Let a = 5. b = a + 2. What is b?", STEPS[: i % 3], CANDS[i % 2]) for i in range(8)]
     got = router.predict(reqs)
     want = [last_token_p1(classifier, router.row_ids(r)) for r in reqs]
     assert got == pytest.approx(want, abs=1e-4)

@@ -8,10 +8,14 @@ SEP = "\n\n"
 
 # vLLM /v1/completions choice: finish_reason + stop_reason (the matched stop string, a stop token id, or null).
 VLLM = [
-    ({"index": 0, "text": "x = 3", "logprobs": None, "finish_reason": "stop", "stop_reason": "\n\n"},
-     ("x = 3", "separator")),
-    ({"index": 0, "text": "The answer is 7.", "finish_reason": "stop", "stop_reason": None},
-     ("The answer is 7.", "eos")),
+    (
+        {"index": 0, "text": "x = 3", "logprobs": None, "finish_reason": "stop", "stop_reason": "\n\n"},
+        ("x = 3", "separator"),
+    ),
+    (
+        {"index": 0, "text": "The answer is 7.", "finish_reason": "stop", "stop_reason": None},
+        ("The answer is 7.", "eos"),
+    ),
     ({"index": 0, "text": "Done", "finish_reason": "stop", "stop_reason": 151645}, ("Done", "eos")),  # stop token id
     ({"index": 0, "text": "x = 3 + 4 = ", "finish_reason": "length", "stop_reason": None}, ("x = 3 + 4 = ", "length")),
     ({"index": 0, "text": "", "finish_reason": "stop", "stop_reason": "\n\n"}, ("", "separator")),
@@ -19,32 +23,44 @@ VLLM = [
 
 # SGLang /v1/completions choice: finish_reason + matched_stop (the stop string, or the token id that ended it).
 SGLANG = [
-    ({"index": 0, "text": "x = 3", "logprobs": None, "finish_reason": "stop", "matched_stop": "\n\n"},
-     ("x = 3", "separator")),
+    (
+        {"index": 0, "text": "x = 3", "logprobs": None, "finish_reason": "stop", "matched_stop": "\n\n"},
+        ("x = 3", "separator"),
+    ),
     ({"index": 0, "text": "So 7.", "finish_reason": "stop", "matched_stop": 151643}, ("So 7.", "eos")),
     ({"index": 0, "text": "x = ", "finish_reason": "length", "matched_stop": None}, ("x = ", "length")),
 ]
 
 # SGLang native /generate body: meta_info.finish_reason = {"type": "stop"|"length", "matched": ...}.
 SGLANG_NATIVE = [
-    ({"text": "x = 3", "meta_info": {"finish_reason": {"type": "stop", "matched": "\n\n"}, "completion_tokens": 4}},
-     ("x = 3", "separator")),
+    (
+        {"text": "x = 3", "meta_info": {"finish_reason": {"type": "stop", "matched": "\n\n"}, "completion_tokens": 4}},
+        ("x = 3", "separator"),
+    ),
     ({"text": "7", "meta_info": {"finish_reason": {"type": "stop", "matched": 151643}}}, ("7", "eos")),
     ({"text": "x", "meta_info": {"finish_reason": {"type": "length", "length": 16}}}, ("x", "length")),
 ]
 
 # llama.cpp server /completion body: stop_type "eos" | "word" | "limit", stopping_word; and the older flags.
 LLAMACPP = [
-    ({"content": "x = 3", "stop": True, "stop_type": "word", "stopping_word": "\n\n", "tokens_predicted": 4},
-     ("x = 3", "separator")),
+    (
+        {"content": "x = 3", "stop": True, "stop_type": "word", "stopping_word": "\n\n", "tokens_predicted": 4},
+        ("x = 3", "separator"),
+    ),
     ({"content": "7", "stop": True, "stop_type": "eos", "stopping_word": ""}, ("7", "eos")),
     ({"content": "x = 3 +", "stop": True, "stop_type": "limit", "stopping_word": ""}, ("x = 3 +", "length")),
-    ({"content": "x", "stopped_eos": False, "stopped_word": True, "stopped_limit": False, "stopping_word": "\n\n"},
-     ("x", "separator")),
-    ({"content": "x", "stopped_eos": True, "stopped_word": False, "stopped_limit": False, "stopping_word": ""},
-     ("x", "eos")),
-    ({"content": "x", "stopped_eos": False, "stopped_word": False, "stopped_limit": True, "stopping_word": ""},
-     ("x", "length")),
+    (
+        {"content": "x", "stopped_eos": False, "stopped_word": True, "stopped_limit": False, "stopping_word": "\n\n"},
+        ("x", "separator"),
+    ),
+    (
+        {"content": "x", "stopped_eos": True, "stopped_word": False, "stopped_limit": False, "stopping_word": ""},
+        ("x", "eos"),
+    ),
+    (
+        {"content": "x", "stopped_eos": False, "stopped_word": False, "stopped_limit": True, "stopping_word": ""},
+        ("x", "length"),
+    ),
 ]
 
 
@@ -74,12 +90,15 @@ def test_server_without_stop_details_assumes_separator(caplog):
     assert normalize_finish(resp, SEP) == ("x = 3", "separator")
 
 
-@pytest.mark.parametrize("resp", [
-    {"text": "", "finish_reason": "abort"},
-    {"text": "", "finish_reason": None},
-    {"text": "", "meta_info": {"finish_reason": {"type": "abort", "message": "oom"}}},
-    {"content": "", "stop_type": "weird"},
-])
+@pytest.mark.parametrize(
+    "resp",
+    [
+        {"text": "", "finish_reason": "abort"},
+        {"text": "", "finish_reason": None},
+        {"text": "", "meta_info": {"finish_reason": {"type": "abort", "message": "oom"}}},
+        {"content": "", "stop_type": "weird"},
+    ],
+)
 def test_aborted_or_unknown_finish_raises(resp):
     with pytest.raises(ValueError):
         normalize_finish(resp, SEP)

@@ -6,13 +6,13 @@ import math
 
 import httpx
 import pytest
+from vllm_server import build_tokenizer
 
 from arbitrage.backends.pooling import PoolingPRM, PoolingRouter, PRMFormat, per_token_outputs, to_probability
 from arbitrage.errors import BackendError
 from arbitrage.formats import RouterFormat
 from arbitrage.protocols import Router, StepScorer
 from arbitrage.types import RouteRequest, ScoreRequest, Step
-from vllm_server import build_tokenizer
 
 URL = "http://127.0.0.1:9"
 TOK = build_tokenizer()
@@ -43,11 +43,11 @@ def test_per_token_outputs_shapes():
 
 
 def test_to_probability():
-    assert to_probability([0.3, 0.7]) == 0.7                         # already probabilities (/pooling)
+    assert to_probability([0.3, 0.7]) == 0.7  # already probabilities (/pooling)
     assert to_probability([0.0, math.log(3)]) == pytest.approx(0.75)  # logits: softmax
     assert to_probability([0.2, 0.3], raw=True) == pytest.approx(1 / (1 + math.exp(-0.1)))  # embeddings: logits
-    assert to_probability([0.8]) == 0.8                              # one activated value
-    assert to_probability([2.0]) == pytest.approx(sigmoid(2.0))      # one raw value
+    assert to_probability([0.8]) == 0.8  # one activated value
+    assert to_probability([2.0]) == pytest.approx(sigmoid(2.0))  # one raw value
     assert to_probability([0.5], raw=True) == pytest.approx(sigmoid(0.5))
     assert to_probability([0.9, 0.1], label=0) == 0.9
     assert to_probability([1.0, 2.0], activation="none") == 2.0
@@ -64,9 +64,12 @@ def pooling_server(seen, per_token=lambda ids: [[0.25, 0.75]] * len(ids), route=
         if route == "/pooling":
             data = [{"index": i, "object": "pooling", "data": per_token(ids)} for i, ids in enumerate(body["input"])]
         else:
-            data = [{"index": i, "object": "embedding", "embedding": [x for v in per_token(ids) for x in v]}
-                    for i, ids in enumerate(body["input"])]
+            data = [
+                {"index": i, "object": "embedding", "embedding": [x for v in per_token(ids) for x in v]}
+                for i, ids in enumerate(body["input"])
+            ]
         return httpx.Response(200, json={"object": "list", "data": data[::-1], "usage": {}})  # any order
+
     return httpx.MockTransport(handler)
 
 
@@ -111,9 +114,13 @@ def test_prm_formats_match_the_in_process_scorer():
 def test_value_head_prm_through_the_embeddings_plugin():
     # Skywork-o1-Open-PRM behind the authors' vLLM plugin: one raw value per token, sigmoid at the step end
     seen = []
-    prm = PoolingPRM(URL, tokenizer=TOK, route="embeddings", check=False,
-                     transport=pooling_server(seen, lambda ids: [[0.0]] * (len(ids) - 1) + [[1.5]],
-                                              route="/v1/embeddings"))
+    prm = PoolingPRM(
+        URL,
+        tokenizer=TOK,
+        route="embeddings",
+        check=False,
+        transport=pooling_server(seen, lambda ids: [[0.0]] * (len(ids) - 1) + [[1.5]], route="/v1/embeddings"),
+    )
     (scores,) = prm.score([ScoreRequest("k", "Q", [], [Step("draft", "x", "separator", 1)])])
     assert scores == [pytest.approx(sigmoid(1.5))]
     assert seen[0][1]["encoding_format"] == "float" and "task" not in seen[0][1]
@@ -132,9 +139,16 @@ def test_router_input_and_probability():
 
 def test_router_through_the_embeddings_plugin_reads_the_last_two_logits():
     seen = []
-    router = PoolingRouter(URL, tokenizer=TOK, route="embeddings", num_labels=2, check=False,
-                           transport=pooling_server(seen, lambda ids: [[0.0, 0.0]] * (len(ids) - 1) + [[0.0, 2.0]],
-                                                    route="/v1/embeddings"))
+    router = PoolingRouter(
+        URL,
+        tokenizer=TOK,
+        route="embeddings",
+        num_labels=2,
+        check=False,
+        transport=pooling_server(
+            seen, lambda ids: [[0.0, 0.0]] * (len(ids) - 1) + [[0.0, 2.0]], route="/v1/embeddings"
+        ),
+    )
     (y,) = router.predict([RouteRequest("k", "Q", [], Step("draft", "x", "separator", 1))])
     assert y == pytest.approx(math.exp(2) / (1 + math.exp(2)))
 

@@ -3,17 +3,25 @@ router served by vLLM (the target stays in-process: models mix freely), greedy. 
 decisions and scores must agree."""
 
 import pytest
+from vllm_server import tiny_models
 
 from arbitrage.engine import Engine, EngineConfig
 from arbitrage.factory import ModelOptions, build_models
 from arbitrage.policies import make_policy
 from arbitrage.types import Problem
-from vllm_server import tiny_models, vllm_servers  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-QUESTIONS = ["What is 3 + 4?", "Let x = 5.", "abc", "Let a = 37. b = a * 4. What is b?", "b = 3", "x", "7 + 8 = ",
-             "Let a = 1 + 2."]
+QUESTIONS = [
+    "What is 3 + 4?",
+    "Let x = 5.",
+    "abc",
+    "Let a = 37. b = a * 4. What is b?",
+    "b = 3",
+    "x",
+    "7 + 8 = ",
+    "Let a = 1 + 2.",
+]
 CONFIG = EngineConfig(max_steps=5, max_step_tokens=10, max_total_tokens=40, concurrency=4)
 
 
@@ -21,8 +29,7 @@ def run(policy, specs):
     opts = ModelOptions(device="cpu", dtype="float32", prm_kind="token-cls", prm_format="skywork")
     models = build_models(policy.needs, specs, opts)
     results = []
-    Engine(policy, models, CONFIG).run([Problem(f"q{i}", q, q + "\n") for i, q in enumerate(QUESTIONS)],
-                                      results.append)
+    Engine(policy, models, CONFIG).run([Problem(f"q{i}", q, q + "\n") for i, q in enumerate(QUESTIONS)], results.append)
     return {r.problem.id: r for r in results}
 
 
@@ -34,8 +41,9 @@ def decisions(result):
 def test_served_and_in_process_give_the_same_answers(vllm_servers, name, tau):
     paths = tiny_models()
     local = {"draft": paths["lm"], "target": paths["lm2"], "prm": paths["cls"], "router": paths["cls"]}
-    mixed = dict(local, draft=vllm_servers["lm"].url + "/v1", prm=vllm_servers["cls"].url,
-                 router=vllm_servers["cls"].url)
+    mixed = dict(
+        local, draft=vllm_servers["lm"].url + "/v1", prm=vllm_servers["cls"].url, router=vllm_servers["cls"].url
+    )
     a = run(make_policy(name, tau), local)
     b = run(make_policy(name, tau), mixed)
     assert a.keys() == b.keys() == {f"q{i}" for i in range(len(QUESTIONS))}

@@ -22,9 +22,11 @@ PROBLEMS = make_problems("test", 12, seed=4)
 
 @pytest.fixture(scope="module")
 def testbed():
-    models = build_models({"draft", "target", "prm"}, {"draft": "testbed:draft", "target": "testbed:target",
-                                                       "prm": "testbed-checker:0.1:0.1"},
-                          ModelOptions(device="cpu", dtype="float32"))
+    models = build_models(
+        {"draft", "target", "prm"},
+        {"draft": "testbed:draft", "target": "testbed:target", "prm": "testbed-checker:0.1:0.1"},
+        ModelOptions(device="cpu", dtype="float32"),
+    )
     models.router = ShareRouter(0.5)
     models.judge = models.target
     return models
@@ -33,13 +35,23 @@ def testbed():
 def solve(models, policy, threshold=None, verify=True, gamma=4, concurrency=1, problems=PROBLEMS, **options):
     pol = make_policy(policy, threshold, **options)
     done = []
-    Engine(pol, Models(**{r: getattr(models, r) for r in pol.needs}),
-           EngineConfig(**LIMITS, concurrency=concurrency, verify=verify, gamma=gamma)).run(problems, done.append)
+    Engine(
+        pol,
+        Models(**{r: getattr(models, r) for r in pol.needs}),
+        EngineConfig(**LIMITS, concurrency=concurrency, verify=verify, gamma=gamma),
+    ).run(problems, done.append)
     return {r.problem.id: r for r in done}
 
 
-ESCALATING = [("rsd", 0.5, {}), ("router", 0.5, {}), ("oracle", 0.0, {}), ("generate", None, {}),
-              ("confidence", -0.02, {}), ("glimpse", 0.001, {}), ("specreason", 7.0, {})]
+ESCALATING = [
+    ("rsd", 0.5, {}),
+    ("router", 0.5, {}),
+    ("oracle", 0.0, {}),
+    ("generate", None, {}),
+    ("confidence", -0.02, {}),
+    ("glimpse", 0.001, {}),
+    ("specreason", 7.0, {}),
+]
 
 
 @pytest.mark.parametrize("policy,tau,opts", ESCALATING)
@@ -47,8 +59,10 @@ def test_greedy_escalations_are_the_targets_own_steps(testbed, policy, tau, opts
     plain = solve(testbed, policy, tau, verify=False, **opts)
     for gamma, concurrency in ((0, 1), (4, 1), (3, 6)):
         spec = solve(testbed, policy, tau, gamma=gamma, concurrency=concurrency, **opts)
-        assert {k: r.solution for k, r in spec.items()} == {k: r.solution for k, r in plain.items()}, (gamma,
-                                                                                                        concurrency)
+        assert {k: r.solution for k, r in spec.items()} == {k: r.solution for k, r in plain.items()}, (
+            gamma,
+            concurrency,
+        )
         counts = [rec.speculation for r in spec.values() for rec in r.records if rec.speculation]
         assert counts, "no target step was written with speculation"
         assert sum(c["proposed"] for c in counts) > 0 and sum(c["kept"] for c in counts) > 0
@@ -91,8 +105,13 @@ def test_metrics_report_acceptance_and_forwards(testbed, tmp_path):
     from arbitrage.run import RunConfig, run
 
     probs = make_problems("test", 6, seed=9)
-    cfg = RunConfig(policy="rsd", threshold=0.5, out=str(tmp_path / "rsd"), progress=False,
-                    engine=EngineConfig(**LIMITS, concurrency=2))
+    cfg = RunConfig(
+        policy="rsd",
+        threshold=0.5,
+        out=str(tmp_path / "rsd"),
+        progress=False,
+        engine=EngineConfig(**LIMITS, concurrency=2),
+    )
     m = run(cfg, models=Models(draft=testbed.draft, target=testbed.target, prm=testbed.prm), problems=probs)
     s = m["speculation"]
     assert 0 < s["acceptance_rate"] <= 1 and s["kept"] <= s["proposed"]
@@ -107,7 +126,8 @@ VOCAB = ["<pad>", "<s>", "</s>", "a", "b", "c", "d", "e"]
 
 def tiny_pair(tmp_path):
     """Two random Llama LMs over an 8-token vocabulary (draft and target differ), as HFGenerators."""
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tm
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from arbitrage.backends.hf import HFGenerator
@@ -118,9 +138,19 @@ def tiny_pair(tmp_path):
     gens = []
     for seed, name in ((1, "draft"), (2, "target")):
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                          eos_token_id=2, bos_token_id=1, pad_token_id=0, initializer_range=0.6)
+        cfg = LlamaConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            eos_token_id=2,
+            bos_token_id=1,
+            pad_token_id=0,
+            initializer_range=0.6,
+        )
         model = LlamaForCausalLM(cfg).eval()
         gens.append(HFGenerator(model, fast, name=name, separator="\n\n", temperature=1.0, seed=0))
     draft, target = gens
@@ -180,11 +210,15 @@ def draws(draft, target, speculate_with_proposal: bool, gamma: int):
         specs = [None] * len(keys)
         if speculate_with_proposal:
             props = draft.generate([GenerationRequest(k, PROMPT, [], 2, sampling=s) for k, s in zip(keys, sampling)])
-            specs = [Step("draft", g.text, g.stop, len(g.token_ids), token_ids=g.token_ids, extras=dict(g.extras))
-                     for g in props]
+            specs = [
+                Step("draft", g.text, g.stop, len(g.token_ids), token_ids=g.token_ids, extras=dict(g.extras))
+                for g in props
+            ]
         # sample=0 for both, as the engine asks: the same seed for the draft's step and the target's
-        reqs = [GenerationRequest(k, PROMPT, [], 2, sampling=s, speculation=sp, gamma=gamma)
-                for k, s, sp in zip(keys, sampling, specs)]
+        reqs = [
+            GenerationRequest(k, PROMPT, [], 2, sampling=s, speculation=sp, gamma=gamma)
+            for k, s, sp in zip(keys, sampling, specs)
+        ]
         results += target.generate(reqs)
         for k in keys:
             draft.release(k)
@@ -196,8 +230,12 @@ def draws(draft, target, speculate_with_proposal: bool, gamma: int):
 def test_sampled_steps_are_distributed_as_the_targets(tmp_path, mode):
     draft, target = tiny_pair(tmp_path)
     expected = exact(target, 2)
-    got = draws(draft, target, speculate_with_proposal=mode == "verified proposal",
-                gamma=0 if mode == "verified proposal" else 1)
+    got = draws(
+        draft,
+        target,
+        speculate_with_proposal=mode == "verified proposal",
+        gamma=0 if mode == "verified proposal" else 1,
+    )
     assert sum(got.values()) == N
     p = chi_square_p(got, expected, N)
     assert p > 1e-3, f"p = {p:.2e}: the steps are not distributed as the target's"
@@ -210,8 +248,10 @@ def draws_from_draft(draft) -> collections.Counter:
 
     out = []
     for start in range(0, N, 500):
-        reqs = [GenerationRequest(f"d{i}", PROMPT, [], 2, sampling=Sampling(temperature=1.0, seed=i))
-                for i in range(start, start + 500)]
+        reqs = [
+            GenerationRequest(f"d{i}", PROMPT, [], 2, sampling=Sampling(temperature=1.0, seed=i))
+            for i in range(start, start + 500)
+        ]
         out += draft.generate(reqs)
         for r in reqs:
             draft.release(r.key)

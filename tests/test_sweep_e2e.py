@@ -40,11 +40,36 @@ def builds(monkeypatch):
 
 def sweep_args(assets, out, policies, *thresholds):
     root, data = assets
-    args = ["sweep", "--policies", policies, "--draft", str(root / "draft"), "--target", str(root / "target"),
-            "--prm", str(root / "prm"), "--router", str(root / "router"), "--data", str(data),
-            "--max-steps", "3", "--max-step-tokens", "6", "--max-total-tokens", "18", "--out", str(out), "--quiet",
-            "--id-field", "id", "--threads", "1",
-            "--device", "cpu"]
+    args = [
+        "sweep",
+        "--policies",
+        policies,
+        "--draft",
+        str(root / "draft"),
+        "--target",
+        str(root / "target"),
+        "--prm",
+        str(root / "prm"),
+        "--router",
+        str(root / "router"),
+        "--data",
+        str(data),
+        "--max-steps",
+        "3",
+        "--max-step-tokens",
+        "6",
+        "--max-total-tokens",
+        "18",
+        "--out",
+        str(out),
+        "--quiet",
+        "--id-field",
+        "id",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     for t in thresholds:
         args += ["--thresholds", t]
     return args
@@ -57,8 +82,9 @@ def lines(path):
 
 def test_sweep_end_to_end_loads_each_model_once_and_resumes(assets, tmp_path, builds, capsys):
     out = tmp_path / "sweep"
-    rc = main(sweep_args(assets, out, "draft,target,rsd,router,oracle,specreason,assisted",
-                         "rsd=0.3,0.7", "specreason=4.5"))
+    rc = main(
+        sweep_args(assets, out, "draft,target,rsd,router,oracle,specreason,assisted", "rsd=0.3,0.7", "specreason=4.5")
+    )
     assert rc == 0
     assert builds == {"draft": 1, "target": 1, "prm": 1, "router": 1}
     dirs = ["draft", "target", "rsd-0.3", "rsd-0.7", "router-0.5", "oracle-0", "specreason-4.5", "assisted"]
@@ -85,8 +111,14 @@ def test_sweep_end_to_end_loads_each_model_once_and_resumes(assets, tmp_path, bu
     # Re-run with one more point: finished points load and recompute nothing; the new rsd point loads only
     # what rsd needs, once.
     builds.clear()
-    assert main(sweep_args(assets, out, "draft,target,rsd,router,oracle,specreason,assisted",
-                           "rsd=0.3,0.5,0.7", "specreason=4.5")) == 0
+    assert (
+        main(
+            sweep_args(
+                assets, out, "draft,target,rsd,router,oracle,specreason,assisted", "rsd=0.3,0.5,0.7", "specreason=4.5"
+            )
+        )
+        == 0
+    )
     assert builds == {"draft": 1, "target": 1, "prm": 1}
     for d in dirs + ["rsd-0.5"]:
         assert sorted(r["id"] for r in lines(out / d / "results.jsonl")) == ["q0", "q1"], d
@@ -97,16 +129,25 @@ def test_sweep_end_to_end_loads_each_model_once_and_resumes(assets, tmp_path, bu
 
 def test_sweep_checks_every_point_before_loading(assets, tmp_path, builds):
     root, data = assets
-    base = RunConfig(policy="draft", out="", data=str(data),
-                     models={"draft": str(root / "draft"), "target": str(root / "target")})
+    base = RunConfig(
+        policy="draft", out="", data=str(data), models={"draft": str(root / "draft"), "target": str(root / "target")}
+    )
     with pytest.raises(ConfigError, match="out of range"):
         run_sweep(base, [("draft", None), ("rsd", 1.5)], str(tmp_path / "s"), progress=False)
     with pytest.raises(ConfigError, match="needs --prm"):
         run_sweep(base, [("draft", None), ("rsd", 0.5)], str(tmp_path / "s"), progress=False)
     with pytest.raises(ConfigError, match="servers"):
-        run_sweep(RunConfig(policy="draft", out="", data=str(data),
-                            models={"draft": "http://127.0.0.1:9/v1", "target": str(root / "target")}),
-                  [("assisted", None)], str(tmp_path / "s"), progress=False)
+        run_sweep(
+            RunConfig(
+                policy="draft",
+                out="",
+                data=str(data),
+                models={"draft": "http://127.0.0.1:9/v1", "target": str(root / "target")},
+            ),
+            [("assisted", None)],
+            str(tmp_path / "s"),
+            progress=False,
+        )
     assert builds == {} and not os.path.exists(tmp_path / "s" / "draft")
 
 
@@ -125,15 +166,32 @@ def test_points_take_turns_problem_by_problem(tmp_path, monkeypatch, interleave)
         return real(self, problems, models, saver, n_todo)
 
     monkeypatch.setattr(PointRun, "produce", produce)
-    base = RunConfig(policy="draft", out=str(tmp_path), data="testbed:test:3",
-                     models={"draft": "testbed:draft", "target": "testbed:target"},
-                     engine=EngineConfig(max_steps=6, max_step_tokens=48, concurrency=1), progress=False)
-    metrics = run_sweep(base, [("draft", None), ("target", None)], str(tmp_path / "sweep"), progress=False,
-                        report=False, interleave=interleave)
+    base = RunConfig(
+        policy="draft",
+        out=str(tmp_path),
+        data="testbed:test:3",
+        models={"draft": "testbed:draft", "target": "testbed:target"},
+        engine=EngineConfig(max_steps=6, max_step_tokens=48, concurrency=1),
+        progress=False,
+    )
+    metrics = run_sweep(
+        base,
+        [("draft", None), ("target", None)],
+        str(tmp_path / "sweep"),
+        progress=False,
+        report=False,
+        interleave=interleave,
+    )
     ids = [f"testbed-test-0-{i}" for i in range(3)]
     if interleave:
-        assert order == [("draft", ids[0]), ("target", ids[0]), ("target", ids[1]), ("draft", ids[1]),
-                         ("draft", ids[2]), ("target", ids[2])]
+        assert order == [
+            ("draft", ids[0]),
+            ("target", ids[0]),
+            ("target", ids[1]),
+            ("draft", ids[1]),
+            ("draft", ids[2]),
+            ("target", ids[2]),
+        ]
     else:
         assert order == [("draft", i) for i in ids] + [("target", i) for i in ids]
     assert [m["n"] for m in metrics] == [3, 3] and all(m["interleaved"] == interleave for m in metrics)

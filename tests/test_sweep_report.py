@@ -9,9 +9,18 @@ from arbitrage.sweep_report import compare, format_table, latency_at, pareto_fro
 
 
 def pt(lat, acc, policy="p", tau=None, n=100):
-    return {"policy": policy, "threshold": tau, "latency_s_mean": lat, "accuracy": acc, "n": n,
-            "escalation_rate": 0.5, "latency_s_p50": lat, "target_calls": 1, "target_tokens": 1,
-            "draft_tokens_accepted": 1}
+    return {
+        "policy": policy,
+        "threshold": tau,
+        "latency_s_mean": lat,
+        "accuracy": acc,
+        "n": n,
+        "escalation_rate": 0.5,
+        "latency_s_p50": lat,
+        "target_calls": 1,
+        "target_tokens": 1,
+        "draft_tokens_accepted": 1,
+    }
 
 
 def test_pareto_frontier_drops_dominated_and_ties():
@@ -57,8 +66,14 @@ def test_compare_reports_no_overlap_both_ways():
 
 
 def test_summary_and_table_mark_frontier_and_comparisons():
-    pts = [pt(1, 0.5, "router", 0.5), pt(2, 0.7, "router", 0.2), pt(2, 0.5, "rsd", 0.7), pt(4, 0.7, "rsd", 0.3),
-           pt(3, 0.4, "router", 0.9), pt(5, 0.9, "target")]
+    pts = [
+        pt(1, 0.5, "router", 0.5),
+        pt(2, 0.7, "router", 0.2),
+        pt(2, 0.5, "rsd", 0.7),
+        pt(4, 0.7, "rsd", 0.3),
+        pt(3, 0.4, "router", 0.9),
+        pt(5, 0.9, "target"),
+    ]
     s = summarize(pts)
     assert [f["label"] for f in s["frontiers"]["router"]] == ["router@0.5", "router@0.2"]
     names = {c["b"]: c for c in s["comparisons"]}
@@ -76,8 +91,10 @@ def test_threshold_syntax():
     assert parse_values("0.1:0.5:0.2") == [0.1, 0.3, 0.5]
     assert parse_values("0.7,0.3, 0.5,0.3") == [0.3, 0.5, 0.7]
     assert parse_values("0,0.2:0.4:0.1") == [0.0, 0.2, 0.3, 0.4]
-    assert parse_thresholds(["rsd=0.3,0.5", "router=0:1:0.5", "rsd=0.9"]) == {"rsd": [0.3, 0.5, 0.9],
-                                                                          "router": [0.0, 0.5, 1.0]}
+    assert parse_thresholds(["rsd=0.3,0.5", "router=0:1:0.5", "rsd=0.9"]) == {
+        "rsd": [0.3, 0.5, 0.9],
+        "router": [0.0, 0.5, 1.0],
+    }
     for bad in (["rsd"], ["draft=0.5"], ["rsd=a"], ["rsd=0.5:0.1:0.1"], ["rsd=0:1:0"], ["rsd="]):
         with pytest.raises(ConfigError):
             parse_thresholds(bad)
@@ -85,8 +102,14 @@ def test_threshold_syntax():
 
 def test_sweep_points_order_defaults_and_errors():
     pts = sweep_points(["draft", "rsd", "router", "assisted", "specreason"], {"rsd": [0.3, 0.5]})
-    assert pts == [("draft", None), ("rsd", 0.3), ("rsd", 0.5), ("router", 0.5), ("assisted", None),
-                   ("specreason", 7.0)]
+    assert pts == [
+        ("draft", None),
+        ("rsd", 0.3),
+        ("rsd", 0.5),
+        ("router", 0.5),
+        ("assisted", None),
+        ("specreason", 7.0),
+    ]
     assert [point_dir(*p) for p in pts[:3]] == ["draft", "rsd-0.3", "rsd-0.5"]
     with pytest.raises(ConfigError, match="unknown policy"):
         sweep_points(["nope"], {})
@@ -109,8 +132,8 @@ def test_evidence_compares_at_the_best_common_accuracy_and_against_the_others_be
     def point(label, policy, right, latency):
         return Point(label, policy, None, {i: (k < right, latency) for k, i in enumerate(ids)})
 
-    fast_a, slow_a = point("a1", "a", 5, 1.0), point("a2", "a", 8, 3.0)   # a: 0.5 at 1 s, 0.8 at 3 s
-    fast_b, slow_b = point("b1", "b", 5, 2.0), point("b2", "b", 8, 9.0)   # b: 0.5 at 2 s, 0.8 at 9 s
+    fast_a, slow_a = point("a1", "a", 5, 1.0), point("a2", "a", 8, 3.0)  # a: 0.5 at 1 s, 0.8 at 3 s
+    fast_b, slow_b = point("b1", "b", 5, 2.0), point("b2", "b", 8, 9.0)  # b: 0.5 at 2 s, 0.8 at 9 s
     m = matched([fast_a, slow_a], [fast_b, slow_b], n_boot=50)
     assert m["accuracy"] == pytest.approx(0.8) and m["speedup"] == pytest.approx(3.0)  # not 2.0 at 0.5
     # within a point of b's best accuracy, against b's best point itself (not b's fastest point)

@@ -12,8 +12,17 @@ from arbitrage.errors import ConfigError, DataError
 from arbitrage.factory import ModelOptions, load_model
 from arbitrage.grading import Grader
 from arbitrage.testbed.prm import ArithmeticCheckerPRM, check_step, score_steps
-from arbitrage.testbed.task import (MAX_VALUE, apply_op, SEPARATOR, SPLITS, extract_answer, make_chains, make_problems,
-                                    parse_question, split_of)
+from arbitrage.testbed.task import (
+    MAX_VALUE,
+    SEPARATOR,
+    SPLITS,
+    apply_op,
+    extract_answer,
+    make_chains,
+    make_problems,
+    parse_question,
+    split_of,
+)
 from arbitrage.types import ScoreRequest, Step
 
 
@@ -23,8 +32,11 @@ def test_reference_solutions_grade_correct_through_math_verify():
         for p in problems:
             res = g.grade(p.meta["solution"], p.gold)
             assert res.correct, (p.id, p.meta["solution"], p.gold, res)
-        wrong = problems[0].meta["solution"].replace("{" + problems[0].gold + "}",
-                                                     "{" + str(int(problems[0].gold) + 1) + "}")
+        wrong = (
+            problems[0]
+            .meta["solution"]
+            .replace("{" + problems[0].gold + "}", "{" + str(int(problems[0].gold) + 1) + "}")
+        )
         assert not g.grade(wrong, problems[0].gold).correct
 
 
@@ -63,8 +75,12 @@ def test_checker_accepts_every_reference_step():
 
 def _corruptions(step: str, chain, k: int) -> dict[str, str]:
     """Ways to spoil operation step `k` ("x = y op z = X op Z = R")."""
-    lhs, symbolic, numeric, result = step.split(" = ")[0], step.split(" = ")[1], step.split(" = ")[2], \
-        step.split(" = ")[3]
+    lhs, symbolic, numeric, result = (
+        step.split(" = ")[0],
+        step.split(" = ")[1],
+        step.split(" = ")[2],
+        step.split(" = ")[3],
+    )
     op = chain.ops[k]
     other_op = {"+": "-", "-": "+", "*": "+", "mod": "+"}[op.op]
     x, y = numeric.split(f" {op.op} ")
@@ -72,7 +88,7 @@ def _corruptions(step: str, chain, k: int) -> dict[str, str]:
         "wrong result": f"{lhs} = {symbolic} = {numeric} = {int(result) + 1}",
         "wrong substituted value": f"{lhs} = {symbolic} = {int(x) + 1} {op.op} {y} = {result}",
         "definition not in the question": f"{lhs} = {symbolic.replace(f' {op.op} ', f' {other_op} ')} = "
-                                          f"{x} {other_op} {y} = {result}",
+        f"{x} {other_op} {y} = {result}",
         "wrong variable": f"{'z'} = {symbolic} = {numeric} = {result}",
         "not the task's form": f"{lhs} is {result}",
         "empty": "",
@@ -125,11 +141,14 @@ def test_prm_noise_is_bounded_deterministic_and_off_by_default():
     noisy = ArithmeticCheckerPRM(flip=0.2, sigma=0.3, seed=1)
     many = [s for ch in make_chains("test", 30, seed=0) for s in score_steps(noisy, ch.question(), ch.solution_steps())]
     assert all(0.0 <= s <= 1.0 for s in many) and len(set(many)) > 10
-    assert many == [s for ch in make_chains("test", 30, seed=0)
-                    for s in score_steps(ArithmeticCheckerPRM(flip=0.2, sigma=0.3, seed=1), ch.question(),
-                                         ch.solution_steps())]
-    req = ScoreRequest("k", c.question(), [], [Step("draft", steps[0], "separator", 5),
-                                               Step("target", "nonsense", "separator", 2)])
+    assert many == [
+        s
+        for ch in make_chains("test", 30, seed=0)
+        for s in score_steps(ArithmeticCheckerPRM(flip=0.2, sigma=0.3, seed=1), ch.question(), ch.solution_steps())
+    ]
+    req = ScoreRequest(
+        "k", c.question(), [], [Step("draft", steps[0], "separator", 5), Step("target", "nonsense", "separator", 2)]
+    )
     assert exact.score([req]) == [[1.0, 0.0]]
     with pytest.raises(ValueError):
         ArithmeticCheckerPRM(flip=1.5)
@@ -141,8 +160,13 @@ def test_prm_spec_through_the_factory():
     prm = load_model("prm", "testbed-checker:0.1:0.2", "prm", ModelOptions(seed=4))
     assert (prm.flip, prm.sigma, prm.seed) == (0.1, 0.2, 4)
     assert load_model("prm", "testbed-checker:0.3", "prm", ModelOptions()).flip == 0.3
-    for bad in ("testbed-checker:x", "testbed-checker:2", "testbed-checker:0.1:-1", "testbed-checker:1:2:3",
-                "testbed-checkers"):
+    for bad in (
+        "testbed-checker:x",
+        "testbed-checker:2",
+        "testbed-checker:0.1:-1",
+        "testbed-checker:1:2:3",
+        "testbed-checkers",
+    ):
         with pytest.raises(ConfigError, match="testbed-checker"):
             load_model("prm", bad, "prm", ModelOptions())
 
@@ -168,7 +192,7 @@ def test_random_corruption_fuzz_never_accepted_unless_equivalent():
         steps = c.solution_steps()
         for k, step in enumerate(steps[:-1]):
             i = rng.randrange(len(step))
-            bad = step[:i] + rng.choice("0123456789+-*abz ") + step[i + 1:]
+            bad = step[:i] + rng.choice("0123456789+-*abz ") + step[i + 1 :]
             if bad != step and check_step(c.question(), steps[:k], bad)[0]:
                 assert bad.split(" = ")[0] == step.split(" = ")[0]
                 assert bad.split(" = ")[-1] == step.split(" = ")[-1]

@@ -11,8 +11,20 @@ from arbitrage.cli import main
 from arbitrage.data import load_problems
 from arbitrage.testbed.task import make_problems
 
-TINY = ["--draft-spec", "32x1x1x64", "--target-spec", "32x1x2x64", "--steps", "3", "--batch-size", "4",
-        "--warmup", "1", "--eval-n", "2"]
+TINY = [
+    "--draft-spec",
+    "32x1x1x64",
+    "--target-spec",
+    "32x1x2x64",
+    "--steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "1",
+    "--eval-n",
+    "2",
+]
 
 
 @pytest.mark.slow
@@ -55,11 +67,14 @@ def test_data_command_writes_jsonl_that_loads_back(tmp_path, capsys):
     assert "--split" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--roles", "drafty"], "--roles"),
-    (["--draft-spec", "64x3x2x8"], "--draft-spec"),
-    (["--steps", "0"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--roles", "drafty"], "--roles"),
+        (["--draft-spec", "64x3x2x8"], "--draft-spec"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
 def test_train_rejects_bad_options(tmp_path, capsys, args, message):
     assert main(["testbed", "train", "--out", str(tmp_path / "x"), *args]) == 2
     assert message in capsys.readouterr().err
@@ -90,8 +105,11 @@ def test_the_shipped_pair_loads_and_solves_as_its_card_says():
     from arbitrage.testbed.evaluate import answer_accuracy, default_models_dir, load_model
     from arbitrage.testbed.task import make_chains
 
-    models = build_models({"draft", "target"}, {"draft": "testbed:draft", "target": "testbed:target"},
-                          ModelOptions(device="cpu", dtype="float32"))
+    models = build_models(
+        {"draft", "target"},
+        {"draft": "testbed:draft", "target": "testbed:target"},
+        ModelOptions(device="cpu", dtype="float32"),
+    )
     assert models.draft.model.config.num_hidden_layers == 2 and models.target.model.config.num_hidden_layers == 12
     chains = make_chains("test", 60, 0)
     accs = {r: answer_accuracy(*load_model(default_models_dir(), r), chains) for r in ("draft", "target")}
@@ -113,8 +131,15 @@ def test_demo_quick_completes(tmp_path, capsys):
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     for p in summary["points"]:
         assert p["policy"] in printed
-    for key in ("n_test", "draft_accuracy", "target_accuracy", "cost_ratio", "wasted_rsd_escalations",
-                "router_vs_rsd", "router_vs_target"):
+    for key in (
+        "n_test",
+        "draft_accuracy",
+        "target_accuracy",
+        "cost_ratio",
+        "wasted_rsd_escalations",
+        "router_vs_rsd",
+        "router_vs_target",
+    ):
         assert key in summary, key
     assert summary["n_test"] == 8 and 0 < summary["cost_ratio"] < 1
     for key in ("router_vs_rsd", "router_vs_target"):

@@ -10,8 +10,18 @@ import random
 import pytest
 
 from arbitrage.grading import Grader
-from arbitrage.testbed.phrasing import (FINAL_FORMS, FORMS, MODE_P, PIECES, ROLE_STYLES, WORDINGS, Style,
-                                        parse_step, render_final, render_op_step)
+from arbitrage.testbed.phrasing import (
+    FINAL_FORMS,
+    FORMS,
+    MODE_P,
+    PIECES,
+    ROLE_STYLES,
+    WORDINGS,
+    Style,
+    parse_step,
+    render_final,
+    render_op_step,
+)
 from arbitrage.testbed.prm import check_step
 from arbitrage.testbed.task import apply_op, make_chains
 from arbitrage.testbed.tokenizer import build_tokenizer
@@ -26,17 +36,26 @@ def phrasings(chain):
     for k, o in enumerate(chain.ops):
         y = vals[o.right] if isinstance(o.right, str) else o.right
         for form, wording in itertools.product(FORMS, WORDINGS):
-            yield plain[:k], render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], y,
-                                            vals[o.target]), True
-            yield plain[:k], render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], y,
-                                            vals[o.target] + 1), False  # a wrong result
+            yield (
+                plain[:k],
+                render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], y, vals[o.target]),
+                True,
+            )
+            yield (
+                plain[:k],
+                render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], y, vals[o.target] + 1),
+                False,
+            )  # a wrong result
             consistent = apply_op(o.op, vals[o.left] + 2, y)
             if form != "short" and consistent is not None:  # a wrong value substituted, computed correctly
-                yield plain[:k], render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left] + 2, y,
-                                                consistent), False
+                yield (
+                    plain[:k],
+                    render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left] + 2, y, consistent),
+                    False,
+                )
             if form == "reverse":  # two different results in one step
                 text = render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], y, vals[o.target])
-                yield plain[:k], text[:text.rindex("= ") + 2] + str(vals[o.target] + 1), False
+                yield plain[:k], text[: text.rindex("= ") + 2] + str(vals[o.target] + 1), False
     for form in FINAL_FORMS:
         yield plain[:-1], render_final(form, chain.asked, vals[chain.asked]), True
         yield plain[:-1], render_final(form, chain.asked, vals[chain.asked] + 3), False
@@ -64,8 +83,9 @@ def test_values_established_by_any_phrasing_carry_to_the_next_step():
     if o2.left == o1.target and o2.op != "mod" and o2.right != o1.target:
         from arbitrage.testbed.task import apply_op
 
-        nxt = render_op_step("subst", "symbols", o2.target, o2.left, o2.op, o2.right, wrong, y2,
-                             apply_op(o2.op, wrong, y2))
+        nxt = render_op_step(
+            "subst", "symbols", o2.target, o2.left, o2.op, o2.right, wrong, y2, apply_op(o2.op, wrong, y2)
+        )
         assert check_step(chain.question(), [first], nxt)[0]
 
 

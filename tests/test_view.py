@@ -44,19 +44,52 @@ CHROMIUM = "/usr/bin/chromium"
 
 # --- fixtures ----------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("view") / "run"
-    assert main(["run", "--policy", "rsd", "--threshold", "0.5", *MODELS, "--data", "testbed:test:4",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--policy",
+                "rsd",
+                "--threshold",
+                "0.5",
+                *MODELS,
+                "--data",
+                "testbed:test:4",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("view") / "sweep"
-    assert main(["sweep", "--policies", "draft,rsd", "--thresholds", "rsd=0.5", *MODELS, "--data", "testbed:test:3",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--policies",
+                "draft,rsd",
+                "--thresholds",
+                "rsd=0.5",
+                *MODELS,
+                "--data",
+                "testbed:test:3",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -68,6 +101,7 @@ def embedded(html: str) -> dict:
 
 
 # --- (a) the report file -----------------------------------------------------------------------------------------
+
 
 def test_run_report_holds_every_problem_step_and_metric(run_dir):
     out = write_report(str(run_dir))
@@ -125,7 +159,7 @@ def test_no_text_in_the_data_can_end_the_script(run_dir, tmp_path):
     html = Path(write_report(str(copy))).read_text()
     opening = '<script type="application/json" id="data">'
     start = html.index(opening) + len(opening)
-    payload = html[start:html.lower().index("</script", start)]  # where a browser ends the element
+    payload = html[start : html.lower().index("</script", start)]  # where a browser ends the element
     assert "<!--" not in payload and "<b>" not in html
     data = json.loads(payload)
     assert data["points"][0]["problems"][0]["question"] == line["question"]
@@ -160,6 +194,7 @@ def test_a_moved_sweep_point_is_found_by_its_metrics_and_a_lost_one_is_noted(swe
 
 # --- (b) the stream's extra field, through the official client -----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def models():
     return build_models({"draft", "target", "prm"}, SPECS, ModelOptions(device="cpu", dtype="float32"))
@@ -167,16 +202,16 @@ def models():
 
 @pytest.fixture(scope="module")
 def server(models):
-    service = Service(models, make_policy("draft"), CONFIG, served_name="arbitrage",
-                      tokenizer=models.draft.tokenizer)
+    service = Service(models, make_policy("draft"), CONFIG, served_name="arbitrage", tokenizer=models.draft.tokenizer)
     with serving(create_app(service)) as s:
         yield s
 
 
 def reference(models, question: str, threshold: float):
     done = []
-    Engine(make_policy("rsd", threshold), Models(draft=models.draft, target=models.target, prm=models.prm),
-           CONFIG).run([Problem("ref", question + "\n\n", question + "\n\n")], done.append)
+    Engine(make_policy("rsd", threshold), Models(draft=models.draft, target=models.target, prm=models.prm), CONFIG).run(
+        [Problem("ref", question + "\n\n", question + "\n\n")], done.append
+    )
     return done[0]
 
 
@@ -185,9 +220,15 @@ def test_each_streamed_step_says_who_wrote_it_through_the_openai_client(server, 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
     ref = reference(models, QUESTION, TAU)
     assert any(r.escalated for r in ref.records) and not all(r.escalated for r in ref.records)
-    chunks = list(client.completions.create(model="arbitrage", prompt=QUESTION + "\n\n", stream=True,
-                                            stream_options={"include_usage": True},
-                                            extra_body={"policy": "rsd", "threshold": TAU}))
+    chunks = list(
+        client.completions.create(
+            model="arbitrage",
+            prompt=QUESTION + "\n\n",
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"policy": "rsd", "threshold": TAU},
+        )
+    )
     steps = [c for c in chunks if c.choices and c.choices[0].finish_reason is None]
     assert len(steps) == len(ref.records)
     for c, r in zip(steps, ref.records):
@@ -196,18 +237,25 @@ def test_each_streamed_step_says_who_wrote_it_through_the_openai_client(server, 
         assert (extra["author"], extra["escalated"], extra["index"]) == (r.author, r.escalated, r.index)
         assert extra["scores"] == pytest.approx(r.scores) and extra["scores"]
         assert extra["n_tokens"] == r.n_tokens and set(extra["seconds"]) == set(r.seconds)
-        assert extra["draft"] == ({"text": r.draft.text, "stop": r.draft.stop, "n_tokens": r.draft.n_tokens}
-                                  if r.author == "target" else None)
+        assert extra["draft"] == (
+            {"text": r.draft.text, "stop": r.draft.stop, "n_tokens": r.draft.n_tokens} if r.author == "target" else None
+        )
         assert extra["speculation"] == r.speculation
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
     assert final[0].model_extra["arbitrage"]["finish"] == "eos"
     assert final[0].model_extra["arbitrage"]["latency_s"] > 0
     assert chunks[-1].usage.escalated_steps == sum(r.escalated for r in ref.records)
-    chat = list(client.chat.completions.create(model="arbitrage", stream=True,
-                                               extra_body={"policy": "rsd", "threshold": TAU},
-                                               messages=[{"role": "user", "content": QUESTION}]))
-    assert [c.model_extra["arbitrage"]["author"] for c in chat if c.choices and c.choices[0].finish_reason is None] \
-        == [r.author for r in ref.records]
+    chat = list(
+        client.chat.completions.create(
+            model="arbitrage",
+            stream=True,
+            extra_body={"policy": "rsd", "threshold": TAU},
+            messages=[{"role": "user", "content": QUESTION}],
+        )
+    )
+    assert [c.model_extra["arbitrage"]["author"] for c in chat if c.choices and c.choices[0].finish_reason is None] == [
+        r.author for r in ref.records
+    ]
 
 
 def test_models_lists_the_policies_this_server_can_run_and_the_page_is_served(server):
@@ -231,6 +279,7 @@ def test_models_lists_the_policies_this_server_can_run_and_the_page_is_served(se
 
 # --- (c) a real browser ----------------------------------------------------------------------------------------
 
+
 def _above_4(fd: int) -> int:
     """The same pipe end on a descriptor >= 10, so that moving it to 3 or 4 in the child clobbers nothing."""
     import fcntl
@@ -250,16 +299,30 @@ class Browser:
         to_chrome_r, to_chrome_w = os.pipe()
         from_chrome_r, from_chrome_w = os.pipe()
         to_chrome_r, from_chrome_w = _above_4(to_chrome_r), _above_4(from_chrome_w)
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-                 f"--user-data-dir={self.profile.name}", "--remote-debugging-pipe", f"--window-size={width},{height}",
-                 "about:blank"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={self.profile.name}",
+            "--remote-debugging-pipe",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         # the pipe's ends become the browser's fds 3 and 4 by the shell's redirections (no preexec_fn: the
         # server's threads run in this process)
         move = f'exec "$@" 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-'
-        self.proc = subprocess.Popen(["bash", "-c", move, "chromium", CHROMIUM, *flags],
-                                     pass_fds=(to_chrome_r, from_chrome_w), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["bash", "-c", move, "chromium", CHROMIUM, *flags],
+            pass_fds=(to_chrome_r, from_chrome_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self.w, self.r = os.fdopen(to_chrome_w, "wb", buffering=0), os.fdopen(from_chrome_r, "rb", buffering=0)
@@ -288,10 +351,13 @@ class Browser:
     def open(self, url: str) -> None:
         if self.session is None:
             target = self.send("Target.createTarget", {"url": "about:blank"}, browser=True)["targetId"]
-            self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                     browser=True)["sessionId"]
-            self.send("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height,
-                                                             "deviceScaleFactor": 1, "mobile": False})
+            self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, browser=True)[
+                "sessionId"
+            ]
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+            )
         self.send("Page.navigate", {"url": url})
 
     def js(self, expression: str):
@@ -316,8 +382,9 @@ class Browser:
         params: dict = {"format": "png"}
         if full_page:
             height = self.js("document.documentElement.scrollHeight")
-            params.update(captureBeyondViewport=True,
-                          clip={"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1})
+            params.update(
+                captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1}
+            )
         Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", params)["data"]))
 
     def close(self) -> None:
@@ -362,15 +429,17 @@ def test_the_server_page_streams_a_question_step_by_step(browser, server, models
     assert [r.escalated for r in ref.records] != [r.escalated for r in reference(models, QUESTION, 0.7).records]
     query = urllib.parse.urlencode({"q": QUESTION, "policy": "rsd", "threshold": str(TAU), "autorun": "1"})
     browser.open(f"{server.url}/?{query}")
-    assert browser.wait("['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state") \
-        == "done", browser.js("document.getElementById('steps').innerText")
+    assert (
+        browser.wait("['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state") == "done"
+    ), browser.js("document.getElementById('steps').innerText")
     dom = browser.js("""(() => Array.from(document.querySelectorAll('#steps .step')).map(s => ({
         author: s.dataset.author, escalated: s.dataset.escalated === 'true',
         badge: s.querySelector('.badge').textContent, text: s.querySelector(':scope > .step-text').textContent,
         proposal: (s.querySelector('.proposal-draft .step-text') || {}).textContent || null,
         head: s.querySelector('.step-head').textContent})))()""")
-    assert [(d["author"], d["escalated"], d["text"]) for d in dom] == [(r.author, r.escalated, r.text)
-                                                                      for r in ref.records]
+    assert [(d["author"], d["escalated"], d["text"]) for d in dom] == [
+        (r.author, r.escalated, r.text) for r in ref.records
+    ]
     for d, r in zip(dom, ref.records):
         assert d["badge"] == ("escalated \u2192 target" if r.escalated else "draft \u2713 kept")
         assert d["proposal"] == (r.draft.text if r.author == "target" else None)
@@ -390,21 +459,26 @@ def test_the_report_filters_its_problems_in_a_browser(browser, run_dir, sweep_di
     browser.wait("document.body.dataset.state === 'ready'")
 
     def shown():
-        return browser.js("[document.querySelectorAll('.problem').length, document.querySelectorAll('.step').length,"
-                          " document.querySelectorAll('.step[data-escalated=true]').length]")
+        return browser.js(
+            "[document.querySelectorAll('.problem').length, document.querySelectorAll('.step').length,"
+            " document.querySelectorAll('.step[data-escalated=true]').length]"
+        )
 
     n_esc = sum(s.escalated for r in records for s in r.steps)
     assert shown() == [len(records), sum(len(r.steps) for r in records), n_esc]
     assert "accuracy" in browser.js("document.querySelector('.metrics-table').innerText")
 
     def choose(select_id: str, value: str):
-        browser.js(f"(() => {{ const s = document.getElementById('{select_id}'); s.value = '{value}';"
-                   f" s.dispatchEvent(new Event('change')); }})()")
+        browser.js(
+            f"(() => {{ const s = document.getElementById('{select_id}'); s.value = '{value}';"
+            f" s.dispatchEvent(new Event('change')); }})()"
+        )
 
     choose("filter-escalation", "with")
     with_esc = [r for r in records if any(s.escalated for s in r.steps)]
     assert shown()[0] == len(with_esc) and browser.js(
-        "Array.from(document.querySelectorAll('.problem')).map(p => p.dataset.id)") == [r.id for r in with_esc]
+        "Array.from(document.querySelectorAll('.problem')).map(p => p.dataset.id)"
+    ) == [r.id for r in with_esc]
     browser.js("document.getElementById('filter-only-escalated').click()")
     assert shown() == [len(with_esc), n_esc, n_esc]
     choose("filter-escalation", "all")
@@ -419,8 +493,9 @@ def test_the_report_filters_its_problems_in_a_browser(browser, run_dir, sweep_di
     browser.open(Path(write_report(str(sweep_dir))).as_uri())
     browser.wait("document.body.dataset.state === 'ready'")
     assert browser.js("document.body.dataset.point") == "draft"
-    assert browser.wait("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0) && "
-                        "document.images.length")  # the plot decodes from its data URI
+    assert browser.wait(
+        "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0) && document.images.length"
+    )  # the plot decodes from its data URI
     choose("point", "1")
     assert browser.js("document.body.dataset.point") == "rsd@0.5"
     assert browser.js("document.querySelectorAll('.problem').length") == 3

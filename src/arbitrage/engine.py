@@ -23,16 +23,25 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable
 
 from .models import ROLE_TABLE, ROLES, Models
 from .policies import Continue, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
 from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
 from .protocols import can_cancel, lane_capacity, lane_of
-from .types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Problem, RouteRequest, Sampling,
-                    ScoreRequest, Step)
+from .types import (
+    DEFAULT_SEPARATOR,
+    Generation,
+    GenerationRequest,
+    JudgeRequest,
+    Problem,
+    RouteRequest,
+    Sampling,
+    ScoreRequest,
+    Step,
+)
 
 
 class EngineStopped(RuntimeError):
@@ -41,12 +50,12 @@ class EngineStopped(RuntimeError):
 
 @dataclass
 class EngineConfig:
-    max_steps: int = 64            # steps per problem
-    max_step_tokens: int = 512     # tokens per step
-    max_total_tokens: int = 4096   # tokens per solution (accepted steps)
-    concurrency: int = 8           # problems in flight at once
+    max_steps: int = 64  # steps per problem
+    max_step_tokens: int = 512  # tokens per step
+    max_total_tokens: int = 4096  # tokens per solution (accepted steps)
+    concurrency: int = 8  # problems in flight at once
     separator: str = DEFAULT_SEPARATOR
-    parallel: bool = True          # models on different lanes work at the same time
+    parallel: bool = True  # models on different lanes work at the same time
     # Escalations that reuse the draft's work (backends/speculative.py), both lossless: the target verifies the
     # draft's rejected proposal before writing the rest of the step, and a draft attached to the target proposes
     # `gamma` tokens at a time inside target-written steps (0: never).
@@ -75,8 +84,9 @@ class _Lane:
 
     def submit(self, fn):
         if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=self.capacity,
-                                               thread_name_prefix=f"arbitrage-lane-{self.roles[0]}")
+            self.executor = ThreadPoolExecutor(
+                max_workers=self.capacity, thread_name_prefix=f"arbitrage-lane-{self.roles[0]}"
+            )
         return self.executor.submit(fn)
 
     def close(self) -> None:
@@ -86,9 +96,15 @@ class _Lane:
 
 
 class Engine:
-    def __init__(self, policy: Policy, models: Models, config: EngineConfig | None = None,
-                 clock: Callable[[], float] = time.perf_counter,
-                 on_call: Callable[[str, int, float, float], None] | None = None, isolate_failures: bool = False):
+    def __init__(
+        self,
+        policy: Policy,
+        models: Models,
+        config: EngineConfig | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        on_call: Callable[[str, int, float, float], None] | None = None,
+        isolate_failures: bool = False,
+    ):
         models.check(policy)
         self.policy, self.models, self.config, self.clock = policy, models, config or EngineConfig(), clock
         self.on_call = on_call  # (role, batch size, start, end) of every batched call, for benchmarks
@@ -133,9 +149,17 @@ class Engine:
         """Whether a background engine can take problems (False once its thread stopped on an error)."""
         return self.failure is None and (self._thread is None or self._thread.is_alive())
 
-    def submit(self, problem: Problem, *, on_done: Callable | None = None, on_step: Callable | None = None,
-               policy: Policy | None = None, limits: Limits | None = None,
-               sampling: Sampling | None = None, on_error: Callable | None = None) -> Ticket:
+    def submit(
+        self,
+        problem: Problem,
+        *,
+        on_done: Callable | None = None,
+        on_step: Callable | None = None,
+        policy: Policy | None = None,
+        limits: Limits | None = None,
+        sampling: Sampling | None = None,
+        on_error: Callable | None = None,
+    ) -> Ticket:
         """Queue one problem (thread-safe). `on_step(ticket, record, step)` is called as each step is accepted,
         `on_done(result)` when it ends, `on_error(exception)` when a model call failed for it (with
         `isolate_failures`; not when cancelled); all from the engine's thread."""
@@ -225,7 +249,11 @@ class Engine:
                 self._retire()
                 continue
             with self._cv:
-                if self._completions or self._cancel or (self._incoming and len(self._active) < self.config.concurrency):
+                if (
+                    self._completions
+                    or self._cancel
+                    or (self._incoming and len(self._active) < self.config.concurrency)
+                ):
                     continue
                 busy = any(not lane.idle for lane in self._lanes.values())
                 if not busy and not self._active and not self._incoming:
@@ -245,8 +273,11 @@ class Engine:
             self._next_step(st)
 
     def _ready(self, role: str) -> list[ProblemState]:
-        ready = [s for s in self._active if not s.in_call and s.finish is None and s.pending is not None
-                 and role_of(s.pending) == role]
+        ready = [
+            s
+            for s in self._active
+            if not s.in_call and s.finish is None and s.pending is not None and role_of(s.pending) == role
+        ]
         solo = next((s for s in ready if s.solo), None)
         return [solo] if solo is not None else ready  # a problem of a failed batch goes alone
 
@@ -299,6 +330,7 @@ class Engine:
             with self._cv:
                 self._completions.append((lane, role, batch, results, t0, t1))
                 self._cv.notify_all()
+
         return work
 
     def _apply(self, role: str, batch: list[ProblemState], results, t0: float, t1: float) -> None:
@@ -358,8 +390,16 @@ class Engine:
                     st.on_error(st.error)
                 continue
             solution = "".join(s.context_text(self.config.separator) for s in st.steps)
-            result = ProblemResult(st.problem, st.steps, st.records, st.finish, self.clock() - st.start,
-                                   dict(st.seconds), dict(st.counts), solution)
+            result = ProblemResult(
+                st.problem,
+                st.steps,
+                st.records,
+                st.finish,
+                self.clock() - st.start,
+                dict(st.seconds),
+                dict(st.counts),
+                solution,
+            )
             st.ticket.result = result
             try:
                 if st.on_done is not None:
@@ -446,15 +486,32 @@ class Engine:
             if self.config.verify:
                 speculation = a.speculation
                 gamma = self.config.gamma if a.speculate else 0
-        return GenerationRequest(st.key, st.problem.prompt, list(st.steps), max(0, step_max), len(st.steps),
-                                 sampling=st.sampling, prefix=prefix, sample=sample,
-                                 seed_key=st.problem.meta.get("seed_key"), speculation=speculation, gamma=gamma)
+        return GenerationRequest(
+            st.key,
+            st.problem.prompt,
+            list(st.steps),
+            max(0, step_max),
+            len(st.steps),
+            sampling=st.sampling,
+            prefix=prefix,
+            sample=sample,
+            seed_key=st.problem.meta.get("seed_key"),
+            speculation=speculation,
+            gamma=gamma,
+        )
 
     @staticmethod
     def _to_step(author: str, g: Generation) -> Step:
         n = len(g.logprobs) if g.logprobs else len(g.token_ids)
-        return Step(author=author, text=g.text, stop=g.stop, n_tokens=n, token_ids=g.token_ids or None,
-                    logprobs=g.logprobs, extras=dict(g.extras))
+        return Step(
+            author=author,
+            text=g.text,
+            stop=g.stop,
+            n_tokens=n,
+            token_ids=g.token_ids or None,
+            logprobs=g.logprobs,
+            extras=dict(g.extras),
+        )
 
 
 # The request each role's model is sent for a problem's pending action (the roles themselves: models.ROLE_TABLE).
@@ -463,10 +520,23 @@ REQUEST_OF = {
     "target": lambda eng, st: eng._generation_request(st),
     "prm": lambda eng, st: ScoreRequest(st.key, st.problem.question, list(st.steps), st.pending.candidates),
     "router": lambda eng, st: RouteRequest(st.key, st.problem.question, list(st.steps), st.pending.draft),
-    "judge": lambda eng, st: JudgeRequest(st.key, st.problem.prompt, list(st.steps), st.pending.draft,
-                                          st.pending.question),
+    "judge": lambda eng, st: JudgeRequest(
+        st.key, st.problem.prompt, list(st.steps), st.pending.draft, st.pending.question
+    ),
 }
 
 
-__all__ = ["ROLES", "EngineConfig", "Limits", "Models", "ProblemResult", "Ticket", "Engine", "Draft", "Target",
-           "Score", "Route", "Judge"]
+__all__ = [
+    "ROLES",
+    "EngineConfig",
+    "Limits",
+    "Models",
+    "ProblemResult",
+    "Ticket",
+    "Engine",
+    "Draft",
+    "Target",
+    "Score",
+    "Route",
+    "Judge",
+]

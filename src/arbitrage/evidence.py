@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .records import ProblemRecord
 from .sweep_report import EPS, latency_at, pareto_frontier
@@ -33,7 +33,7 @@ class Point:
     outcomes: dict[str, tuple[bool, float]]
 
     @classmethod
-    def of(cls, label: str, policy: str, threshold, records: Sequence[ProblemRecord]) -> "Point":
+    def of(cls, label: str, policy: str, threshold, records: Sequence[ProblemRecord]) -> Point:
         return cls(label, policy, threshold, {r.id: (bool(r.correct), float(r.latency_s)) for r in records})
 
     def on(self, ids: Sequence[str]) -> dict:
@@ -68,7 +68,7 @@ def sign_test_p(only_a: int, only_b: int) -> float:
     n = only_a + only_b
     if n == 0:
         return 1.0
-    return min(1.0, 2 * sum(math.comb(n, j) for j in range(min(only_a, only_b) + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, j) for j in range(min(only_a, only_b) + 1)) / 2**n)
 
 
 def common_ids(points: Sequence[Point]) -> list[str]:
@@ -97,8 +97,14 @@ def _ratio(a_front, b_front, accuracy: float | None, b_at_best: bool = False):
     return lb / la, accuracy
 
 
-def matched(a: Sequence[Point], b: Sequence[Point], accuracy: float | None = None, n_boot: int = 2000,
-            seed: int = 0, relative_to_b_accuracy: float | None = None) -> dict:
+def matched(
+    a: Sequence[Point],
+    b: Sequence[Point],
+    accuracy: float | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    relative_to_b_accuracy: float | None = None,
+) -> dict:
     """Latency of the points `a` (one policy) against `b` at matched accuracy: `speedup` = b's latency / a's
     (> 1: a is faster), with a paired bootstrap 95% interval. `accuracy`: compare at this accuracy;
     `relative_to_b_accuracy` = -0.01: a at b's best accuracy minus one point (recomputed in each resample) against
@@ -116,18 +122,32 @@ def matched(a: Sequence[Point], b: Sequence[Point], accuracy: float | None = Non
     def once(sample):
         a_front = pareto_frontier([p.on(sample) for p in a])
         b_front = pareto_frontier([p.on(sample) for p in b])
-        return (_ratio(a_front, b_front, target_accuracy(b_front) if b_front else None,
-                       b_at_best=relative_to_b_accuracy is not None), a_front, b_front)
+        return (
+            _ratio(
+                a_front,
+                b_front,
+                target_accuracy(b_front) if b_front else None,
+                b_at_best=relative_to_b_accuracy is not None,
+            ),
+            a_front,
+            b_front,
+        )
 
     point, a_front, b_front = once(ids)
-    out = {"n": len(ids), "n_boot": n_boot, "a_frontier": [f["label"] for f in a_front],
-           "b_frontier": [f["label"] for f in b_front]}
+    out = {
+        "n": len(ids),
+        "n_boot": n_boot,
+        "a_frontier": [f["label"] for f in a_front],
+        "b_frontier": [f["label"] for f in b_front],
+    }
     if point is None:
         a_span = (a_front[0]["accuracy"], a_front[-1]["accuracy"]) if a_front else None
         want = target_accuracy(b_front) if b_front else None
-        reason = (f"the accuracies do not reach each other: {a_span} vs the other's "
-                  f"{(b_front[0]['accuracy'], b_front[-1]['accuracy']) if b_front else None}"
-                  + (f" (asked at {want:.3f})" if want is not None else ""))
+        reason = (
+            f"the accuracies do not reach each other: {a_span} vs the other's "
+            f"{(b_front[0]['accuracy'], b_front[-1]['accuracy']) if b_front else None}"
+            + (f" (asked at {want:.3f})" if want is not None else "")
+        )
         out.update(speedup=None, ci95=None, accuracy=want, reason=reason)
         return out
     rng = random.Random(seed)
@@ -140,8 +160,7 @@ def matched(a: Sequence[Point], b: Sequence[Point], accuracy: float | None = Non
         else:
             ratios.append(r[0])
     ci = percentile_ci(ratios) if len(ratios) >= 20 else None
-    out.update(speedup=point[0], ci95=ci, accuracy=point[1], reason=None,
-               resamples_without_overlap=misses)
+    out.update(speedup=point[0], ci95=ci, accuracy=point[1], reason=None, resamples_without_overlap=misses)
     if misses:
         out["note"] = f"{misses} of {n_boot} resamples had no matched accuracy and are left out of the interval"
     return out
@@ -155,5 +174,14 @@ def sign_test(a: Point, b: Point) -> dict:
     p = sign_test_p(only_a, only_b)
     acc_a = sum(a.outcomes[i][0] for i in ids) / len(ids) if ids else 0.0
     acc_b = sum(b.outcomes[i][0] for i in ids) / len(ids) if ids else 0.0
-    return {"a": a.label, "b": b.label, "n": len(ids), "accuracy_a": acc_a, "accuracy_b": acc_b,
-            "difference": acc_a - acc_b, "only_a": only_a, "only_b": only_b, "p_value": p}
+    return {
+        "a": a.label,
+        "b": b.label,
+        "n": len(ids),
+        "accuracy_a": acc_a,
+        "accuracy_b": acc_b,
+        "difference": acc_a - acc_b,
+        "only_a": only_a,
+        "only_b": only_b,
+        "p_value": p,
+    }

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .models import Models, roles_to_load
 from .errors import ConfigError
+from .models import Models, roles_to_load
 from .types import DEFAULT_SEPARATOR
 
 
@@ -19,19 +19,19 @@ class ModelOptions:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    threads: int | None = None      # torch CPU threads of in-process models (None: leave torch's setting)
+    threads: int | None = None  # torch CPU threads of in-process models (None: leave torch's setting)
     reuse_cache: bool = True
-    prm_kind: str = "auto"          # value-head | token-cls | auto
-    prm_format: str = "skywork"     # skywork | separator
-    return_hidden: bool = False     # expose the draft's last hidden state (probe routers)
+    prm_kind: str = "auto"  # value-head | token-cls | auto
+    prm_format: str = "skywork"  # skywork | separator
+    return_hidden: bool = False  # expose the draft's last hidden state (probe routers)
     server_concurrency: int = 16
     served_names: dict | None = None  # role -> model name on its server; "prm_tokenizer"/"router_tokenizer" too
-    server_api: str = "completions"   # completions (vLLM, SGLang, llama.cpp /v1) | llamacpp (llama.cpp /completion)
-    pooling_route: str = "pooling"    # pooling (vLLM POST /pooling) | embeddings (the paper's served plugins)
-    fast_decode: bool = False       # in-process generators: static KV cache + compiled decode (static_kv.py)
-    static_slots: int = 8           # problems a fast-path generator holds at once (set to the engine's concurrency)
-    static_len: int = 4096          # tokens per problem in the static cache
-    extra: dict | None = None       # settings that plugin loaders declare (registry.add_loader(options=...))
+    server_api: str = "completions"  # completions (vLLM, SGLang, llama.cpp /v1) | llamacpp (llama.cpp /completion)
+    pooling_route: str = "pooling"  # pooling (vLLM POST /pooling) | embeddings (the paper's served plugins)
+    fast_decode: bool = False  # in-process generators: static KV cache + compiled decode (static_kv.py)
+    static_slots: int = 8  # problems a fast-path generator holds at once (set to the engine's concurrency)
+    static_len: int = 4096  # tokens per problem in the static cache
+    extra: dict | None = None  # settings that plugin loaders declare (registry.add_loader(options=...))
 
 
 def is_url(spec: str) -> bool:
@@ -45,8 +45,7 @@ def load_model(kind: str, spec: str, role: str, opts: ModelOptions, separator: s
     return registry().find(kind, spec).load(spec, role, opts, separator)
 
 
-def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR,
-                 optional=()) -> Models:
+def build_models(needs, specs: dict, opts: ModelOptions, separator: str = DEFAULT_SEPARATOR, optional=()) -> Models:
     """`needs`: the roles to build (a policy's `needs`); `specs` maps draft/target/prm/router to what the user
     gave. The router is built first, so a draft can be asked for the features the router reads (e.g. its last
     hidden state); the judge role is the target itself, which must be able to judge."""
@@ -80,8 +79,12 @@ def link_speculation(models: Models) -> None:
     draft, target = models.draft, models.target
     if draft is None or target is None or not hasattr(target, "speculator"):
         return
-    if getattr(draft, "vocab_signature", None) == target.vocab_signature and draft is not target \
-            and getattr(draft, "static", None) is None and getattr(target, "static", None) is None:
+    if (
+        getattr(draft, "vocab_signature", None) == target.vocab_signature
+        and draft is not target
+        and getattr(draft, "static", None) is None
+        and getattr(target, "static", None) is None
+    ):
         target.speculator = draft
 
 
@@ -92,6 +95,8 @@ def load_chat_tokenizer(specs: dict):
 
     spec = specs.get("draft") or specs.get("target")
     if not spec or is_url(spec):
-        raise ConfigError("--template chat needs an in-process draft or target (a local directory or hub id) "
-                          "whose tokenizer has a chat template")
+        raise ConfigError(
+            "--template chat needs an in-process draft or target (a local directory or hub id) "
+            "whose tokenizer has a chat template"
+        )
     return load_tokenizer(spec)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .errors import ConfigError, ModelLoadError
 from .types import DEFAULT_SEPARATOR, Step
@@ -33,12 +33,13 @@ class RouterFormat:
     author_tags: bool = True
 
     @classmethod
-    def from_meta(cls, meta: dict | None) -> "RouterFormat":
+    def from_meta(cls, meta: dict | None) -> RouterFormat:
         meta = meta or {}
         return cls(meta.get("separator", DEFAULT_SEPARATOR), meta.get("author_tags", True))
 
     def segments(self, question: str, steps: Sequence[Step], draft: Step | str) -> list[str]:
         """The input as text segments (they let a cached scorer prefill only what is new)."""
+
         def tag(author: str) -> str:
             return AUTHOR_TAGS[author] if self.author_tags else ""
 
@@ -51,8 +52,9 @@ class RouterFormat:
     def text(self, question: str, steps: Sequence[Step], draft: Step | str) -> str:
         return "".join(self.segments(question, steps, draft))
 
-    def row_ids(self, encode: Encode, question: str, steps: Sequence[Step], draft: Step | str,
-                max_length: int | None = None) -> list[int]:
+    def row_ids(
+        self, encode: Encode, question: str, steps: Sequence[Step], draft: Step | str, max_length: int | None = None
+    ) -> list[int]:
         """Token ids, segment by segment: the question with special tokens, every later segment without. When
         longer than `max_length`, the oldest tokens are cut (the router reads the last one)."""
         segs = self.segments(question, steps, draft)
@@ -99,7 +101,7 @@ class PRMFormat:
     bos: bool = True
 
     @classmethod
-    def named(cls, name: str, separator: str = DEFAULT_SEPARATOR) -> "PRMFormat":
+    def named(cls, name: str, separator: str = DEFAULT_SEPARATOR) -> PRMFormat:
         if name == "skywork":  # Skywork-o1-Open-PRM: bos + problem + "\n", each step + "\n"
             return cls("{question}\n", "\n", True)
         if name == "separator":  # problem and steps each followed by the run's step separator

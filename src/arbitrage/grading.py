@@ -14,10 +14,11 @@ import multiprocessing
 import re
 import sys
 import threading
-import types
 import time
+import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .errors import ArbitrageError
 
@@ -124,8 +125,10 @@ def normalize_numbers(s: str) -> str:
 
 
 _NUMBER = r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*\\times\s*10\^\{?-?\d+\}?)?"
-_WITH_UNIT = re.compile(r"^\s*(" + _NUMBER + r")\s*(?:\\(?:text|mathrm|mbox|textrm)\{\s*([^{}]+?)\s*\}"
-                        r"|([A-Za-z]+(?:\^\{?\d\}?)?))\s*\.?\s*$")
+_WITH_UNIT = re.compile(
+    r"^\s*(" + _NUMBER + r")\s*(?:\\(?:text|mathrm|mbox|textrm)\{\s*([^{}]+?)\s*\}"
+    r"|([A-Za-z]+(?:\^\{?\d\}?)?))\s*\.?\s*$"
+)
 
 
 def unit_of(answer: str) -> str | None:
@@ -153,6 +156,7 @@ class GradeResult:
 
 
 # ---------------------------------------------------------------- worker side (runs in the child process)
+
 
 def _latex_gold(gold: str) -> str:
     """math-verify only reads LaTeX inside a math environment: wrap a bare gold in $...$."""
@@ -211,7 +215,7 @@ def _worker_main(conn, grade_fn: Callable) -> None:
         import math_verify  # noqa: F401  (pays the sympy import before the first timed request)
 
         _grade_pair(None, "$1$", "1")  # warm sympy/antlr caches as well
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
@@ -225,7 +229,7 @@ def _worker_main(conn, grade_fn: Callable) -> None:
         req_id, boxed, text, gold = msg
         try:
             res = grade_fn(boxed, text, gold)
-        except Exception as exc:  # noqa: BLE001  a parse error grades that answer wrong, nothing more
+        except Exception as exc:
             res = (False, boxed, f"error: {type(exc).__name__}: {exc}"[:300])
         conn.send((req_id, res))
 
@@ -258,8 +262,7 @@ class Grader:
     Use as a context manager or call `close()`. Thread-safe (calls are serialised).
     """
 
-    def __init__(self, timeout: float = 5.0, *, startup_timeout: float = 120.0,
-                 _grade_fn: Callable | None = None):
+    def __init__(self, timeout: float = 5.0, *, startup_timeout: float = 120.0, _grade_fn: Callable | None = None):
         self.timeout = float(timeout)
         self.startup_timeout = float(startup_timeout)
         self._grade_fn = _grade_fn or _grade_pair
@@ -274,8 +277,9 @@ class Grader:
     def _start(self) -> str | None:
         """Start a worker; returns None when ready, else a reason string."""
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self._grade_fn), daemon=True,
-                                 name="arbitrage-grader")
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, self._grade_fn), daemon=True, name="arbitrage-grader"
+        )
         try:
             _start_without_main(proc)
         except Exception as exc:  # e.g. called from a daemonic process, which may not have children
@@ -294,8 +298,9 @@ class Grader:
             return "worker crashed at start"
         if kind == "error":
             self._kill()
-            raise ArbitrageError(f"the grading worker could not load math-verify ({detail}); "
-                                 "install it with `pip install math-verify`")
+            raise ArbitrageError(
+                f"the grading worker could not load math-verify ({detail}); install it with `pip install math-verify`"
+            )
         return None
 
     def _kill(self) -> None:
@@ -322,7 +327,7 @@ class Grader:
                     pass
             self._kill()
 
-    def __enter__(self) -> "Grader":
+    def __enter__(self) -> Grader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -331,7 +336,7 @@ class Grader:
     def __del__(self) -> None:
         try:
             self._kill()
-        except Exception:  # noqa: BLE001  interpreter shutdown
+        except Exception:
             pass
 
     # -- grading
@@ -351,8 +356,9 @@ class Grader:
             if differ:  # math-verify drops units: "5 m" would equal "5 cm"
                 return GradeResult(False, boxed, f"wrong (unit {differ[0]!r}, gold {differ[1]!r})")
         with self._lock:
-            result = self._request(None if boxed is None else normalize_numbers(boxed), normalize_numbers(text),
-                                   normalize_numbers(gold_s))
+            result = self._request(
+                None if boxed is None else normalize_numbers(boxed), normalize_numbers(text), normalize_numbers(gold_s)
+            )
         return GradeResult(result.correct, boxed if boxed is not None else result.prediction, result.reason)
 
     def grade_many(self, pairs: Iterable[tuple[str | None, Any]]) -> list[GradeResult]:
@@ -375,8 +381,11 @@ class Grader:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._conn.poll(left):
-                    log.warning("grader: answer %r timed out after %.1fs; restarting the worker",
-                                (boxed or text)[:80], self.timeout)
+                    log.warning(
+                        "grader: answer %r timed out after %.1fs; restarting the worker",
+                        (boxed or text)[:80],
+                        self.timeout,
+                    )
                     self._kill()
                     self.restarts += 1
                     return GradeResult(False, boxed, "timeout")

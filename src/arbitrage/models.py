@@ -13,13 +13,20 @@ from .policies import Policy
 @dataclass(frozen=True)
 class Role:
     name: str
-    method: str                  # what the engine calls on the role's model (protocols.py)
+    method: str  # what the engine calls on the role's model (protocols.py)
     filled_by: str | None = None  # another role whose model fills this one (None: a model of its own)
 
 
-ROLE_TABLE: dict[str, Role] = {r.name: r for r in (
-    Role("draft", "generate"), Role("target", "generate"), Role("prm", "score"), Role("router", "predict"),
-    Role("judge", "judge", filled_by="target"))}
+ROLE_TABLE: dict[str, Role] = {
+    r.name: r
+    for r in (
+        Role("draft", "generate"),
+        Role("target", "generate"),
+        Role("prm", "score"),
+        Role("router", "predict"),
+        Role("judge", "judge", filled_by="target"),
+    )
+}
 ROLES = tuple(ROLE_TABLE)
 
 
@@ -42,7 +49,7 @@ class Models:
     judge: object | None = None
 
     @classmethod
-    def assemble(cls, loaded: dict[str, object], needs, optional=()) -> "Models":
+    def assemble(cls, loaded: dict[str, object], needs, optional=()) -> Models:
         """The models of these roles from the loaded ones (by role name), aliases filled (a role filled by another
         role's model needs that model to have the role's method). `optional` roles are filled when they can be
         (a server loads every model it is given, so that a request may pick any policy they allow)."""
@@ -54,8 +61,10 @@ class Models:
                 continue
             if spec.filled_by and not callable(getattr(model, spec.method, None)):
                 if role in needs:
-                    raise ConfigError(f"the {spec.filled_by} model ({type(model).__name__}) cannot act as {role}: it "
-                                      f"has no {spec.method}()")
+                    raise ConfigError(
+                        f"the {spec.filled_by} model ({type(model).__name__}) cannot act as {role}: it "
+                        f"has no {spec.method}()"
+                    )
                 continue
             setattr(models, role, model)
         return models
@@ -68,9 +77,11 @@ class Models:
         missing = [m for m in sorted(policy.needs) if getattr(self, m) is None]
         if missing:
             flags = " ".join(f"--{loaded_role(m)} MODEL" for m in missing if not ROLE_TABLE[m].filled_by)
-            raise ConfigError(f"policy {policy.name!r} needs {', '.join(missing)}" + (f": give {flags}" if flags else ""),
-                              "policy", f"policy {policy.name!r} needs a {' and a '.join(missing)} model, which "
-                                        f"this server did not load")
+            raise ConfigError(
+                f"policy {policy.name!r} needs {', '.join(missing)}" + (f": give {flags}" if flags else ""),
+                "policy",
+                f"policy {policy.name!r} needs a {' and a '.join(missing)} model, which this server did not load",
+            )
         policy.check_models(self)
 
     def all(self) -> list[tuple[str, object]]:

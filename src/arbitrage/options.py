@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -58,8 +59,11 @@ class Option:
             if not isinstance(value, str):
                 raise self._error(f"{name} must be a string, not {value!r}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (self.type is int and not float(value).is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (self.type is int and not float(value).is_integer())
+        ):
             raise self._error(f"{name} must be {'an integer' if self.type is int else 'a number'}, not {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise self._error(f"{name} must be finite, not {value!r}")
@@ -79,8 +83,9 @@ class Option:
         if self.type is bool:
             parser.add_argument(self.flag, dest=self.name, action="store_true", default=None, help=text)
         else:
-            parser.add_argument(self.flag, dest=self.name, type=self.type, default=None, help=text,
-                                metavar=self.name.upper())
+            parser.add_argument(
+                self.flag, dest=self.name, type=self.type, default=None, help=text, metavar=self.name.upper()
+            )
 
 
 def merged(declarations: Iterable[tuple[str, Iterable[Option]]]) -> dict[str, tuple[Option, list[str]]]:

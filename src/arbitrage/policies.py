@@ -12,8 +12,9 @@ the registry (`registry.policy`), where built-ins and plugins add them the same 
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import ClassVar, Generator
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .options import Option
@@ -79,8 +80,15 @@ class Judge:
 Action = Draft | Glimpse | Continue | Target | Score | Route | Judge
 
 # The model role each action is sent to.
-ROLE_OF = {Draft: "draft", Glimpse: "draft", Continue: "draft", Target: "target", Score: "prm", Route: "router",
-           Judge: "judge"}
+ROLE_OF = {
+    Draft: "draft",
+    Glimpse: "draft",
+    Continue: "draft",
+    Target: "target",
+    Score: "prm",
+    Route: "router",
+    Judge: "judge",
+}
 
 
 def role_of(action) -> str:
@@ -92,15 +100,17 @@ def role_of(action) -> str:
 
 @dataclass
 class Decision:
-    step: Step                  # the step appended to the context
-    escalated: bool             # the target wrote (or was chosen to write) this step
-    draft: Step | None = None   # the draft's proposal, kept or discarded (a glimpse when the draft stopped early)
+    step: Step  # the step appended to the context
+    escalated: bool  # the target wrote (or was chosen to write) this step
+    draft: Step | None = None  # the draft's proposal, kept or discarded (a glimpse when the draft stopped early)
     target: Step | None = None  # the target's step, if one was written
     scores: dict = field(default_factory=dict)  # prm_draft, prm_target, router, ...
-    target_samples: list[Step] | None = None    # extra target samples, recorded (generate --target-samples)
+    target_samples: list[Step] | None = None  # extra target samples, recorded (generate --target-samples)
 
 
-Decide = Generator[Action, object, Decision]
+# What the engine sends back into a policy is the result of the call it yielded (a Step, a score, a list of
+# scores): typed loosely here, each policy knows what it asked for.
+Decide = Generator[Action, Any, Decision]
 
 
 class Policy:
@@ -143,15 +153,21 @@ class Policy:
         """The threshold to use: the default when None; a ConfigError when out of range or not taken."""
         if cls.threshold_range is None:
             if threshold is not None:
-                raise ConfigError(f"policy {cls.name!r} takes no --threshold", "threshold",
-                                  f"policy {cls.name!r} takes no 'threshold'")
+                raise ConfigError(
+                    f"policy {cls.name!r} takes no --threshold",
+                    "threshold",
+                    f"policy {cls.name!r} takes no 'threshold'",
+                )
             return None
         lo, hi = cls.threshold_range
         tau = cls.default_threshold if threshold is None else float(threshold)
         if tau is None or not lo <= tau <= hi:
             where = f"for policy {cls.name!r}: it must lie in [{lo:g}, {hi:g}]"
-            raise ConfigError(f"--threshold {tau:g} is out of range {where}", "threshold",
-                              f"'threshold' {tau:g} is out of range {where}")
+            raise ConfigError(
+                f"--threshold {tau:g} is out of range {where}",
+                "threshold",
+                f"'threshold' {tau:g} is out of range {where}",
+            )
         return tau
 
 
@@ -173,8 +189,15 @@ class TargetOnly(Policy):
     decoding, lossless); without it the draft is never called."""
 
     name, needs, summary = "target", frozenset({"target"}), "the target writes every step"
-    options = (Option("speculate", bool, False, "let the draft propose tokens inside the target's steps "
-                                                "(token-level speculative decoding, lossless; needs a draft)"),)
+    options = (
+        Option(
+            "speculate",
+            bool,
+            False,
+            "let the draft propose tokens inside the target's steps "
+            "(token-level speculative decoding, lossless; needs a draft)",
+        ),
+    )
 
     def __init__(self, speculate: bool = False):
         self.speculate = speculate
@@ -216,9 +239,17 @@ class RouterPolicy(ThresholdPolicy):
     threshold_range, default_threshold = (0.0, 1.0), 0.5
     escalates, threshold_ladder = "above", tuple(round(0.05 + 0.1 * i, 2) for i in range(10))  # y_hat
     summary = "Arbitrage: the target regenerates iff the router's y_hat > tau"
-    options = (Option("decide_after", int, None, "decide after the draft's first K tokens of each step (a router "
-                                                 "trained with `router build-data --decide-after K`); an escalated "
-                                                 "step then discards only K draft tokens", minimum=1),)
+    options = (
+        Option(
+            "decide_after",
+            int,
+            None,
+            "decide after the draft's first K tokens of each step (a router "
+            "trained with `router build-data --decide-after K`); an escalated "
+            "step then discards only K draft tokens",
+            minimum=1,
+        ),
+    )
 
     def __init__(self, threshold: float | None = None, decide_after: int | None = None):
         super().__init__(threshold)
@@ -234,8 +265,11 @@ class RouterPolicy(ThresholdPolicy):
             have = f"reads the first {trained} tokens of a step" if trained else "reads whole steps"
             want = f"--decide-after {trained}" if trained else "no --decide-after"
             field = f"'decide_after': {trained}" if trained else "no 'decide_after'"
-            raise ConfigError(f"the router {have} (it was trained so): run it with {want}", "decide_after",
-                              f"the router {have} (it was trained so): send {field}")
+            raise ConfigError(
+                f"the router {have} (it was trained so): run it with {want}",
+                "decide_after",
+                f"the router {have} (it was trained so): send {field}",
+            )
 
     def decide(self) -> Decide:
         if self.decide_after is None:
@@ -284,8 +318,16 @@ class Generate(Policy):
     name, needs = "generate", frozenset({"draft", "target", "prm"})
     summary = "both write, both are scored, everything is recorded (router training data)"
     records_features = True
-    options = (Option("target_samples", int, 1, "N target steps per context, all scored and recorded (use "
-                                                "--temperature > 0)", minimum=1, request=False),)
+    options = (
+        Option(
+            "target_samples",
+            int,
+            1,
+            "N target steps per context, all scored and recorded (use --temperature > 0)",
+            minimum=1,
+            request=False,
+        ),
+    )
 
     def __init__(self, target_samples: int = 1):
         self.target_samples = self.options[0].check(target_samples)
@@ -300,11 +342,18 @@ class Generate(Policy):
         st = st_all[0]
         scores = {"prm_draft": sd, "prm_target": st}
         if self.target_samples > 1:
-            scores.update(prm_target_mean=sum(st_all) / len(st_all), prm_target_max=max(st_all),
-                          prm_target_samples=list(st_all))
+            scores.update(
+                prm_target_mean=sum(st_all) / len(st_all), prm_target_max=max(st_all), prm_target_samples=list(st_all)
+            )
         chose_target = st > sd
-        return Decision(t if chose_target else d, chose_target, draft=d, target=t, scores=scores,
-                        target_samples=samples[1:] if self.target_samples > 1 else None)
+        return Decision(
+            t if chose_target else d,
+            chose_target,
+            draft=d,
+            target=t,
+            scores=scores,
+            target_samples=samples[1:] if self.target_samples > 1 else None,
+        )
 
 
 BUILTIN_POLICIES = (DraftOnly, TargetOnly, RSD, RouterPolicy, Oracle, Generate)
@@ -318,11 +367,13 @@ def make_policy(name: str, threshold: float | None = None, **options) -> Policy:
     declared = {o.name: o for o in cls.options}
     stray = [k for k, v in options.items() if v is not None and k not in declared]
     if stray:
-        raise ConfigError(f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}", stray[0],
-                          f"'{stray[0]}' does not apply to policy {name!r}")
+        raise ConfigError(
+            f"--{stray[0].replace('_', '-')} does not apply to policy {name!r}",
+            stray[0],
+            f"'{stray[0]}' does not apply to policy {name!r}",
+        )
     options = {k: declared[k].check(v) for k, v in options.items() if v is not None}
     if cls.threshold_range is None:
         cls.check_threshold(threshold)  # raises when a threshold is given
         return cls(**options)
     return cls(threshold, **options)
-

@@ -4,8 +4,9 @@ record, whether the problem ends), and what the engine hands back when it ends."
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .models import ROLES
 from .policies import Decision, Policy
@@ -31,11 +32,11 @@ class ProblemResult:
     problem: Problem
     steps: list[Step]
     records: list[StepRecord]  # one per step: author, text, scores, discarded proposals, seconds
-    finish: str                # eos | max_steps | budget | stop | cancelled
+    finish: str  # eos | max_steps | budget | stop | cancelled
     latency_s: float
-    seconds: dict              # wall time this problem waited on each model
-    counts: dict               # draft_tokens_accepted, draft_tokens_discarded, target_tokens, target_calls, ...
-    solution: str = ""         # the accepted steps joined as in the context
+    seconds: dict  # wall time this problem waited on each model
+    counts: dict  # draft_tokens_accepted, draft_tokens_discarded, target_tokens, target_calls, ...
+    solution: str = ""  # the accepted steps joined as in the context
 
 
 def new_counts() -> dict:
@@ -45,7 +46,7 @@ def new_counts() -> dict:
 class Ticket:
     """A submitted problem: `cancel()` it, `wait()` for its `result` (a ProblemResult, or None if cancelled)."""
 
-    def __init__(self, engine: "Engine", problem: Problem):
+    def __init__(self, engine: Engine, problem: Problem):
         self.engine, self.problem = engine, problem
         self.result: ProblemResult | None = None
         self.error: BaseException | None = None
@@ -106,7 +107,7 @@ class ProblemState:
         return self.ticket.problem
 
 
-def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> None:
+def commit(st: ProblemState, d: Decision, config, record_features: bool) -> None:
     """Append the decided step to a problem: counts, its record, and whether the problem ends here."""
     c = st.counts
     discarded = 0
@@ -136,18 +137,29 @@ def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> No
         scores["advantage"] = scores["prm_target"] - scores["prm_draft"]
     feats = record_features
     record = StepRecord(
-        index=len(st.steps), author=d.step.author, text=d.step.text, stop=d.step.stop, n_tokens=d.step.n_tokens,
-        escalated=d.escalated, scores=scores,
+        index=len(st.steps),
+        author=d.step.author,
+        text=d.step.text,
+        stop=d.step.stop,
+        n_tokens=d.step.n_tokens,
+        escalated=d.escalated,
+        scores=scores,
         draft=Proposal.of(d.draft, feats) if d.draft is not None and (d.draft is not d.step or feats) else None,
         target=Proposal.of(d.target) if d.target is not None and d.target is not d.step else None,
-        seconds={k: round(v, 6) for k, v in st.step_seconds.items() if v}, discarded_draft_tokens=discarded,
+        seconds={k: round(v, 6) for k, v in st.step_seconds.items() if v},
+        discarded_draft_tokens=discarded,
         target_samples=[Proposal.of(s) for s in d.target_samples] if d.target_samples else None,
-        speculation=dict(spec) if spec else None)
+        speculation=dict(spec) if spec else None,
+    )
     step = d.step
     stop_at = stop_string_cut(st, step, config.separator)
     if stop_at is not None:  # a stop string ends the solution where it occurs
-        step = replace(step, text=step.text[:stop_at], stop="eos",
-                       extras={**step.extras, "chars_before_cut": len(step.context_text(config.separator))})
+        step = replace(
+            step,
+            text=step.text[:stop_at],
+            stop="eos",
+            extras={**step.extras, "chars_before_cut": len(step.context_text(config.separator))},
+        )
         record.text, record.stop = step.text, "eos"
     st.records.append(record)
     st.steps.append(step)
@@ -164,11 +176,11 @@ def commit(st: "ProblemState", d: Decision, config, record_features: bool) -> No
         st.finish = "budget"
 
 
-def stop_string_cut(st: "ProblemState", step: Step, separator: str) -> int | None:
+def stop_string_cut(st: ProblemState, step: Step, separator: str) -> int | None:
     """Where a stop string first occurs in this step's text (also one that began in the step before)."""
     if not st.limits.stop:
         return None
-    before = "".join(s.context_text(separator) for s in st.steps)[-max(map(len, st.limits.stop)):]
+    before = "".join(s.context_text(separator) for s in st.steps)[-max(map(len, st.limits.stop)) :]
     text = before + step.context_text(separator)
     hits = [text.find(s) for s in st.limits.stop if s and text.find(s) >= 0]
     if not hits:

@@ -20,7 +20,8 @@ Optional members the engine reads through the helpers at the end of this module 
 
 from __future__ import annotations
 
-from typing import Hashable, Protocol, Sequence, runtime_checkable
+from collections.abc import Hashable, Sequence
+from typing import Protocol, runtime_checkable
 
 from .types import Generation, GenerationRequest, JudgeRequest, RouteRequest, ScoreRequest
 
@@ -85,6 +86,6 @@ def can_cancel(model) -> bool:
 
 
 def health_of(model) -> str:
-    """"in-process", or what the model's own `health()` says about its servers."""
+    """ "in-process", or what the model's own `health()` says about its servers."""
     check = getattr(model, "health", None)
     return check() if callable(check) else "in-process"

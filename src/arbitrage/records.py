@@ -21,10 +21,23 @@ FEATURES = ("logprobs", "entropies", "last_hidden")
 # What target-written steps reused of the draft's work (backends/speculative.py), summed per problem: the rejected
 # proposal's tokens verified and kept, the target's forward passes, the draft's tokens proposed inside the step
 # and accepted, and the tokens the target wrote itself.
-SPECULATION_COUNTS = ("spec_proposed", "spec_kept", "spec_target_forwards", "spec_draft_speculated",
-                      "spec_draft_accepted", "spec_target_written")
-COUNTS = ("draft_tokens_accepted", "draft_tokens_discarded", "target_tokens", "target_calls", "draft_calls",
-          "escalated_steps", "judge_calls") + SPECULATION_COUNTS
+SPECULATION_COUNTS = (
+    "spec_proposed",
+    "spec_kept",
+    "spec_target_forwards",
+    "spec_draft_speculated",
+    "spec_draft_accepted",
+    "spec_target_written",
+)
+COUNTS = (
+    "draft_tokens_accepted",
+    "draft_tokens_discarded",
+    "target_tokens",
+    "target_calls",
+    "draft_calls",
+    "escalated_steps",
+    "judge_calls",
+) + SPECULATION_COUNTS
 
 
 def _fail(where: str, fld: str, msg: str) -> None:
@@ -47,7 +60,7 @@ class Proposal:
     last_hidden: list[float] | None = None
 
     @classmethod
-    def of(cls, step: Step, features: bool = False) -> "Proposal":
+    def of(cls, step: Step, features: bool = False) -> Proposal:
         p = cls(step.text, step.stop, step.n_tokens)
         if features:
             p.logprobs = [round(x, 5) for x in step.logprobs] if step.logprobs is not None else None
@@ -59,8 +72,14 @@ class Proposal:
     def to_step(self, author: str = "draft") -> Step:
         """The Step as the engine handed it on (features in `extras`, where routers read them)."""
         extras = {k: getattr(self, k) for k in ("entropies", "last_hidden") if getattr(self, k) is not None}
-        return Step(author=author, text=self.text, stop=self.stop,  # type: ignore[arg-type]
-                    n_tokens=int(self.n_tokens or len(self.logprobs or [])), logprobs=self.logprobs, extras=extras)
+        return Step(
+            author=author,
+            text=self.text,
+            stop=self.stop,  # type: ignore[arg-type]
+            n_tokens=int(self.n_tokens or len(self.logprobs or [])),
+            logprobs=self.logprobs,
+            extras=extras,
+        )
 
     def to_json(self) -> dict:
         d: dict[str, Any] = {"text": self.text, "stop": self.stop, "n_tokens": self.n_tokens}
@@ -68,7 +87,7 @@ class Proposal:
         return d
 
     @classmethod
-    def from_json(cls, d: Any, where: str, fld: str) -> "Proposal":
+    def from_json(cls, d: Any, where: str, fld: str) -> Proposal:
         if not isinstance(d, dict):
             _fail(where, fld, "expected an object with the step's text")
         if not isinstance(d.get("text"), str):
@@ -97,12 +116,12 @@ class StepRecord:
     stop: str
     n_tokens: int
     escalated: bool
-    scores: dict = field(default_factory=dict)      # prm_draft, prm_target, advantage, router, judge, ...
-    draft: Proposal | None = None                   # the draft's proposal, when it is not the kept step
-    target: Proposal | None = None                  # the target's step, when it is not the kept step
+    scores: dict = field(default_factory=dict)  # prm_draft, prm_target, advantage, router, judge, ...
+    draft: Proposal | None = None  # the draft's proposal, when it is not the kept step
+    target: Proposal | None = None  # the target's step, when it is not the kept step
     seconds: dict = field(default_factory=dict)
     discarded_draft_tokens: int = 0
-    target_samples: list[Proposal] | None = None    # extra target samples (generate --target-samples)
+    target_samples: list[Proposal] | None = None  # extra target samples (generate --target-samples)
     # How the target's step reused the draft's work (proposed, kept, target_forwards, draft_speculated,
     # draft_accepted, target_written), when it was written with speculation.
     speculation: dict | None = None
@@ -127,11 +146,19 @@ class StepRecord:
         return self.proposal("target")
 
     def to_json(self) -> dict:
-        d = {"index": self.index, "author": self.author, "text": self.text, "stop": self.stop,
-             "n_tokens": self.n_tokens, "escalated": self.escalated, "scores": self.scores,
-             "draft": self.draft.to_json() if self.draft is not None else None,
-             "target": self.target.to_json() if self.target is not None else None,
-             "seconds": self.seconds, "discarded_draft_tokens": self.discarded_draft_tokens}
+        d = {
+            "index": self.index,
+            "author": self.author,
+            "text": self.text,
+            "stop": self.stop,
+            "n_tokens": self.n_tokens,
+            "escalated": self.escalated,
+            "scores": self.scores,
+            "draft": self.draft.to_json() if self.draft is not None else None,
+            "target": self.target.to_json() if self.target is not None else None,
+            "seconds": self.seconds,
+            "discarded_draft_tokens": self.discarded_draft_tokens,
+        }
         if self.target_samples is not None:
             d["target_samples"] = [p.to_json() for p in self.target_samples]
         if self.speculation is not None:
@@ -139,7 +166,7 @@ class StepRecord:
         return d
 
     @classmethod
-    def from_json(cls, s: Any, where: str, fld: str) -> "StepRecord":
+    def from_json(cls, s: Any, where: str, fld: str) -> StepRecord:
         if not isinstance(s, dict):
             _fail(where, fld, "expected an object")
         if s.get("author") not in AUTHORS:
@@ -165,11 +192,21 @@ class StepRecord:
         spec = s.get("speculation")
         if spec is not None and not (isinstance(spec, dict) and all(_number(v) for v in spec.values())):
             _fail(where, f"{fld}.speculation", "expected an object of counts")
-        return cls(index=int(s.get("index", 0)), author=s["author"], text=s["text"], stop=stop,
-                   n_tokens=int(s.get("n_tokens") or 0), escalated=bool(s.get("escalated", False)),
-                   scores=dict(scores), draft=draft, target=target, seconds=dict(s.get("seconds") or {}),
-                   discarded_draft_tokens=int(s.get("discarded_draft_tokens") or 0), target_samples=samples,
-                   speculation=spec)
+        return cls(
+            index=int(s.get("index", 0)),
+            author=s["author"],
+            text=s["text"],
+            stop=stop,
+            n_tokens=int(s.get("n_tokens") or 0),
+            escalated=bool(s.get("escalated", False)),
+            scores=dict(scores),
+            draft=draft,
+            target=target,
+            seconds=dict(s.get("seconds") or {}),
+            discarded_draft_tokens=int(s.get("discarded_draft_tokens") or 0),
+            target_samples=samples,
+            speculation=spec,
+        )
 
 
 @dataclass
@@ -199,15 +236,26 @@ class ProblemRecord:
         return int(self.counts.get(key, 0))
 
     def to_json(self) -> dict:
-        return {"id": self.id, "question": self.question, "gold": self.gold, "prediction": self.prediction,
-                "correct": bool(self.correct), "grade_reason": self.grade_reason, "policy": self.policy,
-                "threshold": self.threshold, "finish": self.finish, "n_steps": len(self.steps),
-                "latency_s": round(self.latency_s, 6),
-                "seconds": {k: round(v, 6) for k, v in self.seconds.items()}, "counts": dict(self.counts),
-                "solution": self.solution, "steps": [s.to_json() for s in self.steps]}
+        return {
+            "id": self.id,
+            "question": self.question,
+            "gold": self.gold,
+            "prediction": self.prediction,
+            "correct": bool(self.correct),
+            "grade_reason": self.grade_reason,
+            "policy": self.policy,
+            "threshold": self.threshold,
+            "finish": self.finish,
+            "n_steps": len(self.steps),
+            "latency_s": round(self.latency_s, 6),
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+            "counts": dict(self.counts),
+            "solution": self.solution,
+            "steps": [s.to_json() for s in self.steps],
+        }
 
     @classmethod
-    def from_json(cls, d: Any, where: str) -> "ProblemRecord":
+    def from_json(cls, d: Any, where: str) -> ProblemRecord:
         if not isinstance(d, dict):
             _fail(where, "(line)", "expected a JSON object (one problem)")
         for fld in ("id", "question", "steps"):
@@ -218,8 +266,19 @@ class ProblemRecord:
         if not isinstance(d["steps"], list):
             _fail(where, "steps", "not a list")
         steps = [StepRecord.from_json(s, where, f"steps[{k}]") for k, s in enumerate(d["steps"])]
-        return cls(id=str(d["id"]), question=d["question"], gold=d.get("gold"), prediction=d.get("prediction"),
-                   correct=bool(d.get("correct", False)), grade_reason=str(d.get("grade_reason", "")),
-                   policy=str(d.get("policy", "")), threshold=d.get("threshold"), finish=str(d.get("finish", "")),
-                   latency_s=float(d.get("latency_s", 0.0)), seconds=dict(d.get("seconds") or {}),
-                   counts=dict(d.get("counts") or {}), solution=str(d.get("solution", "")), steps=steps)
+        return cls(
+            id=str(d["id"]),
+            question=d["question"],
+            gold=d.get("gold"),
+            prediction=d.get("prediction"),
+            correct=bool(d.get("correct", False)),
+            grade_reason=str(d.get("grade_reason", "")),
+            policy=str(d.get("policy", "")),
+            threshold=d.get("threshold"),
+            finish=str(d.get("finish", "")),
+            latency_s=float(d.get("latency_s", 0.0)),
+            seconds=dict(d.get("seconds") or {}),
+            counts=dict(d.get("counts") or {}),
+            solution=str(d.get("solution", "")),
+            steps=steps,
+        )

@@ -10,17 +10,19 @@ pipeline, and adding a PRM kind, a router kind or a data source touches no core 
         registry.add_loader("prm", "my-prm", lambda spec: spec.startswith("my-prm:"), load_my_prm)
 
 Loaders are tried by priority (highest first), then in registration order; the first whose `matches(spec)` is
-true loads the model: `load(spec, role, options, separator)` (`options`: the run's `factory.ModelOptions`). The generic local-directory / hub-id loaders match
-everything at the lowest priority, so more specific ones win.
+true loads the model: `load(spec, role, options, separator)` (`options`: the run's `factory.ModelOptions`).
+The generic local-directory / hub-id loaders match everything at the lowest priority, so more specific ones
+win.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ArbitrageError, ConfigError
 
@@ -30,13 +32,13 @@ KINDS = ("generator", "prm", "router", "data")
 
 @dataclass(frozen=True)
 class Loader:
-    kind: str                           # generator | prm | router | data
-    name: str                           # shown in errors and help
+    kind: str  # generator | prm | router | data
+    name: str  # shown in errors and help
     matches: Callable[[str], bool]
-    load: Callable[..., Any]            # (spec, role, options, separator) for models; (spec, **options) for data
+    load: Callable[..., Any]  # (spec, role, options, separator) for models; (spec, **options) for data
     priority: int = 0
     help: str = ""
-    options: tuple = ()                 # the loader's own settings (options.Option), read from ModelOptions.extra
+    options: tuple = ()  # the loader's own settings (options.Option), read from ModelOptions.extra
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Runner:
     build: Callable[..., Any]
     summary: str = ""
     metrics: Callable[[dict], None] | None = None  # adjusts the run's metrics dict in place (its own measures)
-    check: Callable[[Any], None] | None = None      # refuses a run config it cannot serve, before any loading
+    check: Callable[[Any], None] | None = None  # refuses a run config it cannot serve, before any loading
 
 
 @dataclass
@@ -61,8 +63,16 @@ class Registry:
     plugins: list[str] = field(default_factory=list)
 
     # --- registering ------------------------------------------------------------------------------------
-    def add_loader(self, kind: str, name: str, matches: Callable[[str], bool], load: Callable[..., Any],
-                   priority: int = 0, help: str = "", options: tuple = ()) -> None:
+    def add_loader(
+        self,
+        kind: str,
+        name: str,
+        matches: Callable[[str], bool],
+        load: Callable[..., Any],
+        priority: int = 0,
+        help: str = "",
+        options: tuple = (),
+    ) -> None:
         """`options`: settings of this loader's models (options.Option); run/sweep/serve give each a flag and
         the loader finds the values in `ModelOptions.extra` (by option name)."""
         if kind not in KINDS:
@@ -76,8 +86,15 @@ class Registry:
             raise ValueError(f"policy name {name!r} is missing or taken")
         self.policies[name] = cls
 
-    def add_runner(self, name: str, needs, build: Callable[..., Any], summary: str = "",
-                   metrics: Callable[[dict], None] | None = None, check: Callable[[Any], None] | None = None) -> None:
+    def add_runner(
+        self,
+        name: str,
+        needs,
+        build: Callable[..., Any],
+        summary: str = "",
+        metrics: Callable[[dict], None] | None = None,
+        check: Callable[[Any], None] | None = None,
+    ) -> None:
         if name in self.policies or name in self.runners:
             raise ValueError(f"runner name {name!r} is taken")
         self.runners[name] = Runner(name, frozenset(needs), build, summary, metrics, check)
@@ -147,8 +164,10 @@ def registry() -> Registry:
             reg = Registry()
             points = plugin_entry_points()
             if not any(ep.name == "core" for ep in points):
-                raise ArbitrageError("arbitrage's plugin metadata is missing (no 'core' entry point in the "
-                                     f"{GROUP!r} group): reinstall the package, e.g. pip install -e .")
+                raise ArbitrageError(
+                    "arbitrage's plugin metadata is missing (no 'core' entry point in the "
+                    f"{GROUP!r} group): reinstall the package, e.g. pip install -e ."
+                )
             for ep in points:
                 load_plugin(reg, ep.name, ep.value)
             _registry = reg

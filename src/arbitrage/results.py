@@ -11,7 +11,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import ConfigError, DataError
 from .records import SPECULATION_COUNTS, ProblemRecord
@@ -53,7 +53,7 @@ class RunLock:
         self.path = os.path.join(out_dir, LOCK)
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # not a POSIX system: no lock (documented)
@@ -65,8 +65,10 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise ConfigError(f"{os.path.dirname(self.path)} is being written by another arbitrage run "
-                              f"(pid {holder}); wait for it to finish or use another --out") from None
+            raise ConfigError(
+                f"{os.path.dirname(self.path)} is being written by another arbitrage run "
+                f"(pid {holder}); wait for it to finish or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -103,9 +105,12 @@ class ResultsFile:
                 records.append(json.loads(raw))
                 good_end += len(raw) + 1
             except ValueError as exc:
-                if last or all(not x.strip() for x in lines[i + 1:]):
-                    print(f"arbitrage: dropping a torn last line of {self.path} (line {i + 1}); that problem "
-                          f"will be run again", file=sys.stderr)
+                if last or all(not x.strip() for x in lines[i + 1 :]):
+                    print(
+                        f"arbitrage: dropping a torn last line of {self.path} (line {i + 1}); that problem "
+                        f"will be run again",
+                        file=sys.stderr,
+                    )
                     with open(self.path, "r+b") as f:
                         f.truncate(good_end)
                     break
@@ -113,8 +118,10 @@ class ResultsFile:
         ids = [r.get("id") for r in records]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise DataError(f"{self.path}: problem {dup!r} is recorded more than once (two runs wrote here at "
-                            f"once?); remove the duplicate lines before resuming")
+            raise DataError(
+                f"{self.path}: problem {dup!r} is recorded more than once (two runs wrote here at "
+                f"once?); remove the duplicate lines before resuming"
+            )
         return records
 
     def records(self) -> list[ProblemRecord]:
@@ -130,6 +137,7 @@ class ResultsFile:
 
 
 # --- run.json ------------------------------------------------------------------------------------------------
+
 
 def read_manifest(out_dir: str) -> dict | None:
     path = os.path.join(out_dir, MANIFEST)
@@ -151,20 +159,25 @@ def check_manifest(out_dir: str, settings: dict) -> None:
     before = old["settings"]
     # a setting both runs have comes first: one that only one has is usually a consequence (e.g. sampling makes
     # the speculation settings result-changing), not the change the user made
-    diff = sorted((k for k in set(before) | set(settings) if before.get(k) != settings.get(k)),
-                  key=lambda k: (k not in before or k not in settings, k))
+    diff = sorted(
+        (k for k in set(before) | set(settings) if before.get(k) != settings.get(k)),
+        key=lambda k: (k not in before or k not in settings, k),
+    )
     if diff:
         k = diff[0]
-        raise ConfigError(f"{out_dir} holds a run with other settings ({k}: {before.get(k)!r} there, "
-                          f"{settings.get(k)!r} now); use another --out or the same settings to resume")
+        raise ConfigError(
+            f"{out_dir} holds a run with other settings ({k}: {before.get(k)!r} there, "
+            f"{settings.get(k)!r} now); use another --out or the same settings to resume"
+        )
 
 
 def record_session(out_dir: str, settings: dict, speed: dict, n_todo: int) -> None:
     """Write run.json once a run has really started (models and problems loaded): the settings, and this
     session's speed-only settings appended to those of earlier sessions."""
     old = read_manifest(out_dir) or {"settings": settings, "sessions": []}
-    sessions = list(old.get("sessions", [])) + [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                  "problems_to_run": n_todo, **speed}]
+    sessions = list(old.get("sessions", [])) + [
+        {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "problems_to_run": n_todo, **speed}
+    ]
     os.makedirs(out_dir, exist_ok=True)
     write_json_atomic(os.path.join(out_dir, MANIFEST), {"settings": settings, "sessions": sessions})
 
@@ -192,26 +205,31 @@ def check_shards(paths: Sequence[str]) -> None:
             continue
         if len(shards) != len(members):
             whole = next(p for p, s in members if not s)
-            raise DataError(f"{whole} is an unsharded run of the same settings as the sharded runs given with it "
-                            f"(e.g. {shards[0][0]}): its problems would be counted twice")
+            raise DataError(
+                f"{whole} is an unsharded run of the same settings as the sharded runs given with it "
+                f"(e.g. {shards[0][0]}): its problems would be counted twice"
+            )
         parsed = {}
         for p, s in shards:
             k, _, n = s.partition("/")
             parsed.setdefault(int(n), {}).setdefault(int(k), []).append(p)
         if len(parsed) > 1:
             raise DataError(f"shards of one run must share N: got N = {sorted(parsed)} ({shards[0][0]} ...)")
-        (n, by_k), = parsed.items()
+        ((n, by_k),) = parsed.items()
         twice = {k: ps for k, ps in by_k.items() if len(ps) > 1}
         if twice:
             k, ps = next(iter(twice.items()))
             raise DataError(f"shard {k}/{n} is given twice ({', '.join(ps)}): overlapping shards")
         missing = sorted(set(range(n)) - set(by_k))
         if missing:
-            raise DataError(f"missing shard(s) {', '.join(f'{k}/{n}' for k in missing)} of this run (given: "
-                            f"{', '.join(f'{k}/{n}' for k in sorted(by_k))}); give every shard's directory")
+            raise DataError(
+                f"missing shard(s) {', '.join(f'{k}/{n}' for k in missing)} of this run (given: "
+                f"{', '.join(f'{k}/{n}' for k in sorted(by_k))}); give every shard's directory"
+            )
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
+
 
 def _percentile(xs: list[float], q: float) -> float:
     if not xs:
@@ -235,10 +253,13 @@ def compute_metrics(records: Sequence[ProblemRecord], policy: str, threshold: fl
 
     escalated = sum(bool(s.escalated) for s in steps)
     m = {
-        "policy": policy, "threshold": threshold, "n": n,
+        "policy": policy,
+        "threshold": threshold,
+        "n": n,
         "accuracy": sum(bool(r.correct) for r in records) / n if n else 0.0,
         "escalation_rate": escalated / len(steps) if steps else 0.0,
-        "steps": len(steps), "escalated_steps": escalated,
+        "steps": len(steps),
+        "escalated_steps": escalated,
         "steps_per_problem": len(steps) / n if n else 0.0,
         "draft_tokens_accepted": total("draft_tokens_accepted"),
         "draft_tokens_discarded": total("draft_tokens_discarded"),
@@ -254,21 +275,27 @@ def compute_metrics(records: Sequence[ProblemRecord], policy: str, threshold: fl
     m["draft_tokens_discarded_per_problem"] = m["draft_tokens_discarded"] / n if n else 0.0
     for model in ("draft", "target", "prm", "router", "judge"):
         secs = [r.seconds.get(model, 0.0) for r in records]
-        m[f"{model}_s"] = sum(secs)                    # summed over problems
+        m[f"{model}_s"] = sum(secs)  # summed over problems
         m[f"{model}_s_mean"] = statistics.fmean(secs) if secs else 0.0  # per problem
     spec = {k: total(k) for k in SPECULATION_COUNTS}
     target_steps = sum(1 for s in steps if s.speculation is not None)
     if target_steps:  # target-written steps that reused the draft's work
         m["speculation"] = {
-            **{k.removeprefix("spec_"): v for k, v in spec.items()}, "target_steps": target_steps,
+            **{k.removeprefix("spec_"): v for k, v in spec.items()},
+            "target_steps": target_steps,
             # the share of the rejected proposals' tokens the target kept
             "acceptance_rate": spec["spec_kept"] / spec["spec_proposed"] if spec["spec_proposed"] else None,
             # the share of the draft's in-step proposals the target accepted
-            "draft_acceptance_rate": (spec["spec_draft_accepted"] / spec["spec_draft_speculated"]
-                                      if spec["spec_draft_speculated"] else None),
+            "draft_acceptance_rate": (
+                spec["spec_draft_accepted"] / spec["spec_draft_speculated"] if spec["spec_draft_speculated"] else None
+            ),
             "target_forwards_per_target_step": spec["spec_target_forwards"] / target_steps,
-            "tokens_per_target_forward": (sum(s.n_tokens for s in steps if s.speculation is not None)
-                                          / spec["spec_target_forwards"] if spec["spec_target_forwards"] else None)}
+            "tokens_per_target_forward": (
+                sum(s.n_tokens for s in steps if s.speculation is not None) / spec["spec_target_forwards"]
+                if spec["spec_target_forwards"]
+                else None
+            ),
+        }
     adv = [s.scores["advantage"] for s in steps if s.scores.get("advantage") is not None]
     if adv:
         m["advantage_positive_rate"] = sum(a > 0 for a in adv) / len(adv)
@@ -284,6 +311,8 @@ def sessions_note(out_dir: str) -> str | None:
     keys = ("concurrency", "parallel", "device", "threads")
     seen = {tuple(s.get(k) for k in keys) for s in old.get("sessions", []) if s.get("problems_to_run")}
     if len(seen) > 1:
-        return (f"{out_dir}: problems ran in sessions with different speed settings ({', '.join(keys)}: "
-                f"{sorted(seen, key=str)}); their latencies are not comparable")
+        return (
+            f"{out_dir}: problems ran in sessions with different speed settings ({', '.join(keys)}: "
+            f"{sorted(seen, key=str)}); their latencies are not comparable"
+        )
     return None

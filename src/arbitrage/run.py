@@ -18,8 +18,16 @@ from .errors import ConfigError
 from .factory import ModelOptions, build_models
 from .records import ProblemRecord
 from .registry import registry
-from .results import (METRICS, ResultsFile, RunLock, check_manifest, compute_metrics, record_session,
-                      sessions_note, write_json_atomic)
+from .results import (
+    METRICS,
+    ResultsFile,
+    RunLock,
+    check_manifest,
+    compute_metrics,
+    record_session,
+    sessions_note,
+    write_json_atomic,
+)
 from .types import Problem
 
 
@@ -33,8 +41,8 @@ class RunConfig:
     models: dict = field(default_factory=dict)  # draft/target/prm/router -> path, hub id or URL
     limit: int | None = None
     offset: int = 0
-    shard: str | None = None        # "K/N": this run's share of the problems (data.shard_of)
-    template: str | None = None     # None: the data's own prompts when it has them, else qwen-math-cot
+    shard: str | None = None  # "K/N": this run's share of the problems (data.shard_of)
+    template: str | None = None  # None: the data's own prompts when it has them, else qwen-math-cot
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
@@ -47,8 +55,18 @@ class RunConfig:
     FREE = frozenset({"out", "limit", "offset", "progress", "grade_timeout"})
     # Change how fast problems run, not what they produce: recorded per session in run.json (a resumed run with
     # other values is allowed, and its metrics say that latencies come from mixed sessions).
-    SPEED_ONLY = frozenset({"concurrency", "parallel", "device", "threads", "server_concurrency", "fast_decode",
-                            "static_slots", "static_len"})
+    SPEED_ONLY = frozenset(
+        {
+            "concurrency",
+            "parallel",
+            "device",
+            "threads",
+            "server_concurrency",
+            "fast_decode",
+            "static_slots",
+            "static_len",
+        }
+    )
     # Reusing the draft's work gives the target's own greedy steps token for token, so it only changes speed
     # when decoding is greedy; when sampling, it draws other (equally distributed) steps, so it changes results.
     SPEED_ONLY_WHEN_GREEDY = frozenset({"verify", "gamma"})
@@ -78,8 +96,12 @@ class RunConfig:
     def speed_settings(self) -> dict:
         """This session's SPEED_ONLY values (recorded per session in run.json)."""
         speed = self._speed_only()
-        return {g.name: _plain(getattr(obj, g.name)) for obj in (self.engine, self.model_options)
-                for g in dataclasses.fields(obj) if g.name in speed}
+        return {
+            g.name: _plain(getattr(obj, g.name))
+            for obj in (self.engine, self.model_options)
+            for g in dataclasses.fields(obj)
+            if g.name in speed
+        }
 
 
 def _plain(v):
@@ -92,10 +114,22 @@ def _plain(v):
 
 def to_record(res: ProblemResult, grade, policy: str, threshold: float | None) -> ProblemRecord:
     p = res.problem
-    return ProblemRecord(id=p.id, question=p.question, gold=p.gold, prediction=grade.prediction,
-                         correct=bool(grade.correct), grade_reason=grade.reason, policy=policy, threshold=threshold,
-                         finish=res.finish, latency_s=res.latency_s, seconds=res.seconds, counts=res.counts,
-                         solution=res.solution, steps=res.records)
+    return ProblemRecord(
+        id=p.id,
+        question=p.question,
+        gold=p.gold,
+        prediction=grade.prediction,
+        correct=bool(grade.correct),
+        grade_reason=grade.reason,
+        policy=policy,
+        threshold=threshold,
+        finish=res.finish,
+        latency_s=res.latency_s,
+        seconds=res.seconds,
+        counts=res.counts,
+        solution=res.solution,
+        steps=res.records,
+    )
 
 
 def load_run_problems(cfg: RunConfig) -> list[Problem]:
@@ -106,16 +140,31 @@ def load_run_problems(cfg: RunConfig) -> list[Problem]:
         from .factory import load_chat_tokenizer
 
         tokenizer = load_chat_tokenizer(cfg.models)
-    selected = load_problems(cfg.data, question_field=cfg.question_field, answer_field=cfg.answer_field,
-                             id_field=cfg.id_field, limit=cfg.limit, offset=cfg.offset, template=cfg.template,
-                             tokenizer=tokenizer, shard=cfg.shard)
+    selected = load_problems(
+        cfg.data,
+        question_field=cfg.question_field,
+        answer_field=cfg.answer_field,
+        id_field=cfg.id_field,
+        limit=cfg.limit,
+        offset=cfg.offset,
+        template=cfg.template,
+        tokenizer=tokenizer,
+        shard=cfg.shard,
+    )
     if not selected:
-        total = len(load_problems(cfg.data, question_field=cfg.question_field, answer_field=cfg.answer_field,
-                                  id_field=cfg.id_field, template=cfg.template, tokenizer=tokenizer,
-                                  shard=cfg.shard))
+        total = len(
+            load_problems(
+                cfg.data,
+                question_field=cfg.question_field,
+                answer_field=cfg.answer_field,
+                id_field=cfg.id_field,
+                template=cfg.template,
+                tokenizer=tokenizer,
+                shard=cfg.shard,
+            )
+        )
         where = f" of shard {cfg.shard}" if cfg.shard else ""
-        raise ConfigError(f"--offset {cfg.offset} selects no problem{where}: {cfg.data!r} has {total} problems"
-                          f"{where}")
+        raise ConfigError(f"--offset {cfg.offset} selects no problem{where}: {cfg.data!r} has {total} problems{where}")
     return selected
 
 
@@ -145,8 +194,7 @@ class Point:
         return Engine(self.policy, models, cfg.engine)
 
 
-def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem] | None = None,
-        grader=None) -> dict:
+def run(cfg: RunConfig, *, models: Models | None = None, problems: list[Problem] | None = None, grader=None) -> dict:
     """Run (or resume) and return the metrics of every problem finished in `cfg.out`."""
     from .grading import Grader
 
@@ -187,7 +235,7 @@ class PointRun:
         self.producer = None
         self.started = False
 
-    def __enter__(self) -> "PointRun":
+    def __enter__(self) -> PointRun:
         self._lock.__enter__()
         try:
             check_manifest(self.cfg.out, self.settings)
@@ -207,7 +255,7 @@ class PointRun:
     def todo(self, problems: list[Problem]) -> list[Problem]:
         return [p for p in problems if p.id not in self.done]
 
-    def produce(self, problems: list[Problem], models: Models, saver: "Saver", n_todo: int | None = None) -> None:
+    def produce(self, problems: list[Problem], models: Models, saver: Saver, n_todo: int | None = None) -> None:
         """Run these (unfinished) problems; each is graded and appended as it ends. `n_todo`: how many this
         session will run in all (recorded in run.json when the first block starts)."""
         todo = self.todo(problems)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import factory
 from .engine import ROLES, Engine, Models
-from .models import roles_to_load
 from .errors import ConfigError
+from .models import roles_to_load
 from .policies import make_policy
 from .registry import registry
 from .results import ResultsFile
-from .run import Point, RunConfig, load_run_problems, replace, run
+from .run import Point, RunConfig, load_run_problems, replace
 from .types import GenerationRequest, RouteRequest, ScoreRequest
 
 
@@ -33,8 +33,9 @@ def sweep_policy_names() -> tuple[str, ...]:
 
 # --- which points ------------------------------------------------------------------------------------------
 
+
 def parse_values(text: str) -> list[float]:
-    """"0.3,0.5,0.7" or "0.1:0.9:0.2" (start:stop:step, stop included) or a mix: "0,0.1:0.5:0.2"."""
+    """ "0.3,0.5,0.7" or "0.1:0.9:0.2" (start:stop:step, stop included) or a mix: "0,0.1:0.5:0.2"."""
     values: list[float] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -49,8 +50,10 @@ def parse_values(text: str) -> list[float]:
             else:
                 values.append(float(part))
         except ValueError:
-            raise ConfigError(f"threshold list {text!r}: {part!r} is neither a number nor START:STOP:STEP "
-                              f"with STEP > 0 and STOP >= START") from None
+            raise ConfigError(
+                f"threshold list {text!r}: {part!r} is neither a number nor START:STOP:STEP "
+                f"with STEP > 0 and STOP >= START"
+            ) from None
     if not values or not all(math.isfinite(v) for v in values):
         raise ConfigError(f"threshold list {text!r} has no finite values")
     return sorted(set(values))
@@ -98,9 +101,15 @@ def point_dir(policy: str, threshold: float | None) -> str:
 
 # --- running ---------------------------------------------------------------------------------------------
 
+
 def _point_config(base: RunConfig, policy: str, threshold: float | None, out_dir: str, progress: bool) -> RunConfig:
-    cfg = replace(base, policy=policy, threshold=threshold, out=os.path.join(out_dir, point_dir(policy, threshold)),
-                  progress=progress)
+    cfg = replace(
+        base,
+        policy=policy,
+        threshold=threshold,
+        out=os.path.join(out_dir, point_dir(policy, threshold)),
+        progress=progress,
+    )
     point = Point(cfg)
     cfg.policy_options = {k: v for k, v in base.policy_options.items() if _takes(policy, k)}
     cfg.models = {r: v for r, v in base.models.items() if v and r in roles_to_load(point.needs)}
@@ -137,9 +146,17 @@ def warm_up(models: Models, grader, problem) -> None:
         models.router.release(key)
 
 
-def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: str, progress: bool = True,
-              *, report: bool = True, plots: bool = True, interleave: bool = True,
-              extra: Sequence[RunConfig] = ()) -> list[dict]:
+def run_sweep(
+    base: RunConfig,
+    points: list[tuple[str, float | None]],
+    out_dir: str,
+    progress: bool = True,
+    *,
+    report: bool = True,
+    plots: bool = True,
+    interleave: bool = True,
+    extra: Sequence[RunConfig] = (),
+) -> list[dict]:
     """Run every (policy, threshold) point over `base`'s data and models; returns one metrics dict per point
     (each with `dir`, its folder). `extra`: more points given as whole configs (their own models or options,
     e.g. a router trained for early decisions), run in the same sweep. Problems and each model are loaded once
@@ -162,8 +179,9 @@ def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: 
         needs = _needs(cfg)
         missing = [r for r in sorted(roles_to_load(needs)) if r not in cfg.models]
         if missing:
-            raise ConfigError(f"point {point_dir(cfg.policy, cfg.threshold)} needs " +
-                              ", ".join(f"--{m}" for m in missing))
+            raise ConfigError(
+                f"point {point_dir(cfg.policy, cfg.threshold)} needs " + ", ".join(f"--{m}" for m in missing)
+            )
     os.makedirs(out_dir, exist_ok=True)
     problems = load_run_problems(base)
     with ExitStack() as stack:
@@ -179,7 +197,7 @@ def run_sweep(base: RunConfig, points: list[tuple[str, float | None]], out_dir: 
                 warm_up(_union(models, pending), grader, problems[0])
             block = max(1, base.engine.concurrency) if interleave else len(problems)
             for b, start in enumerate(range(0, len(problems), block)):
-                chunk = problems[start:start + block]
+                chunk = problems[start : start + block]
                 turn = b % len(pending) if pending else 0
                 for r in pending[turn:] + pending[:turn]:
                     r.produce(chunk, models[id(r)], saver, n_todo=todo[id(r)])
@@ -253,8 +271,10 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) ->
         raise ConfigError("give the shard sweeps' directories")
     names = [sorted(d for d in os.listdir(s) if os.path.isfile(os.path.join(s, d, "run.json"))) for s in shard_dirs]
     if any(n != names[0] for n in names):
-        raise ConfigError(f"the shard sweeps have different points: {names[0]} in {shard_dirs[0]}, "
-                          f"{next(n for n in names if n != names[0])} elsewhere")
+        raise ConfigError(
+            f"the shard sweeps have different points: {names[0]} in {shard_dirs[0]}, "
+            f"{next(n for n in names if n != names[0])} elsewhere"
+        )
     merged = []
     for point in names[0]:
         dirs = [os.path.join(s, point) for s in shard_dirs]
@@ -274,12 +294,13 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) ->
         first = read_manifest(dirs[0])
         settings = dict(first["settings"], shard=None)
         sessions = [s for d in dirs for s in (read_manifest(d) or {}).get("sessions", [])]
-        write_json_atomic(os.path.join(target, "run.json"), {"settings": settings, "sessions": sessions,
-                                                              "merged_from": [os.path.abspath(d) for d in dirs]})
+        write_json_atomic(
+            os.path.join(target, "run.json"),
+            {"settings": settings, "sessions": sessions, "merged_from": [os.path.abspath(d) for d in dirs]},
+        )
         policy, threshold = settings.get("policy"), settings.get("threshold")
         metrics = compute_metrics(records, policy, threshold)
-        metrics.update(dir=point, concurrency=(sessions[0].get("concurrency") if sessions else None),
-                       shards=len(dirs))
+        metrics.update(dir=point, concurrency=(sessions[0].get("concurrency") if sessions else None), shards=len(dirs))
         write_json_atomic(os.path.join(target, METRICS), metrics)
         merged.append(metrics)
     from .sweep_report import write_report

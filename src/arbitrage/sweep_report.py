@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from .results import write_json_atomic
 
@@ -51,8 +51,16 @@ def latency_at(front: Sequence[dict], accuracy: float, x: str = X, y: str = Y) -
 
 def compare(name_a: str, front_a: Sequence[dict], name_b: str, front_b: Sequence[dict]) -> dict:
     """Latency of `name_a` against `name_b` at matched accuracy; speedup = latency_b / latency_a."""
-    out = {"a": name_a, "b": name_b, "span_a": None, "span_b": None, "status": "no_points", "at": [],
-           "headline": None, "note": ""}
+    out = {
+        "a": name_a,
+        "b": name_b,
+        "span_a": None,
+        "span_b": None,
+        "status": "no_points",
+        "at": [],
+        "headline": None,
+        "note": "",
+    }
     if not front_a or not front_b:
         missing = name_a if not front_a else name_b
         out["note"] = f"{missing} has no points"
@@ -66,8 +74,10 @@ def compare(name_a: str, front_a: Sequence[dict], name_b: str, front_b: Sequence
             below, sb, above, sa = name_a, span_a, name_b, span_b
         else:
             below, sb, above, sa = name_b, span_b, name_a, span_a
-        out["note"] = (f"accuracies do not overlap: {below} spans {_span(sb)}, all below {above}'s {_span(sa)}; "
-                       f"no latency at matched accuracy")
+        out["note"] = (
+            f"accuracies do not overlap: {below} spans {_span(sb)}, all below {above}'s {_span(sa)}; "
+            f"no latency at matched accuracy"
+        )
         return out
     levels = sorted({p[Y] for p in (*front_a, *front_b) if lo - EPS <= p[Y] <= hi + EPS} | {lo, hi})
     rows = []
@@ -75,11 +85,18 @@ def compare(name_a: str, front_a: Sequence[dict], name_b: str, front_b: Sequence
         la, lb = latency_at(front_a, acc), latency_at(front_b, acc)
         if la is None or lb is None:
             continue
-        rows.append({"accuracy": acc, f"latency_{name_a}": la, f"latency_{name_b}": lb,
-                     "speedup": lb / la if la > 0 else math.inf})
+        rows.append(
+            {
+                "accuracy": acc,
+                f"latency_{name_a}": la,
+                f"latency_{name_b}": lb,
+                "speedup": lb / la if la > 0 else math.inf,
+            }
+        )
     rows = _dedupe(rows)
-    out.update(status="matched", at=rows, headline=rows[-1] if rows else None,
-               note=f"matched on accuracy {_span((lo, hi))}")
+    out.update(
+        status="matched", at=rows, headline=rows[-1] if rows else None, note=f"matched on accuracy {_span((lo, hi))}"
+    )
     return out
 
 
@@ -106,35 +123,51 @@ def summarize(points: Sequence[dict]) -> dict:
         m.setdefault("accuracy_se", math.sqrt(m[Y] * (1 - m[Y]) / m["n"]) if m.get("n") else 0.0)
         by_policy.setdefault(m["policy"], []).append(m)
     fronts = {name: pareto_frontier(ms) for name, ms in by_policy.items()}
-    comparisons = [compare("router", fronts["router"], b, fronts[b]) for b in fronts
-                   if "router" in fronts and b not in NOT_BASELINES]
+    comparisons = [
+        compare("router", fronts["router"], b, fronts[b])
+        for b in fronts
+        if "router" in fronts and b not in NOT_BASELINES
+    ]
     notes = []
     if "router" not in fronts:
         notes.append("no router points: no matched-accuracy comparison")
     conc = sorted({m["concurrency"] for m in points if m.get("concurrency")})
     if len(conc) > 1:
-        notes.append(f"points ran with different numbers of problems in flight {conc} (assisted runs one at a "
-                     f"time): their latencies are not comparable; use --concurrency 1")
+        notes.append(
+            f"points ran with different numbers of problems in flight {conc} (assisted runs one at a "
+            f"time): their latencies are not comparable; use --concurrency 1"
+        )
     ns = sorted({m.get("n") for m in points})
     if len(ns) > 1:
         notes.append(f"points have different numbers of problems {ns}: finish the sweep before comparing")
-    return {"points": list(points),
-            "frontiers": {name: [{"label": label(p), "threshold": p.get("threshold"), Y: p[Y], X: p[X],
-                                  "dir": p.get("dir")} for p in f] for name, f in fronts.items()},
-            "comparisons": comparisons, "notes": notes}
+    return {
+        "points": list(points),
+        "frontiers": {
+            name: [
+                {"label": label(p), "threshold": p.get("threshold"), Y: p[Y], X: p[X], "dir": p.get("dir")} for p in f
+            ]
+            for name, f in fronts.items()
+        },
+        "comparisons": comparisons,
+        "notes": notes,
+    }
 
 
 def format_table(summary: dict) -> str:
     on_front = {(f["label"]) for fs in summary["frontiers"].values() for f in fs}
-    head = (f"{'point':<18} {'n':>4} {'acc':>6} {'±se':>5} {'esc':>5} {'lat_mean':>9} {'lat_p50':>8} "
-            f"{'tgt_calls':>9} {'judge':>6} {'tgt_tok':>8} {'drf_acc':>8} front")
+    head = (
+        f"{'point':<18} {'n':>4} {'acc':>6} {'±se':>5} {'esc':>5} {'lat_mean':>9} {'lat_p50':>8} "
+        f"{'tgt_calls':>9} {'judge':>6} {'tgt_tok':>8} {'drf_acc':>8} front"
+    )
     lines = [head, "-" * len(head)]
     for m in summary["points"]:
         esc = m.get("escalation_rate")
-        lines.append(f"{label(m):<18} {m['n']:>4} {m[Y]:>6.3f} {m['accuracy_se']:>5.3f} "
-                     f"{'  -  ' if esc is None else format(esc, '5.3f')} {m[X]:>9.3f} {m['latency_s_p50']:>8.3f} "
-                     f"{m['target_calls']:>9} {m.get('judge_calls', 0):>6} {m['target_tokens']:>8} "
-                     f"{m['draft_tokens_accepted']:>8} {'*' if label(m) in on_front else ''}")
+        lines.append(
+            f"{label(m):<18} {m['n']:>4} {m[Y]:>6.3f} {m['accuracy_se']:>5.3f} "
+            f"{'  -  ' if esc is None else format(esc, '5.3f')} {m[X]:>9.3f} {m['latency_s_p50']:>8.3f} "
+            f"{m['target_calls']:>9} {m.get('judge_calls', 0):>6} {m['target_tokens']:>8} "
+            f"{m['draft_tokens_accepted']:>8} {'*' if label(m) in on_front else ''}"
+        )
     lines.append("")
     lines.append("latency at matched accuracy (speedup = other's latency / router's; > 1: router faster):")
     for c in summary["comparisons"]:
@@ -142,8 +175,10 @@ def format_table(summary: dict) -> str:
         if c["status"] == "matched" and h is not None:
             ci = c.get("ci95")
             interval = f" [95% CI {ci[0]:.2f}-{ci[1]:.2f}, n={c.get('n_paired')}]" if ci else ""
-            lines.append(f"  router vs {c['b']:<10} at acc {h['accuracy']:.3f}: {h['speedup']:.2f}x{interval} "
-                         f"({h['latency_' + c['b']]:.3f} s vs {h['latency_router']:.3f} s); {c['note']}")
+            lines.append(
+                f"  router vs {c['b']:<10} at acc {h['accuracy']:.3f}: {h['speedup']:.2f}x{interval} "
+                f"({h['latency_' + c['b']]:.3f} s vs {h['latency_router']:.3f} s); {c['note']}"
+            )
         else:
             lines.append(f"  router vs {c['b']:<10} {c['note']}")
     if not summary["comparisons"]:
@@ -169,22 +204,37 @@ def plot(summary: dict, out_dir: str) -> list[str]:
         by_policy.setdefault(m["policy"], []).append(m)
     ns = sorted({m.get("n") for m in summary["points"] if m.get("n")})
     conc = sorted({m.get("concurrency") for m in summary["points"] if m.get("concurrency")})
-    sub = (f"n = {'/'.join(map(str, ns))} problems" + (f", {'/'.join(map(str, conc))} in flight" if conc else "")
-           + (", points interleaved problem by problem" if any(m.get("interleaved") for m in summary["points"])
-              else ""))
+    sub = (
+        f"n = {'/'.join(map(str, ns))} problems"
+        + (f", {'/'.join(map(str, conc))} in flight" if conc else "")
+        + (", points interleaved problem by problem" if any(m.get("interleaved") for m in summary["points"]) else "")
+    )
     paths = []
     for fname, xkey, xlabel, title in (
-            ("accuracy_vs_latency.png", X, "mean latency per problem (seconds)", "Accuracy against latency"),
-            ("accuracy_vs_escalation.png", "escalation_rate", "escalation rate (share of steps the target wrote)",
-             "Accuracy against escalation rate")):
+        ("accuracy_vs_latency.png", X, "mean latency per problem (seconds)", "Accuracy against latency"),
+        (
+            "accuracy_vs_escalation.png",
+            "escalation_rate",
+            "escalation rate (share of steps the target wrote)",
+            "Accuracy against escalation rate",
+        ),
+    ):
         fig, ax = plt.subplots(figsize=(7.6, 5.2), dpi=130)
         labels = []
         for k, (name, ms) in enumerate(by_policy.items()):
             ms = sorted((m for m in ms if m.get(xkey) is not None), key=lambda m: m[xkey])
             if not ms:
                 continue
-            err = ax.errorbar([m[xkey] for m in ms], [m[Y] for m in ms], yerr=[m.get("accuracy_se", 0) for m in ms],
-                              fmt=MARKERS[k % len(MARKERS)], ms=5, capsize=2, elinewidth=0.8, label=name)
+            err = ax.errorbar(
+                [m[xkey] for m in ms],
+                [m[Y] for m in ms],
+                yerr=[m.get("accuracy_se", 0) for m in ms],
+                fmt=MARKERS[k % len(MARKERS)],
+                ms=5,
+                capsize=2,
+                elinewidth=0.8,
+                label=name,
+            )
             color = err.lines[0].get_color()
             line = pareto_frontier(ms, x=xkey) if xkey == X else ms
             if len(line) > 1:
@@ -195,11 +245,16 @@ def plot(summary: dict, out_dir: str) -> list[str]:
         ax.set_title(f"{title}\n({sub})", fontsize=10)
         ax.grid(alpha=0.3)
         handles, names = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="gray", lw=1.2),
-                    Line2D([], [], ls="", marker="$0.5$", color="gray", ms=12),
-                    Line2D([], [], ls="", marker="|", color="gray", ms=8)]
-        names += ["line: the policy's Pareto frontier" if xkey == X else "line: the policy's points in order",
-                  "label: the point's threshold τ", "bar: ± one standard error"]
+        handles += [
+            Line2D([], [], color="gray", lw=1.2),
+            Line2D([], [], ls="", marker="$0.5$", color="gray", ms=12),
+            Line2D([], [], ls="", marker="|", color="gray", ms=8),
+        ]
+        names += [
+            "line: the policy's Pareto frontier" if xkey == X else "line: the policy's points in order",
+            "label: the point's threshold τ",
+            "bar: ± one standard error",
+        ]
         ax.legend(handles, names, fontsize=7, loc="lower right", framealpha=0.9)
         fig.tight_layout()
         _place_labels(fig, ax, labels)
@@ -219,14 +274,24 @@ def _place_labels(fig, ax, labels: list[tuple[float, float, str, str]]) -> int:
     points = [ax.transData.transform((x, y)) for x, y, _, _ in labels]
     dropped = 0
     offsets = [(4, 4), (4, -11), (-6, 6), (-6, -12), (8, 0), (-10, 0), (0, 10), (0, -15), (10, 10), (10, -18)]
-    for (x, y, text, color) in labels:
+    for x, y, text, color in labels:
         for dx, dy in offsets:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6.5, color=color,
-                              ha="right" if dx < 0 else "left")
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=6.5,
+                color=color,
+                ha="right" if dx < 0 else "left",
+            )
             box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
             hits_point = any(box.contains(px, py) for px, py in points)
-            if not hits_point and not any(box.overlaps(t) for t in taken) and \
-                    ax.get_window_extent(renderer).contains(box.x0, box.y0):
+            if (
+                not hits_point
+                and not any(box.overlaps(t) for t in taken)
+                and ax.get_window_extent(renderer).contains(box.x0, box.y0)
+            ):
                 taken.append(box)
                 break
             ann.remove()

@@ -15,12 +15,14 @@ servers: backends/openai_compat.py via top log-probs of a one-token completion).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 # Appended after the draft step (which already ends with the separator when it stopped there). It ends with
 # "Score: " so that the next token is the digit itself for tokenizers that split digits (Qwen, Llama-3).
-JUDGE_QUESTION = ("[Review] Judge only the last step above: is it correct and does it follow from the earlier "
-                  "steps? Answer with one digit from 0 (wrong) to 9 (certainly correct).\nScore: ")
+JUDGE_QUESTION = (
+    "[Review] Judge only the last step above: is it correct and does it follow from the earlier "
+    "steps? Answer with one digit from 0 (wrong) to 9 (certainly correct).\nScore: "
+)
 
 DIGITS = tuple(str(d) for d in range(10))
 

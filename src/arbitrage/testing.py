@@ -26,8 +26,12 @@ def make_tokenizer(out_dir: str, vocab_size: int = 300):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
     fast.save_pretrained(out_dir)
@@ -37,15 +41,32 @@ def make_tokenizer(out_dir: str, vocab_size: int = 300):
 def _config(tokenizer, hidden: int, layers: int, heads: int, **kw):
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                       max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-                       bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       tie_word_embeddings=False, **kw)
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **kw,
+    )
 
 
-def make_causal_lm(out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 0,
-                   init_scale: float = 0.2, eos_bias: float = 0.0, separator_bias: float = 0.0):
+def make_causal_lm(
+    out_dir: str,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    init_scale: float = 0.2,
+    eos_bias: float = 0.0,
+    separator_bias: float = 0.0,
+):
     """A random Qwen2 causal LM. `init_scale` makes logits peaky (greedy ties are then vanishingly rare);
     `separator_bias`/`eos_bias` push the lm head towards "\\n\\n"/eos so steps end on their own."""
     from transformers import Qwen2ForCausalLM
@@ -66,8 +87,9 @@ def make_causal_lm(out_dir: str, hidden: int = 64, layers: int = 2, heads: int =
     return model, tok
 
 
-def make_token_classifier(out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 1,
-                          router: bool = False):
+def make_token_classifier(
+    out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 1, router: bool = False
+):
     """A random 2-label Qwen2ForTokenClassification (a token-classification PRM, or with `router` a router:
     with the arbitrage_router.json a trained router has)."""
     from transformers import Qwen2ForTokenClassification
@@ -81,8 +103,15 @@ def make_token_classifier(out_dir: str, hidden: int = 64, layers: int = 2, heads
     if router:
         from .formats import write_router_meta
 
-        write_router_meta(out_dir, {"kind": "classifier", "separator": "\n\n", "author_tags": True,
-                                    "note": "random weights (arbitrage.testing)"})
+        write_router_meta(
+            out_dir,
+            {
+                "kind": "classifier",
+                "separator": "\n\n",
+                "author_tags": True,
+                "note": "random weights (arbitrage.testing)",
+            },
+        )
     return model, tok
 
 
@@ -127,7 +156,7 @@ class ShareRouter:
 
     def escalates(self, key: str, step_index: int) -> bool:
         h = hashlib.sha256(f"{key}:{step_index}".encode()).digest()
-        return int.from_bytes(h[:4], "big") / 2 ** 32 < self.share
+        return int.from_bytes(h[:4], "big") / 2**32 < self.share
 
     def predict(self, requests):
         return [1.0 if self.escalates(r.key, len(r.steps)) else 0.0 for r in requests]

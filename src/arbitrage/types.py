@@ -7,8 +7,9 @@ scorers, policies and the engine can exchange it without importing each other.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 Author = Literal["draft", "target"]
 # Why a model stopped writing a step: at the step separator, at end-of-sequence, or at a token limit.
@@ -63,8 +64,11 @@ class Sampling:
 
     def over(self, temperature: float, top_p: float, seed: int | None) -> tuple[float, float, int | None]:
         """(temperature, top_p, seed): these settings where set, the generator's defaults where not."""
-        return (temperature if self.temperature is None else self.temperature,
-                top_p if self.top_p is None else self.top_p, seed if self.seed is None else self.seed)
+        return (
+            temperature if self.temperature is None else self.temperature,
+            top_p if self.top_p is None else self.top_p,
+            seed if self.seed is None else self.seed,
+        )
 
 
 @dataclass
@@ -104,7 +108,7 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float] | None = None
     n_prefill: int = 0  # tokens whose keys/values were computed before decoding (0 when unknown)
-    n_reused: int = 0   # context tokens whose cached keys/values were reused (0 when unknown)
+    n_reused: int = 0  # context tokens whose cached keys/values were reused (0 when unknown)
     extras: dict = field(default_factory=dict)
 
 
@@ -144,8 +148,9 @@ def context_text(prompt: str, steps: Sequence[Step], separator: str) -> str:
     return prompt + "".join(s.context_text(separator) for s in steps)
 
 
-def context_ids(encode, owner: str, separator: str, prompt: str, steps: Sequence[Step],
-                prefix: Step | None = None) -> list[int]:
+def context_ids(
+    encode, owner: str, separator: str, prompt: str, steps: Sequence[Step], prefix: Step | None = None
+) -> list[int]:
     """The token ids a model named `owner` reads for this context: the prompt with special tokens, then each
     step: the owner's own ids when it wrote the step, else the step's text re-tokenized; then a partial step
     (`prefix`) it is continuing. `encode(text, special)`. The in-process and the served backends both build

@@ -29,16 +29,19 @@ PROPOSAL_FIELDS = ("text", "stop", "n_tokens")  # per-token features (logprobs, 
 
 
 def kind_of(path: str) -> str:
-    """"sweep" or "run"; a ConfigError naming what was looked for when the directory is neither."""
+    """ "sweep" or "run"; a ConfigError naming what was looked for when the directory is neither."""
     if not os.path.isdir(path):
-        raise ConfigError(f"{path}: no such directory (give a run directory with {RESULTS} or a sweep directory "
-                          f"with {SWEEP})")
+        raise ConfigError(
+            f"{path}: no such directory (give a run directory with {RESULTS} or a sweep directory with {SWEEP})"
+        )
     if os.path.isfile(os.path.join(path, SWEEP)):
         return "sweep"
     if results_path(path) is not None:
         return "run"
-    raise ConfigError(f"{path} is neither a run directory (no {RESULTS} or {RESULTS}.gz) nor a sweep directory "
-                      f"(no {SWEEP}); give the --out of `arbitrage run` or `arbitrage sweep`")
+    raise ConfigError(
+        f"{path} is neither a run directory (no {RESULTS} or {RESULTS}.gz) nor a sweep directory "
+        f"(no {SWEEP}); give the --out of `arbitrage run` or `arbitrage sweep`"
+    )
 
 
 def results_path(run_dir: str) -> str | None:
@@ -93,17 +96,36 @@ def _proposal(p) -> dict | None:
 
 def step_data(s) -> dict:
     """A step as the page draws it (the shape of the server stream's `arbitrage` field, with its text)."""
-    return {"index": s.index, "author": s.author, "escalated": s.escalated, "text": s.text, "stop": s.stop,
-            "n_tokens": s.n_tokens, "scores": {k: v for k, v in s.scores.items() if not isinstance(v, (list, dict))},
-            "draft": _proposal(s.draft) if s.author != "draft" else None,
-            "target": _proposal(s.target) if s.author != "target" else None,
-            "discarded_draft_tokens": s.discarded_draft_tokens, "seconds": s.seconds, "speculation": s.speculation}
+    return {
+        "index": s.index,
+        "author": s.author,
+        "escalated": s.escalated,
+        "text": s.text,
+        "stop": s.stop,
+        "n_tokens": s.n_tokens,
+        "scores": {k: v for k, v in s.scores.items() if not isinstance(v, (list, dict))},
+        "draft": _proposal(s.draft) if s.author != "draft" else None,
+        "target": _proposal(s.target) if s.author != "target" else None,
+        "discarded_draft_tokens": s.discarded_draft_tokens,
+        "seconds": s.seconds,
+        "speculation": s.speculation,
+    }
 
 
 def problem_data(r: ProblemRecord) -> dict:
-    return {"id": r.id, "question": r.question, "gold": r.gold, "prediction": r.prediction, "correct": r.correct,
-            "grade_reason": r.grade_reason, "finish": r.finish, "latency_s": r.latency_s, "seconds": r.seconds,
-            "counts": r.counts, "steps": [step_data(s) for s in r.steps]}
+    return {
+        "id": r.id,
+        "question": r.question,
+        "gold": r.gold,
+        "prediction": r.prediction,
+        "correct": r.correct,
+        "grade_reason": r.grade_reason,
+        "finish": r.finish,
+        "latency_s": r.latency_s,
+        "seconds": r.seconds,
+        "counts": r.counts,
+        "steps": [step_data(s) for s in r.steps],
+    }
 
 
 def _label(m: dict) -> str:
@@ -122,8 +144,14 @@ def run_point(run_dir: str, metrics: dict | None = None, name: str | None = None
         else:
             first = records[0] if records else None
             metrics = compute_metrics(records, first.policy if first else "", first.threshold if first else None)
-    return {"label": name or _label(metrics), "dir": os.path.basename(os.path.normpath(run_dir)), "metrics": metrics,
-            "frontier": False, "problems": [problem_data(r) for r in records], "note": None}
+    return {
+        "label": name or _label(metrics),
+        "dir": os.path.basename(os.path.normpath(run_dir)),
+        "metrics": metrics,
+        "frontier": False,
+        "problems": [problem_data(r) for r in records],
+        "note": None,
+    }
 
 
 MATCH_KEYS = ("threshold", "n", "accuracy", "steps", "escalated_steps", "latency_s_mean")
@@ -168,9 +196,13 @@ def sweep_points(sweep_dir: str, summary: dict) -> list[dict]:
         if where is not None and results_path(where) is not None:
             p = run_point(where, metrics=m, name=_label(m))
         else:
-            p = {"label": _label(m), "metrics": m, "problems": [],
-                 "note": f"this point's results are not in {where or sweep_dir} (moved or not copied): "
-                         f"its metrics come from {SWEEP}"}
+            p = {
+                "label": _label(m),
+                "metrics": m,
+                "problems": [],
+                "note": f"this point's results are not in {where or sweep_dir} (moved or not copied): "
+                f"its metrics come from {SWEEP}",
+            }
         p["dir"], p["frontier"] = rel, _label(m) in on_front
         points.append(p)
     if not points:
@@ -188,8 +220,14 @@ def report_data(path: str) -> dict:
     """Everything the report shows, as one JSON-able dict."""
     path = os.path.normpath(path)
     kind = kind_of(path)
-    data = {"kind": kind, "source": path, "generated": time.strftime("%Y-%m-%d %H:%M"),
-            "plots": [], "summary_name": None, "summary_text": None}
+    data = {
+        "kind": kind,
+        "source": path,
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+        "plots": [],
+        "summary_name": None,
+        "summary_text": None,
+    }
     if kind == "run":
         data["points"] = [run_point(path)]
         return data
@@ -235,7 +273,7 @@ def render(data: dict) -> str:
 <body data-state="loading">
 <header class="top">
   <h1>arbitrage</h1>
-  <span class="sub">where the target was called: {html.escape(data['source'])}</span>
+  <span class="sub">where the target was called: {html.escape(data["source"])}</span>
 </header>
 <main id="report"><noscript>This report needs JavaScript to draw its problems.</noscript></main>
 <script type="application/json" id="data">{payload}</script>
@@ -274,10 +312,13 @@ def cmd_view(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("view", help="one self-contained HTML report of a run or sweep: where the target was called",
-                       description="Write one self-contained HTML file (no network needed to open it) showing a run "
-                                   "directory's (or a sweep directory's) metrics, plots and every problem's steps "
-                                   "coloured by who wrote them: the draft's kept, or escalated to the target.")
+    p = sub.add_parser(
+        "view",
+        help="one self-contained HTML report of a run or sweep: where the target was called",
+        description="Write one self-contained HTML file (no network needed to open it) showing a run "
+        "directory's (or a sweep directory's) metrics, plots and every problem's steps "
+        "coloured by who wrote them: the draft's kept, or escalated to the target.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out of `arbitrage run` or `arbitrage sweep`")
     p.add_argument("--out", help=f"the HTML file to write (default RUN_DIR/{REPORT})")
     p.add_argument("--quiet", action="store_true", help="print nothing")

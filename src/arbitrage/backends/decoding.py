@@ -9,7 +9,7 @@ logits, picks the tokens and says which rows go on. How keys/values are kept is 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -28,10 +28,13 @@ class Call:
         for i, req in enumerate(requests):
             if req.max_new_tokens <= 0 or req.key in gen._cancelled:
                 p = req.prefix
-                self.results[i] = Generation(text=p.text if p else "", stop="length",
-                                             token_ids=list(p.token_ids or []) if p else [],
-                                             logprobs=list(p.logprobs or []) if p else [],
-                                             extras={"generator": gen.name})
+                self.results[i] = Generation(
+                    text=p.text if p else "",
+                    stop="length",
+                    token_ids=list(p.token_ids or []) if p else [],
+                    logprobs=list(p.logprobs or []) if p else [],
+                    extras={"generator": gen.name},
+                )
                 continue
             self.active.append(i)
             ids = gen.context_ids(req.prompt, req.steps)
@@ -69,8 +72,9 @@ class Decoding:
                 self.dists[i] = list(before) if before is not None else []
             self.limit[i] = len(self.out_ids[i]) + req.max_new_tokens
 
-    def advance(self, logits: torch.Tensor, hidden: torch.Tensor | None,
-                on_finish: Callable[[int, int], None] | None = None) -> list[int]:
+    def advance(
+        self, logits: torch.Tensor, hidden: torch.Tensor | None, on_finish: Callable[[int, int], None] | None = None
+    ) -> list[int]:
         """Pick each row's next token; rows whose step ends (or whose problem was cancelled) get their result
         and `on_finish(batch row, request index)`. Returns the batch rows that go on (and keeps only them)."""
         gen, call = self.gen, self.call
@@ -82,8 +86,9 @@ class Decoding:
         keep = []
         for r, i in enumerate(self.rows):
             if call.requests[i].key in gen._cancelled:  # dropped: nothing more is computed for it
-                call.results[i] = Generation(text="", stop="length", token_ids=[], logprobs=[],
-                                             extras={"generator": gen.name, "cancelled": True})
+                call.results[i] = Generation(
+                    text="", stop="length", token_ids=[], logprobs=[], extras={"generator": gen.name, "cancelled": True}
+                )
                 continue
             t = tokens[r]
             if probs[r] is not None:
@@ -91,8 +96,9 @@ class Decoding:
             self.out_ids[i].append(t)
             self.logps[i].append(chosen_lp[r])
             self.ents[i].append(entropy[r])
-            done = gen._finish(self.out_ids[i], self.logps[i], self.ents[i], t, self.limit[i],
-                               None if hidden is None else hidden[r])
+            done = gen._finish(
+                self.out_ids[i], self.logps[i], self.ents[i], t, self.limit[i], None if hidden is None else hidden[r]
+            )
             if done is None:
                 keep.append(r)
                 continue

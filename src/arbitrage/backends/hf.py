@@ -8,15 +8,15 @@ that wait on the same model go through one batched forward pass (see `kv.KVBatch
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 
 from ..errors import ModelLoadError
-from .hub import _load_failure, check_model_source, hub_options, hub_reachable, load_tokenizer  # noqa: F401
 from ..types import DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Step, context_ids
 from .decoding import Call, Decoding
+from .hub import _load_failure, check_model_source, hub_options, hub_reachable, load_tokenizer  # noqa: F401
 from .kv import KVBatch, SlotStore, cache_kwargs
 
 
@@ -29,15 +29,27 @@ def resolve_device(device: str | None) -> torch.device:
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
     return table[dtype]
 
 
-def load_model(path_or_id: str, auto_class: str = "AutoModelForCausalLM", device: str | None = "auto",
-               dtype: str | None = "auto", with_info: bool = False, **kwargs):
+def load_model(
+    path_or_id: str,
+    auto_class: str = "AutoModelForCausalLM",
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    with_info: bool = False,
+    **kwargs,
+):
     """A model in eval mode on `device`; with `with_info`, also transformers' loading report (missing keys...)."""
     import transformers
 
@@ -89,9 +101,22 @@ class HFGenerator:
     Runs on the lane ("torch", device): in-process models on one device take turns (engine.py). `cancel(key)`
     drops a problem's row from a decode in progress (its result comes back empty)."""
 
-    def __init__(self, model, tokenizer, *, name: str = "model", separator: str = DEFAULT_SEPARATOR,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, reuse_cache: bool = True,
-                 return_hidden: bool = False, static_slots: int = 0, static_len: int = 4096, compile: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "model",
+        separator: str = DEFAULT_SEPARATOR,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        reuse_cache: bool = True,
+        return_hidden: bool = False,
+        static_slots: int = 0,
+        static_len: int = 4096,
+        compile: bool = True,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.name, self.separator = name, separator
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
@@ -105,15 +130,17 @@ class HFGenerator:
         self._cancelled: set[str] = set()
         # Escalations that reuse the draft's work (speculative.py): a draft of the same vocabulary attached to a
         # target proposes tokens inside the target's steps when a request asks for it (GenerationRequest.gamma).
-        self.speculator: "HFGenerator | None" = None
+        self.speculator: HFGenerator | None = None
         self.vocab_signature = _vocab_signature(tokenizer)
         self._encode_cached = lru_cache(maxsize=65536)(self._encode_uncached)
         # The fast path (static_kv.py): a pre-allocated cache with `static_slots` problem slots, one compiled step.
         self.static = None
         if static_slots:
             if return_hidden:
-                raise ModelLoadError("the static-cache fast path does not return hidden states (probe routers "
-                                     "that read them need the plain path)")
+                raise ModelLoadError(
+                    "the static-cache fast path does not return hidden states (probe routers "
+                    "that read them need the plain path)"
+                )
             from .static_kv import StaticDecoder
 
             self.static = StaticDecoder(model, static_slots, static_len, compile=compile)
@@ -139,20 +166,30 @@ class HFGenerator:
     def _forward_keep(self, inputs, mask, positions, cache, keep: int = 1):
         """The logits of each row's last `keep` positions ([rows, keep, vocab], float)."""
         kw = cache_kwargs(self.model, cache)
-        out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions,
-                         **({**kw, "logits_to_keep": keep} if "logits_to_keep" in _params(self.model) else kw))
+        out = self.model(
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            **({**kw, "logits_to_keep": keep} if "logits_to_keep" in _params(self.model) else kw),
+        )
         return out.logits[:, -keep:].float()
 
     def _forward(self, inputs, mask, positions, cache):
-        out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions,
-                         output_hidden_states=self.return_hidden, **cache_kwargs(self.model, cache, True))
+        out = self.model(
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=self.return_hidden,
+            **cache_kwargs(self.model, cache, True),
+        )
         logits = out.logits[:, -1].float()
         hidden = out.hidden_states[-1][:, -1].float() if self.return_hidden else None
         return logits, hidden
 
     @staticmethod
-    def _pick(logits: torch.Tensor, temps: list[float], top_ps: list[float],
-              gens: list[torch.Generator | None]) -> tuple[torch.Tensor, list]:
+    def _pick(
+        logits: torch.Tensor, temps: list[float], top_ps: list[float], gens: list[torch.Generator | None]
+    ) -> tuple[torch.Tensor, list]:
         """Greedy for rows at temperature 0, else a sample (top-p), each row with its own settings and seed; also
         the distribution each sampled row was drawn from (None for greedy rows)."""
         from .speculative import sampling_probs
@@ -211,10 +248,12 @@ class HFGenerator:
             logits, hidden = batch.decode(torch.tensor(dec.last_tokens(), device=self.device))
         return call.results  # type: ignore[return-value]
 
-    def _finish(self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int,
-                hidden: torch.Tensor | None) -> Generation | None:
+    def _finish(
+        self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int, hidden: torch.Tensor | None
+    ) -> Generation | None:
         """A Generation if this row's step is complete after token `last`, else None. Called at every token: it
         copies nothing (and reads no hidden state off the device) until the step is complete."""
+
         def extras() -> dict:
             out: dict = {"generator": self.name, "entropies": list(ents)}
             if hidden is not None:
@@ -228,15 +267,16 @@ class HFGenerator:
                 return Generation(text=text, stop="eos", token_ids=body, logprobs=list(logps), extras=extras())
         # The separator can first appear only around the newest token: look at a short tail of the step
         # before decoding all of it (decoding the whole step at every token is quadratic in its length).
-        tail = self.tokenizer.decode(ids[-(2 * len(self.separator) + 4):], skip_special_tokens=False)
+        tail = self.tokenizer.decode(ids[-(2 * len(self.separator) + 4) :], skip_special_tokens=False)
         if self.separator not in tail and len(ids) < limit:
             return None
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         cut = text.find(self.separator)
         if cut >= 0:
             step_text = text[:cut]
-            own = ids if text == step_text + self.separator else \
-                list(self.encode(step_text + self.separator, False))  # the last token ran past the separator
+            own = (
+                ids if text == step_text + self.separator else list(self.encode(step_text + self.separator, False))
+            )  # the last token ran past the separator
             return Generation(text=step_text, stop="separator", token_ids=own, logprobs=list(logps), extras=extras())
         if len(ids) >= limit:
             return Generation(text=text, stop="length", token_ids=list(ids), logprobs=list(logps), extras=extras())

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
-from .hub import load_tokenizer  # noqa: F401  (the one loader; server backends import it from here)
 from ..errors import BackendError
+from .hub import load_tokenizer  # noqa: F401  (the one loader; server backends import it from here)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,10 +75,20 @@ class HttpClient:
     """JSON over HTTP to one server, with a concurrency cap and retries. `kind` names the server in errors
     (e.g. "draft server"); paths are relative to the server root."""
 
-    def __init__(self, base_url: str, *, kind: str = "server", concurrency: int = 16, timeout: float = 600.0,
-                 max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0, api_key: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        kind: str = "server",
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.root, self.kind = server_root(base_url), kind
@@ -87,7 +98,7 @@ class HttpClient:
         self._transport, self._sleep = transport, sleep
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
-        self.in_flight = 0       # requests being sent now (for tests and diagnostics)
+        self.in_flight = 0  # requests being sent now (for tests and diagnostics)
         self.max_in_flight = 0
         self.n_retries = 0
 
@@ -98,13 +109,17 @@ class HttpClient:
         # Created lazily, inside the loop that will use them.
         if self._client is None:
             limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                                             limits=limits, headers=self.headers, transport=self._transport)
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=limits,
+                headers=self.headers,
+                transport=self._transport,
+            )
             self._sem = asyncio.Semaphore(self.concurrency)
         return self._client, self._sem  # type: ignore[return-value]
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * (2 ** attempt))
+        return min(self.max_backoff, self.backoff * (2**attempt))
 
     async def request(self, method: str, path: str, payload: Any = None, *, retries: int | None = None) -> Any:
         """Send one request and return the decoded JSON body; retry transient failures with backoff."""
@@ -112,16 +127,21 @@ class HttpClient:
         budget = self.max_retries if retries is None else retries
         resp, last = await self._send(method, url, payload, budget)
         if resp is None:
-            raise Unreachable(f"{self.kind} at {url} kept failing after {budget + 1} attempts (last: {last}); "
-                              f"is the server still running?", last)
+            raise Unreachable(
+                f"{self.kind} at {url} kept failing after {budget + 1} attempts (last: {last}); "
+                f"is the server still running?",
+                last,
+            )
         if resp.status_code >= 400:
-            raise BackendError(f"{self.kind} at {url} refused the request: HTTP {resp.status_code}: "
-                               f"{_body_excerpt(resp)}")
+            raise BackendError(
+                f"{self.kind} at {url} refused the request: HTTP {resp.status_code}: {_body_excerpt(resp)}"
+            )
         try:
             return resp.json()
         except ValueError as exc:
-            raise BackendError(f"{self.kind} at {url} answered something that is not JSON: "
-                               f"{_body_excerpt(resp)}") from exc
+            raise BackendError(
+                f"{self.kind} at {url} answered something that is not JSON: {_body_excerpt(resp)}"
+            ) from exc
 
     async def _send(self, method: str, url: str, payload: Any, budget: int) -> tuple[httpx.Response | None, str]:
         """The first answer that is not transient (None and the last reason when the budget runs out)."""
@@ -156,13 +176,16 @@ class HttpClient:
 
     def post_many(self, path: str, payloads: Sequence[Any]) -> list[Any]:
         """POST every payload concurrently (at most `concurrency` at a time); results in order."""
+
         async def go():
             return await asyncio.gather(*(self.post(path, p) for p in payloads))
+
         return list(run_sync(go())) if payloads else []
 
     def gather(self, coros: Sequence[Awaitable[T]]) -> list[T]:
         async def go():
             return await asyncio.gather(*coros)
+
         return list(run_sync(go())) if coros else []
 
     def answers(self, timeout: float = 1.0) -> bool:
@@ -184,21 +207,27 @@ class HttpClient:
     def probe(self, paths: Sequence[str] = ("/v1/models", "/health"), retries: int = 2) -> Any:
         """Check at start that the server answers: the first path that answers 2xx wins. A clear error naming
         the URL when none does."""
+
         async def go():
             reasons = []
             for path in paths:
                 resp, last = await self._send("GET", self.url(path), None, retries)
                 if resp is None:  # nothing answers at all: no use trying other paths
-                    raise Unreachable(f"cannot reach {self.kind} at {self.root} ({last}). Start the server "
-                                      f"(see README, 'Serving real models') or fix the URL.", last)
+                    raise Unreachable(
+                        f"cannot reach {self.kind} at {self.root} ({last}). Start the server "
+                        f"(see README, 'Serving real models') or fix the URL.",
+                        last,
+                    )
                 if resp.status_code < 400:
                     try:
                         return resp.json()
                     except ValueError:
                         return {}
                 reasons.append(f"GET {path}: HTTP {resp.status_code}")
-            raise BackendError(f"{self.kind} at {self.root} answers, but not like an OpenAI-compatible server "
-                               f"({'; '.join(reasons)})")
+            raise BackendError(
+                f"{self.kind} at {self.root} answers, but not like an OpenAI-compatible server ({'; '.join(reasons)})"
+            )
+
         return run_sync(go())
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ import re
 
 from ..errors import ModelLoadError
 
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -17,13 +16,18 @@ def check_model_source(path_or_id: str) -> None:
     if os.path.isdir(os.path.expanduser(path_or_id)):
         return
     if path_or_id.startswith((".", "/", "~")) or not _HUB_ID.match(path_or_id):
-        raise ModelLoadError(f"model path {path_or_id!r} does not exist (give a local directory or a Hugging Face "
-                             f"id such as Qwen/Qwen2.5-Math-1.5B-Instruct)")
+        raise ModelLoadError(
+            f"model path {path_or_id!r} does not exist (give a local directory or a Hugging Face "
+            f"id such as Qwen/Qwen2.5-Math-1.5B-Instruct)"
+        )
 
 
 def _load_failure(what: str, path_or_id: str, exc: Exception) -> ModelLoadError:
-    where = "local directory" if os.path.isdir(os.path.expanduser(path_or_id)) else \
-        "Hugging Face id (not a local directory; the hub may be unreachable or have no such model)"
+    where = (
+        "local directory"
+        if os.path.isdir(os.path.expanduser(path_or_id))
+        else "Hugging Face id (not a local directory; the hub may be unreachable or have no such model)"
+    )
     text = " ".join(str(exc).split()) or type(exc).__name__  # the whole message on one line, however it wraps
     text = text if len(text) <= 400 else text[:400] + " ..."
     return ModelLoadError(f"cannot load {what} from {path_or_id!r} as a {where}: {text}")
@@ -77,9 +81,11 @@ def hub_options(path_or_id: str) -> dict:
         cached = False
     if cached:
         return {"local_files_only": True}
-    raise ModelLoadError(f"{path_or_id!r} is not a local directory, the Hugging Face hub cannot be reached from "
-                         f"this machine, and the model is not in the local cache: download it where there is "
-                         f"network and pass its directory (or set HF_HUB_OFFLINE=1 to use only cached models)")
+    raise ModelLoadError(
+        f"{path_or_id!r} is not a local directory, the Hugging Face hub cannot be reached from "
+        f"this machine, and the model is not in the local cache: download it where there is "
+        f"network and pass its directory (or set HF_HUB_OFFLINE=1 to use only cached models)"
+    )
 
 
 def load_tokenizer(path_or_id: str):

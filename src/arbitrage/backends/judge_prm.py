@@ -27,12 +27,13 @@ llama-server); `api="llamacpp"` POSTs llama-server's /completion with n_predict=
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from .http_common import HttpClient
-from .openai_compat import first_token_top_logprobs
 from ..errors import BackendError, ConfigError
 from ..types import ScoreRequest, Step
+from .http_common import HttpClient
+from .openai_compat import first_token_top_logprobs
 
 APIS = ("completions", "llamacpp")
 
@@ -91,10 +92,24 @@ class JudgePRM:
     `separator`: follows each earlier step in the prompt. `top_k`: how many top log-probs to ask for.
     """
 
-    def __init__(self, base_url: str, model: str | None = None, *, template: str = QWEN_JUDGE,
-                 separator: str = "\n\n", api: str = "completions", top_k: int = 20, concurrency: int = 16,
-                 timeout: float = 600.0, max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None,
-                 name: str | None = None, check: bool = True, transport=None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        template: str = QWEN_JUDGE,
+        separator: str = "\n\n",
+        api: str = "completions",
+        top_k: int = 20,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        api_key: str | None = None,
+        name: str | None = None,
+        check: bool = True,
+        transport=None,
+    ):
         if api not in APIS:
             raise ConfigError(f"judge api must be one of {APIS}, not {api!r}")
         for field in ("{question}", "{step}"):
@@ -106,8 +121,16 @@ class JudgePRM:
             raise ConfigError("the judge needs top_k >= 2 log-probs")
         self.template, self.separator, self.api, self.top_k = template, separator, api, top_k
         self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
-        self.http = HttpClient(base_url, kind="judge PRM server", concurrency=concurrency, timeout=timeout,
-                               max_retries=max_retries, backoff=backoff, api_key=api_key, transport=transport)
+        self.http = HttpClient(
+            base_url,
+            kind="judge PRM server",
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            transport=transport,
+        )
         self.model = model
         if check:
             listing = self.http.probe()
@@ -115,31 +138,33 @@ class JudgePRM:
             if self.model is None and served:
                 self.model = served[0]
             elif self.model is not None and served and self.model not in served:
-                raise BackendError(f"judge PRM server at {self.http.root} does not serve {self.model!r}; "
-                                   f"it serves {', '.join(map(repr, served))}")
+                raise BackendError(
+                    f"judge PRM server at {self.http.root} does not serve {self.model!r}; "
+                    f"it serves {', '.join(map(repr, served))}"
+                )
         self.name = name or f"judge:{self.http.root}"
         self.n_calls = 0
         self.n_undecided = 0  # candidates where neither verdict was among the top-k (scored 0.5)
-
 
     def health(self) -> str:
         return self.http.health()
 
     def prompt(self, question: str, steps: Sequence[Step], candidate: Step) -> str:
         texts = [s.text.strip() for s in steps]
-        return self.template.format(question=question.strip(), step=candidate.text.strip(),
-                                    steps=self.separator.join(texts) if texts else NO_STEPS,
-                                    prefix="".join(t + self.separator for t in texts))
+        return self.template.format(
+            question=question.strip(),
+            step=candidate.text.strip(),
+            steps=self.separator.join(texts) if texts else NO_STEPS,
+            prefix="".join(t + self.separator for t in texts),
+        )
 
     def payload(self, prompt: str) -> dict:
         if self.api == "completions":
-            body: dict[str, Any] = {"prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                                    "logprobs": self.top_k}
+            body: dict[str, Any] = {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": self.top_k}
             if self.model is not None:
                 body["model"] = self.model
             return body
-        return {"prompt": prompt, "n_predict": 1, "temperature": 0.0, "n_probs": self.top_k,
-                "cache_prompt": True}
+        return {"prompt": prompt, "n_predict": 1, "temperature": 0.0, "n_probs": self.top_k, "cache_prompt": True}
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         prompts = [(i, self.prompt(r.question, r.steps, c)) for i, r in enumerate(requests) for c in r.candidates]
@@ -156,8 +181,10 @@ class JudgePRM:
         try:
             s = judge_score(top_logprobs(resp))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise BackendError(f"judge PRM server at {self.http.url(path)} answered without usable top "
-                               f"log-probs ({exc}); body starts {str(resp)[:200]}") from exc
+            raise BackendError(
+                f"judge PRM server at {self.http.url(path)} answered without usable top "
+                f"log-probs ({exc}); body starts {str(resp)[:200]}"
+            ) from exc
         if s is None:
             self.n_undecided += 1
             return 0.5

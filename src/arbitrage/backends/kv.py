@@ -9,8 +9,8 @@ row's own positions are gathered back out. Positions are passed explicitly, so p
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -59,7 +59,7 @@ class CacheEntry:
     ids: list[int]
     layers: Layers
 
-    def crop(self, n: int) -> "CacheEntry":
+    def crop(self, n: int) -> CacheEntry:
         return CacheEntry(self.ids[:n], [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers])
 
 
@@ -103,8 +103,14 @@ class SlotStore:
 class KVBatch:
     """A batch of rows sharing one DynamicCache, grown token by token (prefill, then decode)."""
 
-    def __init__(self, forward: Callable, rows_past: Sequence[CacheEntry | None], rows_new: Sequence[Sequence[int]],
-                 pad_id: int, device: torch.device):
+    def __init__(
+        self,
+        forward: Callable,
+        rows_past: Sequence[CacheEntry | None],
+        rows_new: Sequence[Sequence[int]],
+        pad_id: int,
+        device: torch.device,
+    ):
         self.forward = forward
         self.device = device
         bsz = len(rows_new)
@@ -119,17 +125,17 @@ class KVBatch:
                 for i, past in enumerate(rows_past):
                     if past is not None and past_lens[i]:
                         k, v = past.layers[li]
-                        K[i, :, P - past_lens[i]:] = k[0]
-                        V[i, :, P - past_lens[i]:] = v[0]
+                        K[i, :, P - past_lens[i] :] = k[0]
+                        V[i, :, P - past_lens[i] :] = v[0]
                 self.cache.update(K, V, li)
         mask = torch.zeros((bsz, P + N), dtype=torch.long)
         inputs = torch.full((bsz, N), pad_id, dtype=torch.long)
         positions = torch.zeros((bsz, N), dtype=torch.long)
         for i, new in enumerate(rows_new):
-            mask[i, P - past_lens[i]:P] = 1
-            mask[i, P + N - len(new):] = 1
-            inputs[i, N - len(new):] = torch.tensor(list(new), dtype=torch.long)
-            positions[i, N - len(new):] = torch.arange(past_lens[i], past_lens[i] + len(new))
+            mask[i, P - past_lens[i] : P] = 1
+            mask[i, P + N - len(new) :] = 1
+            inputs[i, N - len(new) :] = torch.tensor(list(new), dtype=torch.long)
+            positions[i, N - len(new) :] = torch.arange(past_lens[i], past_lens[i] + len(new))
         self.mask = mask.to(device)
         self.next_pos = torch.tensor([p + len(n) for p, n in zip(past_lens, rows_new)], device=device)
         self.ids = [list(p.ids) if p is not None else [] for p in rows_past]
@@ -163,9 +169,9 @@ class KVBatch:
         for i, new in enumerate(rows_new):
             n = len(new)
             if n:
-                inputs[i, width - n:] = torch.tensor(list(new), dtype=torch.long)
-                chunk_mask[i, width - n:] = 1
-                positions[i, width - n:] = torch.arange(next_pos[i], next_pos[i] + n)
+                inputs[i, width - n :] = torch.tensor(list(new), dtype=torch.long)
+                chunk_mask[i, width - n :] = 1
+                positions[i, width - n :] = torch.arange(next_pos[i], next_pos[i] + n)
             self.ids[i] += list(new)
         self.mask = torch.cat([self.mask, chunk_mask.to(self.device)], dim=1)
         out = self.forward(inputs.to(self.device), self.mask, positions.to(self.device), self.cache, **kw)
@@ -185,7 +191,7 @@ class KVBatch:
     def row(self, i: int) -> CacheEntry:
         """Row i's own keys/values (padding removed) and the ids they belong to."""
         idx = self.mask[i].nonzero().squeeze(1)
-        layers = [(k[i:i + 1, :, idx], v[i:i + 1, :, idx]) for k, v in cache_layers(self.cache)]
+        layers = [(k[i : i + 1, :, idx], v[i : i + 1, :, idx]) for k, v in cache_layers(self.cache)]
         return CacheEntry(list(self.ids[i]), layers)
 
     def select(self, keep: Sequence[int]) -> None:

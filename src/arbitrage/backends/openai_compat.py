@@ -15,21 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import BackendError, ModelLoadError
-from ..types import (DEFAULT_SEPARATOR, Generation, GenerationRequest, JudgeRequest, Sampling, StopReason,
-                     context_ids, context_text, request_seed)
+from ..types import (
+    DEFAULT_SEPARATOR,
+    Generation,
+    GenerationRequest,
+    JudgeRequest,
+    Sampling,
+    StopReason,
+    context_ids,
+    context_text,
+    request_seed,
+)
 from .http_common import HttpClient, event_loop, load_tokenizer
-from .server_answers import (_entropies, _logprobs, first_token_top_logprobs, normalize_finish,  # noqa: F401
-                             per_token_top_logprobs)
+from .server_answers import _entropies, _logprobs, first_token_top_logprobs, normalize_finish, per_token_top_logprobs  # noqa: F401
 
 log = logging.getLogger(__name__)
 APIS = ("completions", "llamacpp")
 
 
 # --- the generator ----------------------------------------------------------------------------------------
+
 
 class OpenAICompletionsGenerator:
     """A StepGenerator on an OpenAI-compatible server (vLLM, SGLang) or llama.cpp's server.
@@ -41,12 +51,30 @@ class OpenAICompletionsGenerator:
     `check`: probe the server now, failing with the URL if it does not answer.
     """
 
-    def __init__(self, base_url: str, model: str | None = None, *, separator: str = DEFAULT_SEPARATOR,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, concurrency: int = 16,
-                 timeout: float = 600.0, max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None,
-                 name: str | None = None, api: str = "completions", tokenizer: Any = "auto",
-                 logprobs: bool = True, top_logprobs: int = 5, extra_body: dict | None = None, check: bool = True,
-                 transport=None, verify: str | None = "auto"):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        separator: str = DEFAULT_SEPARATOR,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        api_key: str | None = None,
+        name: str | None = None,
+        api: str = "completions",
+        tokenizer: Any = "auto",
+        logprobs: bool = True,
+        top_logprobs: int = 5,
+        extra_body: dict | None = None,
+        check: bool = True,
+        transport=None,
+        verify: str | None = "auto",
+    ):
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, not {api!r}")
         self.separator, self.temperature, self.top_p, self.seed = separator, temperature, top_p, seed
@@ -54,9 +82,16 @@ class OpenAICompletionsGenerator:
         # top-k alternatives per token: k >= 2 gives per-token entropy estimates (extras["entropies"])
         self.top_logprobs = max(1, int(top_logprobs))
         self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
-        self.http = HttpClient(base_url, kind=f"{name or 'generation'} server", concurrency=concurrency,
-                               timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
-                               transport=transport)
+        self.http = HttpClient(
+            base_url,
+            kind=f"{name or 'generation'} server",
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            transport=transport,
+        )
         self.model, root, owner = model, None, None
         if check:
             listing = self.http.probe()
@@ -86,8 +121,10 @@ class OpenAICompletionsGenerator:
         if self.model is None:
             return next(iter(served.items()), (None, None))
         if served and self.model not in served:
-            raise BackendError(f"{self.http.kind} at {self.http.root} does not serve {self.model!r}; "
-                               f"it serves {', '.join(map(repr, served))}")
+            raise BackendError(
+                f"{self.http.kind} at {self.http.root} does not serve {self.model!r}; "
+                f"it serves {', '.join(map(repr, served))}"
+            )
         return self.model, served.get(self.model)
 
     # --- prompts --------------------------------------------------------------------------------------
@@ -105,8 +142,12 @@ class OpenAICompletionsGenerator:
     def payload(self, req: GenerationRequest) -> dict:
         temp, top_p, seed = (req.sampling or Sampling()).over(self.temperature, self.top_p, self.seed)
         sampling = temp > 0
-        body: dict[str, Any] = {"prompt": self.prompt_for(req), "temperature": temp,
-                                "top_p": top_p if sampling else 1.0, "stop": [self.separator]}
+        body: dict[str, Any] = {
+            "prompt": self.prompt_for(req),
+            "temperature": temp,
+            "top_p": top_p if sampling else 1.0,
+            "stop": [self.separator],
+        }
         if sampling and seed is not None:
             body["seed"] = request_seed(seed, req.seed_source, req.step_index, req.sample)
         if self.api == "completions":
@@ -132,8 +173,9 @@ class OpenAICompletionsGenerator:
         if can_verify(self, req):
             return await verified_step(self, req)
         if req.max_new_tokens <= 0:
-            return self._with_prefix(req, Generation(text="", stop="length", token_ids=[], logprobs=[],
-                                                     extras={"generator": self.name}))
+            return self._with_prefix(
+                req, Generation(text="", stop="length", token_ids=[], logprobs=[], extras={"generator": self.name})
+            )
         path = "/v1/completions" if self.api == "completions" else "/completion"
         resp = await self.http.post(path, self.payload(req))
         return self._with_prefix(req, self.parse(resp, path))
@@ -150,12 +192,14 @@ class OpenAICompletionsGenerator:
         extras = dict(g.extras)
         if p.extras.get("entropies") is not None and g.extras.get("entropies") is not None:
             extras["entropies"] = list(p.extras["entropies"]) + list(g.extras["entropies"])
-        return Generation(text=p.text + g.text, stop=g.stop, token_ids=ids, logprobs=lps, n_prefill=g.n_prefill,
-                          extras=extras)
+        return Generation(
+            text=p.text + g.text, stop=g.stop, token_ids=ids, logprobs=lps, n_prefill=g.n_prefill, extras=extras
+        )
 
     def _cancelled(self, req: GenerationRequest) -> Generation:
-        return Generation(text="", stop="length", token_ids=[], logprobs=[],
-                          extras={"generator": self.name, "cancelled": True})
+        return Generation(
+            text="", stop="length", token_ids=[], logprobs=[], extras={"generator": self.name, "cancelled": True}
+        )
 
     async def _tracked(self, key: str, coro, on_cancel):
         """Run one request as a task that `cancel(key)` can cancel (freeing its server slot); a cancelled
@@ -189,8 +233,9 @@ class OpenAICompletionsGenerator:
             choice = resp["choices"][0] if "choices" in resp else resp
             text, stop = normalize_finish(choice, self.separator)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise BackendError(f"{self.http.kind} at {where} answered an unexpected completion: {exc}; "
-                               f"body starts {str(resp)[:200]}") from exc
+            raise BackendError(
+                f"{self.http.kind} at {where} answered an unexpected completion: {exc}; body starts {str(resp)[:200]}"
+            ) from exc
         ids = choice.get("token_ids") or choice.get("tokens") or []
         ids = [int(t) for t in ids] if all(isinstance(t, int) for t in ids) else []
         extras: dict[str, Any] = {"generator": self.name}
@@ -200,8 +245,14 @@ class OpenAICompletionsGenerator:
         entropies = _entropies(choice)
         if entropies is not None:
             extras["entropies"] = entropies
-        return Generation(text=text, stop=stop, token_ids=self._step_ids(ids, text, stop),
-                          logprobs=_logprobs(choice), n_prefill=0, extras=extras)
+        return Generation(
+            text=text,
+            stop=stop,
+            token_ids=self._step_ids(ids, text, stop),
+            logprobs=_logprobs(choice),
+            n_prefill=0,
+            extras=extras,
+        )
 
     def _step_ids(self, ids: list[int], text: str, stop: StopReason) -> list[int]:
         """The ids of the step as the in-process backend keeps them: text + separator at a separator stop,
@@ -245,8 +296,10 @@ class OpenAICompletionsGenerator:
         try:
             pairs = first_token_top_logprobs(resp["choices"][0] if "choices" in resp else resp)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise BackendError(f"{self.http.kind} at {self.http.url(path)} answered a judge request without top "
-                               f"log-probs ({exc}); body starts {str(resp)[:200]}") from exc
+            raise BackendError(
+                f"{self.http.kind} at {self.http.url(path)} answered a judge request without top "
+                f"log-probs ({exc}); body starts {str(resp)[:200]}"
+            ) from exc
         return expected_digit(merge_digit_logprobs(pairs))
 
     def health(self) -> str:
@@ -262,13 +315,18 @@ class OpenAICompletionsGenerator:
         return f"OpenAICompletionsGenerator({self.http.root!r}, model={self.model!r}, name={self.name!r})"
 
 
-
 def prefix_step(gen: OpenAICompletionsGenerator, ids: list[int]):
     """Committed tokens of a step as a partial step of `gen`'s (a request's `prefix`, continued by the server)."""
     from ..types import Step
 
-    return Step(author="target", text=gen.tokenizer.decode(ids), stop="length", n_tokens=len(ids),
-                token_ids=list(ids), extras={"generator": gen.name})
+    return Step(
+        author="target",
+        text=gen.tokenizer.decode(ids),
+        stop="length",
+        n_tokens=len(ids),
+        token_ids=list(ids),
+        extras={"generator": gen.name},
+    )
 
 
 def _served_tokenizer(root: str | None):

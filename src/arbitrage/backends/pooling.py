@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import BackendError, ConfigError
 from ..formats import PRMFormat, RouterFormat, read_router_meta
@@ -34,6 +35,7 @@ ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
 
 
 # --- reading server answers -------------------------------------------------------------------------------
+
 
 def per_token_outputs(item: dict, n_tokens: int, num_labels: int | None = None) -> list[list[float]]:
     """One output vector per token from one `data` entry of a /pooling or /v1/embeddings answer.
@@ -49,18 +51,17 @@ def per_token_outputs(item: dict, n_tokens: int, num_labels: int | None = None) 
     flat = [float(x) for x in values]
     if num_labels is not None:
         if len(flat) == n_tokens * num_labels:
-            return [flat[i:i + num_labels] for i in range(0, len(flat), num_labels)]
+            return [flat[i : i + num_labels] for i in range(0, len(flat), num_labels)]
         if len(flat) == num_labels:
             return [flat]
         raise ValueError(f"{len(flat)} values for {n_tokens} tokens and {num_labels} labels")
     if len(flat) % n_tokens:
         raise ValueError(f"{len(flat)} values do not divide into {n_tokens} tokens; give num_labels")
     k = len(flat) // n_tokens
-    return [flat[i:i + k] for i in range(0, len(flat), k)]
+    return [flat[i : i + k] for i in range(0, len(flat), k)]
 
 
-def to_probability(values: Sequence[float], activation: str = "auto", label: int = 1,
-                   raw: bool = False) -> float:
+def to_probability(values: Sequence[float], activation: str = "auto", label: int = 1, raw: bool = False) -> float:
     """P(label) from one token's output vector. `raw`: the route returns logits (embeddings) rather than the
     model's activated output (/pooling), which decides what "auto" does when it cannot tell by looking."""
     v = list(values)
@@ -83,17 +84,41 @@ def to_probability(values: Sequence[float], activation: str = "auto", label: int
 
 # --- the shared client ------------------------------------------------------------------------------------
 
+
 class _PoolingClient:
     """Sends token-id sequences to /pooling or /v1/embeddings and returns each sequence's last-token vector."""
 
-    def __init__(self, base_url: str, model: str | None, *, route: str, kind: str, concurrency: int,
-                 timeout: float, max_retries: int, backoff: float, api_key: str | None, task: str | None,
-                 num_labels: int | None, tokenizer: Any, check: bool, transport=None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None,
+        *,
+        route: str,
+        kind: str,
+        concurrency: int,
+        timeout: float,
+        max_retries: int,
+        backoff: float,
+        api_key: str | None,
+        task: str | None,
+        num_labels: int | None,
+        tokenizer: Any,
+        check: bool,
+        transport=None,
+    ):
         if route not in ROUTES:
             raise ConfigError(f"route must be one of {ROUTES}, not {route!r}")
         self.route, self.task, self.num_labels = route, task, num_labels
-        self.http = HttpClient(base_url, kind=kind, concurrency=concurrency, timeout=timeout,
-                               max_retries=max_retries, backoff=backoff, api_key=api_key, transport=transport)
+        self.http = HttpClient(
+            base_url,
+            kind=kind,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            transport=transport,
+        )
         self.model, root = model, None
         if check:
             listing = self.http.probe()
@@ -101,8 +126,10 @@ class _PoolingClient:
             if self.model is None:
                 self.model, root = next(iter(served.items()), (None, None))
             elif served and self.model not in served:
-                raise BackendError(f"{kind} at {self.http.root} does not serve {self.model!r}; it serves "
-                                   f"{', '.join(map(repr, served))}")
+                raise BackendError(
+                    f"{kind} at {self.http.root} does not serve {self.model!r}; it serves "
+                    f"{', '.join(map(repr, served))}"
+                )
             else:
                 root = served.get(self.model)
         if tokenizer is None:  # vLLM lists the served directory as `root`: usable when it is on this machine
@@ -142,8 +169,10 @@ class _PoolingClient:
                     raise ValueError(f"{len(data)} outputs for {len(seqs)} inputs")
                 out.append([per_token_outputs(d, len(s), self.num_labels)[-1] for d, s in zip(data, seqs)])
             except (KeyError, TypeError, ValueError) as exc:
-                raise BackendError(f"{self.http.kind} at {self.http.url(self.path)} answered unexpectedly: {exc}; "
-                                   f"body starts {json.dumps(resp)[:200]}") from exc
+                raise BackendError(
+                    f"{self.http.kind} at {self.http.url(self.path)} answered unexpectedly: {exc}; "
+                    f"body starts {json.dumps(resp)[:200]}"
+                ) from exc
         return out
 
     def close(self) -> None:
@@ -152,10 +181,11 @@ class _PoolingClient:
 
 # --- PRM and router ---------------------------------------------------------------------------------------
 
+
 class _Served:
     """What both served scorers answer about their server."""
 
-    client: "_PoolingClient"
+    client: _PoolingClient
 
     def health(self) -> str:
         return self.client.http.health()
@@ -165,21 +195,49 @@ class PoolingPRM(_Served):
     """A StepScorer on a served PRM. For a 2-label token classifier: vLLM `--runner pooling`, route "pooling".
     For a value-head PRM served through an embeddings plugin (Skywork's): route "embeddings", num_labels=1."""
 
-    def __init__(self, base_url: str, model: str | None = None, *, tokenizer: Any = None,
-                 fmt: str | Any = "skywork", separator: str = DEFAULT_SEPARATOR, route: str = "pooling",
-                 activation: str = "auto", label: int = 1, num_labels: int | None = None,
-                 task: str | None = "token_classify", concurrency: int = 16, timeout: float = 300.0,
-                 max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None, name: str = "prm",
-                 check: bool = True, transport=None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        tokenizer: Any = None,
+        fmt: str | Any = "skywork",
+        separator: str = DEFAULT_SEPARATOR,
+        route: str = "pooling",
+        activation: str = "auto",
+        label: int = 1,
+        num_labels: int | None = None,
+        task: str | None = "token_classify",
+        concurrency: int = 16,
+        timeout: float = 300.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        api_key: str | None = None,
+        name: str = "prm",
+        check: bool = True,
+        transport=None,
+    ):
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         self.name, self.activation, self.label = name, activation, label
         self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
         self.fmt = PRMFormat.named(fmt, separator) if isinstance(fmt, str) else fmt
-        self.client = _PoolingClient(base_url, model, route=route, kind=f"{name} server", concurrency=concurrency,
-                                     timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
-                                     task=task, num_labels=num_labels, tokenizer=tokenizer, check=check,
-                                     transport=transport)
+        self.client = _PoolingClient(
+            base_url,
+            model,
+            route=route,
+            kind=f"{name} server",
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            task=task,
+            num_labels=num_labels,
+            tokenizer=tokenizer,
+            check=check,
+            transport=transport,
+        )
 
     def row_ids(self, question: str, steps: Sequence[Step], candidate: Step) -> list[int]:
         return self.fmt.row_ids(self.client.encode, question, steps, candidate)
@@ -189,8 +247,9 @@ class PoolingPRM(_Served):
         todo = [i for i, b in enumerate(batches) if b]
         vecs = dict(zip(todo, self.client.last_vectors([batches[i] for i in todo])))
         raw = self.client.route == "embeddings"
-        return [[to_probability(v, self.activation, self.label, raw) for v in vecs.get(i, [])]
-                for i in range(len(requests))]
+        return [
+            [to_probability(v, self.activation, self.label, raw) for v in vecs.get(i, [])] for i in range(len(requests))
+        ]
 
     def release(self, key: str) -> None:
         """Nothing to drop: the server's prefix cache does this work."""
@@ -204,25 +263,55 @@ class PoolingRouter(_Served):
     last token. `separator` / `author_tags` default to what the router was trained with (arbitrage_router.json
     beside its tokenizer), else "\\n\\n" and True."""
 
-    def __init__(self, base_url: str, model: str | None = None, *, tokenizer: Any = None,
-                 separator: str | None = None, author_tags: bool | None = None, route: str = "pooling",
-                 activation: str = "auto", label: int = 1, num_labels: int | None = None,
-                 task: str | None = "token_classify", concurrency: int = 16, timeout: float = 300.0,
-                 max_retries: int = 5, backoff: float = 0.5, api_key: str | None = None, name: str = "router",
-                 check: bool = True, transport=None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        tokenizer: Any = None,
+        separator: str | None = None,
+        author_tags: bool | None = None,
+        route: str = "pooling",
+        activation: str = "auto",
+        label: int = 1,
+        num_labels: int | None = None,
+        task: str | None = "token_classify",
+        concurrency: int = 16,
+        timeout: float = 300.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        api_key: str | None = None,
+        name: str = "router",
+        check: bool = True,
+        transport=None,
+    ):
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         self.name, self.activation, self.label = name, activation, label
         self.max_concurrent_calls = concurrency  # the server batches concurrent calls itself (engine lanes)
-        self.client = _PoolingClient(base_url, model, route=route, kind=f"{name} server", concurrency=concurrency,
-                                     timeout=timeout, max_retries=max_retries, backoff=backoff, api_key=api_key,
-                                     task=task, num_labels=num_labels, tokenizer=tokenizer, check=check,
-                                     transport=transport)
+        self.client = _PoolingClient(
+            base_url,
+            model,
+            route=route,
+            kind=f"{name} server",
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            task=task,
+            num_labels=num_labels,
+            tokenizer=tokenizer,
+            check=check,
+            transport=transport,
+        )
         path = self.client.tokenizer_path
         meta = read_router_meta(path) if path and os.path.isdir(os.path.expanduser(path)) else None
         fmt = RouterFormat.from_meta(meta)
-        self.fmt = RouterFormat(separator if separator is not None else fmt.separator,
-                                author_tags if author_tags is not None else fmt.author_tags)
+        self.fmt = RouterFormat(
+            separator if separator is not None else fmt.separator,
+            author_tags if author_tags is not None else fmt.author_tags,
+        )
 
     @property
     def separator(self) -> str:

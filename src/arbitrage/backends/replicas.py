@@ -16,13 +16,14 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from ..errors import BackendError
 from .http_common import Unreachable
 
 log = logging.getLogger(__name__)
+
 
 class Replicas:
     """One model served by several replicas, behind the same protocol as one of them (generator, PRM, router
@@ -71,8 +72,14 @@ class Replicas:
             moved = [k for k, j in self.assigned.items() if j == i]
             for k in moved:
                 del self.assigned[k]
-        log.warning("replica %d of %s is down (%s); its %d problems move to another replica for %.0f s", i,
-                    self.name, why, len(moved), self.retry_after)
+        log.warning(
+            "replica %d of %s is down (%s); its %d problems move to another replica for %.0f s",
+            i,
+            self.name,
+            why,
+            len(moved),
+            self.retry_after,
+        )
 
     # --- calls ------------------------------------------------------------------------------------------------
     def _call(self, method: str, requests: Sequence) -> list:
@@ -82,8 +89,10 @@ class Replicas:
             groups: dict[int, list[int]] = {}
             for j in pending:
                 groups.setdefault(self.replica_of(requests[j].key), []).append(j)
-            futures = {i: self._pool.submit(getattr(self.replicas[i], method), [requests[j] for j in idx])
-                       for i, idx in groups.items()}
+            futures = {
+                i: self._pool.submit(getattr(self.replicas[i], method), [requests[j] for j in idx])
+                for i, idx in groups.items()
+            }
             pending = []
             for i, fut in futures.items():
                 try:
@@ -122,7 +131,7 @@ class Replicas:
             self.replicas[i].cancel(key)
 
     def health(self) -> str:
-        """"up" when every replica answers, "degraded" when some do (requests go to those), "down" when none."""
+        """ "up" when every replica answers, "degraded" when some do (requests go to those), "down" when none."""
         from ..protocols import health_of
 
         states = [health_of(r) for r in self.replicas]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 ROUTES = ("vllm", "sglang")
 
 
-def can_verify(gen: "OpenAICompletionsGenerator", req: GenerationRequest) -> bool:
+def can_verify(gen: OpenAICompletionsGenerator, req: GenerationRequest) -> bool:
     """Whether this request's proposal can be verified on this server: greedy, token-id prompts (a local
     tokenizer) and a server that returns the target's top token at prompt positions."""
     if req.speculation is None or gen.verify_route not in ROUTES or gen.tokenizer is None or gen.api != "completions":
@@ -33,13 +33,13 @@ def can_verify(gen: "OpenAICompletionsGenerator", req: GenerationRequest) -> boo
     return t == 0 and req.max_new_tokens > 0
 
 
-def proposal_ids(gen: "OpenAICompletionsGenerator", req: GenerationRequest) -> list[int]:
+def proposal_ids(gen: OpenAICompletionsGenerator, req: GenerationRequest) -> list[int]:
     step = req.speculation
     assert step is not None
     ids = list(gen._encode(step.context_text(gen.separator), False))
     if step.stop == "eos" and gen.tokenizer.eos_token_id is not None:
         ids.append(int(gen.tokenizer.eos_token_id))
-    return ids[:req.max_new_tokens]
+    return ids[: req.max_new_tokens]
 
 
 def _top_token(entry: Any) -> int | None:
@@ -54,43 +54,57 @@ def _top_token(entry: Any) -> int | None:
     return None
 
 
-async def target_choices(gen: "OpenAICompletionsGenerator", ctx: list[int], prop: list[int]) -> list[int]:
+async def target_choices(gen: OpenAICompletionsGenerator, ctx: list[int], prop: list[int]) -> list[int]:
     """The target's greedy token before each proposal token and after the last one (len(prop) + 1 tokens), from
     one request."""
     if gen.verify_route == "vllm":
-        body: dict[str, Any] = {"prompt": ctx + prop, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1,
-                                "return_token_ids": True}
+        body: dict[str, Any] = {
+            "prompt": ctx + prop,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 1,
+            "return_token_ids": True,
+        }
         if gen.model is not None:
             body["model"] = gen.model
         path = "/v1/completions"
         resp = await gen.http.post(path, body)
         try:
             choice = resp["choices"][0]
-            entries = choice["prompt_logprobs"][len(ctx):]
+            entries = choice["prompt_logprobs"][len(ctx) :]
             after = choice.get("token_ids") or gen._encode(choice["text"], False)
             picks = [_top_token(e) for e in entries] + [int(after[0])]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise BackendError(f"{gen.http.kind} at {gen.http.url(path)} answered a verification request without "
-                               f"prompt log-probs ({exc}); body starts {str(resp)[:200]}") from exc
+            raise BackendError(
+                f"{gen.http.kind} at {gen.http.url(path)} answered a verification request without "
+                f"prompt log-probs ({exc}); body starts {str(resp)[:200]}"
+            ) from exc
     else:
-        body = {"input_ids": ctx + prop, "return_logprob": True, "logprob_start_len": len(ctx),
-                "top_logprobs_num": 1, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}}
+        body = {
+            "input_ids": ctx + prop,
+            "return_logprob": True,
+            "logprob_start_len": len(ctx),
+            "top_logprobs_num": 1,
+            "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
+        }
         path = "/generate"
         resp = await gen.http.post(path, body)
         try:
             meta = resp["meta_info"]
-            entries = meta["input_top_logprobs"][-len(prop):] if prop else []
+            entries = meta["input_top_logprobs"][-len(prop) :] if prop else []
             out = meta["output_token_logprobs"][0]
             picks = [_top_token(e) for e in entries] + [int(out[1])]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise BackendError(f"{gen.http.kind} at {gen.http.url(path)} answered a verification request without "
-                               f"input top log-probs ({exc}); body starts {str(resp)[:200]}") from exc
+            raise BackendError(
+                f"{gen.http.kind} at {gen.http.url(path)} answered a verification request without "
+                f"input top log-probs ({exc}); body starts {str(resp)[:200]}"
+            ) from exc
     if any(p is None for p in picks):
         raise BackendError(f"{gen.http.kind} at {gen.http.root} returned prompt log-probs without a top token")
     return picks  # type: ignore[return-value]
 
 
-async def verified_step(gen: "OpenAICompletionsGenerator", req: GenerationRequest) -> Generation:
+async def verified_step(gen: OpenAICompletionsGenerator, req: GenerationRequest) -> Generation:
     """The target's greedy step, keeping the proposal as far as the target agrees with it."""
     from .openai_compat import prefix_step
 
@@ -108,9 +122,17 @@ async def verified_step(gen: "OpenAICompletionsGenerator", req: GenerationReques
         g = done
     else:
         head = prefix_step(gen, committed)
-        rest = GenerationRequest(req.key, req.prompt, req.steps, req.max_new_tokens - len(committed),
-                                 req.step_index, sampling=req.sampling, prefix=head, sample=req.sample,
-                                 seed_key=req.seed_key)
+        rest = GenerationRequest(
+            req.key,
+            req.prompt,
+            req.steps,
+            req.max_new_tokens - len(committed),
+            req.step_index,
+            sampling=req.sampling,
+            prefix=head,
+            sample=req.sample,
+            seed_key=req.seed_key,
+        )
         g = await gen._one(rest)
         stats["target_forwards"] += max(1, len(g.logprobs or g.token_ids) - len(committed))
     n = len(g.logprobs) if g.logprobs else len(g.token_ids) + (1 if g.stop == "eos" else 0)
@@ -119,22 +141,33 @@ async def verified_step(gen: "OpenAICompletionsGenerator", req: GenerationReques
     return g
 
 
-def _ended(gen: "OpenAICompletionsGenerator", ids: list[int], limit: int) -> Generation | None:
+def _ended(gen: OpenAICompletionsGenerator, ids: list[int], limit: int) -> Generation | None:
     """The step, when it ends within these committed tokens (at the first eos, separator or the token limit,
     token by token as the server would have stopped)."""
     eos = gen.tokenizer.eos_token_id
     for j in range(len(ids)):
         if eos is not None and ids[j] == eos:
             body = ids[:j]
-            return Generation(text=gen.tokenizer.decode(body), stop="eos", token_ids=body, logprobs=None,
-                              extras={"generator": gen.name})
-        text = gen.tokenizer.decode(ids[:j + 1])
+            return Generation(
+                text=gen.tokenizer.decode(body),
+                stop="eos",
+                token_ids=body,
+                logprobs=None,
+                extras={"generator": gen.name},
+            )
+        text = gen.tokenizer.decode(ids[: j + 1])
         cut = text.find(gen.separator)
         if cut >= 0:
             step = text[:cut]
-            return Generation(text=step, stop="separator", token_ids=list(gen._encode(step + gen.separator, False)),
-                              logprobs=None, extras={"generator": gen.name})
+            return Generation(
+                text=step,
+                stop="separator",
+                token_ids=list(gen._encode(step + gen.separator, False)),
+                logprobs=None,
+                extras={"generator": gen.name},
+            )
         if j + 1 >= limit:
-            return Generation(text=text, stop="length", token_ids=list(ids[:j + 1]), logprobs=None,
-                              extras={"generator": gen.name})
+            return Generation(
+                text=text, stop="length", token_ids=list(ids[: j + 1]), logprobs=None, extras={"generator": gen.name}
+            )
     return None

@@ -70,8 +70,10 @@ def _classify(resp: dict, separator: str) -> StopReason:
     global _warned_ambiguous
     if not _warned_ambiguous:
         _warned_ambiguous = True
-        log.warning("the server does not say whether it stopped at the separator or at end-of-sequence "
-                    "(no stop_reason / matched_stop); assuming the separator. For llama.cpp use api='llamacpp'.")
+        log.warning(
+            "the server does not say whether it stopped at the separator or at end-of-sequence "
+            "(no stop_reason / matched_stop); assuming the separator. For llama.cpp use api='llamacpp'."
+        )
     return "separator"
 
 
@@ -96,8 +98,10 @@ def per_token_top_logprobs(resp: dict) -> list[list[tuple[str, float]]] | None:
     server gave no alternatives for has []; None when the answer carries no alternatives at all."""
     lp = resp.get("logprobs")
     if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
-        return [[(str(t), float(v)) for t, v in e.items() if v is not None] if isinstance(e, dict) else []
-                for e in lp["top_logprobs"]]
+        return [
+            [(str(t), float(v)) for t, v in e.items() if v is not None] if isinstance(e, dict) else []
+            for e in lp["top_logprobs"]
+        ]
     if isinstance(lp, dict) and isinstance(lp.get("content"), list):
         entries = lp["content"]
     elif isinstance(resp.get("completion_probabilities"), list):
@@ -109,8 +113,9 @@ def per_token_top_logprobs(resp: dict) -> list[list[tuple[str, float]]] | None:
         if isinstance(e.get("top_logprobs"), list):
             out.append([(str(a.get("token", "")), float(a["logprob"])) for a in e["top_logprobs"]])
         elif isinstance(e.get("probs"), list):  # older llama.cpp: probabilities, not log-probabilities
-            out.append([(str(a.get("tok_str", "")), math.log(a["prob"]) if a["prob"] > 0 else -math.inf)
-                        for a in e["probs"]])
+            out.append(
+                [(str(a.get("tok_str", "")), math.log(a["prob"]) if a["prob"] > 0 else -math.inf) for a in e["probs"]]
+            )
         else:
             out.append([])
     return out

@@ -16,8 +16,9 @@ the target's forward passes, and the tokens the target wrote itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -53,8 +54,9 @@ def verify_greedy(logits: torch.Tensor, proposal: Sequence[int]) -> tuple[int, i
     return k, picks[k]
 
 
-def verify_sampled(p: torch.Tensor, q: torch.Tensor, proposal: Sequence[int],
-                   gen: torch.Generator | None) -> tuple[int, int]:
+def verify_sampled(
+    p: torch.Tensor, q: torch.Tensor, proposal: Sequence[int], gen: torch.Generator | None
+) -> tuple[int, int]:
     """Speculative sampling. `p[j]`: the target's sampling distribution before proposal[j] (`p[n]` after the
     last); `q[j]`: the draft's, from which proposal[j] was drawn. Returns (tokens kept, next token): the next
     token comes from norm(max(0, p - q)) at the first rejection, else from p[n]."""
@@ -88,18 +90,26 @@ class _Row:
     out_ids: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
     ents: list[float] = field(default_factory=list)
-    gamma: int = 0                  # draft tokens proposed per round inside the step (0: the target alone)
-    pending: int | None = None      # committed, not yet in the target's cache
+    gamma: int = 0  # draft tokens proposed per round inside the step (0: the target alone)
+    pending: int | None = None  # committed, not yet in the target's cache
     draft_pending: list[int] = field(default_factory=list)  # committed, not yet in the draft's cache
-    stats: dict = field(default_factory=lambda: {"proposed": 0, "kept": 0, "target_forwards": 0,
-                                                 "draft_speculated": 0, "draft_accepted": 0, "target_written": 0})
+    stats: dict = field(
+        default_factory=lambda: {
+            "proposed": 0,
+            "kept": 0,
+            "target_forwards": 0,
+            "draft_speculated": 0,
+            "draft_accepted": 0,
+            "target_written": 0,
+        }
+    )
 
     @property
     def sampled(self) -> bool:
         return self.temperature > 0
 
 
-def proposal_ids(target: "HFGenerator", req: GenerationRequest) -> tuple[list[int], torch.Tensor | None] | None:
+def proposal_ids(target: HFGenerator, req: GenerationRequest) -> tuple[list[int], torch.Tensor | None] | None:
     """The draft proposal of `req` as the target's token ids (and the draft's sampling distributions, when it
     sampled), or None when it cannot be verified losslessly: a sampled request whose draft kept no
     distributions (a served draft), or a draft of another vocabulary."""
@@ -122,7 +132,7 @@ def proposal_ids(target: "HFGenerator", req: GenerationRequest) -> tuple[list[in
     return ids, None
 
 
-def generate(target: "HFGenerator", requests: Sequence[GenerationRequest]) -> list[Generation]:
+def generate(target: HFGenerator, requests: Sequence[GenerationRequest]) -> list[Generation]:
     """Write each request's step with the target, verifying its draft proposal first and then speculating with
     the attached draft (when there is one), batched over the requests."""
     call = Call(target, requests)
@@ -137,27 +147,29 @@ def generate(target: "HFGenerator", requests: Sequence[GenerationRequest]) -> li
             # acceptance draws correlated with the draft's would bias the step away from the target's distribution
             g = torch.Generator(device=target.device)
             g.manual_seed(request_seed(seed, req.seed_source + "/speculative", req.step_index, req.sample))
-        rows.append(_Row(i, req, t, top_p, g, req.max_new_tokens,
-                         gamma=req.gamma if target.speculator is not None else 0))
+        rows.append(
+            _Row(i, req, t, top_p, g, req.max_new_tokens, gamma=req.gamma if target.speculator is not None else 0)
+        )
         ctx = call.full[i]
         entry, n = target.store.best(req.key, ctx) if target.reuse_cache else (None, 0)
         prop = proposal_ids(target, req)
         proposals.append(prop)
         pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
-        news.append(ctx[n:] + (prop[0][:req.max_new_tokens] if prop else []))
+        news.append(ctx[n:] + (prop[0][: req.max_new_tokens] if prop else []))
     batch = KVBatch(target._forward_keep, pasts, news, target.pad_id, target.device)
-    keep = max(len(p[0][:r.limit]) if p else 0 for p, r in zip(proposals, rows)) + 1
+    keep = max(len(p[0][: r.limit]) if p else 0 for p, r in zip(proposals, rows)) + 1
     logits = batch.prefill(keep=keep)
     done: set[int] = set()
     for r, (row, prop) in enumerate(zip(rows, proposals)):
         row.stats["target_forwards"] += 1
-        ids = prop[0][:row.limit] if prop else []
-        out = logits[r, keep - len(ids) - 1:]
-        dists = prop[1][:len(ids)] if prop and prop[1] is not None else None
+        ids = prop[0][: row.limit] if prop else []
+        out = logits[r, keep - len(ids) - 1 :]
+        dists = prop[1][: len(ids)] if prop and prop[1] is not None else None
         kept, nxt = _verify(row, out, ids, dists)
         row.stats["proposed"] += len(ids)
-        if _commit(target, row, out, ids[:kept] + [nxt], kept=kept, lead=0, n_fed=len(ids), batch=batch, r=r,
-                   call=call):
+        if _commit(
+            target, row, out, ids[:kept] + [nxt], kept=kept, lead=0, n_fed=len(ids), batch=batch, r=r, call=call
+        ):
             done.add(r)
         row.stats["kept"] += min(kept, len(row.out_ids))
     draft = target.speculator if any(row.gamma > 0 for row in rows) else None
@@ -166,8 +178,13 @@ def generate(target: "HFGenerator", requests: Sequence[GenerationRequest]) -> li
         live = [r for r in range(len(rows)) if r not in done and rows[r].req.key not in target._cancelled]
         for r in range(len(rows)):
             if r not in done and rows[r].req.key in target._cancelled:
-                call.results[rows[r].index] = Generation(text="", stop="length", token_ids=[], logprobs=[],
-                                                         extras={"generator": target.name, "cancelled": True})
+                call.results[rows[r].index] = Generation(
+                    text="",
+                    stop="length",
+                    token_ids=[],
+                    logprobs=[],
+                    extras={"generator": target.name, "cancelled": True},
+                )
                 done.add(r)
         if not live:
             break
@@ -194,17 +211,27 @@ def _verify(row: _Row, out: torch.Tensor, ids: list[int], dists: torch.Tensor | 
     if not row.sampled:
         return verify_greedy(out, ids)
     p = sampling_probs(out, row.temperature, row.top_p)
-    q = dists if dists is not None else torch.zeros_like(p[:len(ids)])
+    q = dists if dists is not None else torch.zeros_like(p[: len(ids)])
     return verify_sampled(p, q, ids, row.gen)
 
 
-def _commit(target: "HFGenerator", row: _Row, logits: torch.Tensor, tokens: list[int], kept: int, lead: int,
-            n_fed: int, batch: KVBatch, r: int, call: Call) -> bool:
+def _commit(
+    target: HFGenerator,
+    row: _Row,
+    logits: torch.Tensor,
+    tokens: list[int],
+    kept: int,
+    lead: int,
+    n_fed: int,
+    batch: KVBatch,
+    r: int,
+    call: Call,
+) -> bool:
     """Append `tokens` (logits[j] produced tokens[j]) to the row's step, stopping where the step ends. Of the
     `n_fed` tokens just fed to the target, the first `lead` were committed before and the next `kept` are
     tokens[:kept]; fed tokens that are not part of the step are masked out of the cache. Returns whether the
     step ended (its Generation is then in `call.results`)."""
-    logp = torch.log_softmax(logits[:len(tokens)].float(), -1)
+    logp = torch.log_softmax(logits[: len(tokens)].float(), -1)
     ent = (-(logp.exp() * logp).sum(-1)).tolist()
     picked = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
     for j, tok in enumerate(tokens):
@@ -235,11 +262,11 @@ def _decode_round(target, rows, live, batch: KVBatch, call: Call, done: set) -> 
             nxt = int(torch.multinomial(sampling_probs(logits[r], row.temperature, row.top_p), 1, generator=row.gen))
         else:
             nxt = int(logits[r].argmax())
-        if _commit(target, row, logits[r:r + 1], [nxt], kept=0, lead=1, n_fed=1, batch=batch, r=r, call=call):
+        if _commit(target, row, logits[r : r + 1], [nxt], kept=0, lead=1, n_fed=1, batch=batch, r=r, call=call):
             done.add(r)
 
 
-def _draft_batch(draft: "HFGenerator", rows: list[_Row], done: set[int]) -> KVBatch:
+def _draft_batch(draft: HFGenerator, rows: list[_Row], done: set[int]) -> KVBatch:
     """The draft's cache for these rows, holding everything committed so far but the last token (the draft's
     own proposal cache is reused up to where the target diverged from it)."""
     pasts, news = [], []
@@ -289,16 +316,16 @@ def _speculate_round(target, draft, rows, live, batch: KVBatch, dbatch: KVBatch,
     for r in live:
         rows[r].stats["draft_speculated"] += gammas[r]
     width = max(gammas.values()) + 1
-    out = batch.extend([[rows[r].pending] + proposals[r] if r in live else [] for r in range(len(rows))],
-                       keep=width)
+    out = batch.extend([[rows[r].pending] + proposals[r] if r in live else [] for r in range(len(rows))], keep=width)
     for r in live:
         row, gamma, props = rows[r], gammas[r], proposals[r]
         row.stats["target_forwards"] += 1
-        logits = out[r, width - gamma - 1:]
+        logits = out[r, width - gamma - 1 :]
         kept, nxt = _verify(row, logits, props, torch.stack(dists[r]) if dists[r] else None)
         before = len(row.out_ids)
-        ended = _commit(target, row, logits, props[:kept] + [nxt], kept=kept, lead=1, n_fed=gamma + 1, batch=batch,
-                        r=r, call=call)
+        ended = _commit(
+            target, row, logits, props[:kept] + [nxt], kept=kept, lead=1, n_fed=gamma + 1, batch=batch, r=r, call=call
+        )
         row.stats["draft_accepted"] += min(kept, len(row.out_ids) - before)
         if gamma > 0:  # the draft's cache holds its pending tokens and proposals 1..gamma-1: keep the accepted
             dbatch.retract(r, (gamma - 1) - min(kept, gamma - 1))

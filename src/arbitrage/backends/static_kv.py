@@ -37,7 +37,7 @@ class SlotCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.slots, self.max_len = slots, max_len
-        self.rows: torch.Tensor | None = None       # [B] slot of each batch row (None: every slot, in order)
+        self.rows: torch.Tensor | None = None  # [B] slot of each batch row (None: every slot, in order)
         self.positions: torch.Tensor | None = None  # [B, T] absolute position of each new token
 
     def bind(self, rows: torch.Tensor | None, positions: torch.Tensor) -> None:
@@ -74,8 +74,9 @@ def additive_mask(query_positions: torch.Tensor, max_len: int, dtype) -> torch.T
     keys = torch.arange(max_len, device=query_positions.device)
     allowed = keys[None, None, None, :] <= query_positions[:, None, :, None]
     neg = torch.finfo(dtype).min / 2
-    return torch.where(allowed, torch.zeros((), dtype=dtype, device=keys.device),
-                       torch.full((), neg, dtype=dtype, device=keys.device))
+    return torch.where(
+        allowed, torch.zeros((), dtype=dtype, device=keys.device), torch.full((), neg, dtype=dtype, device=keys.device)
+    )
 
 
 class StaticDecoder:
@@ -91,9 +92,9 @@ class StaticDecoder:
         self.compile = compile
         self._decode = None
         self.compiled_calls = 0  # how many decode steps went through the compiled function
-        self.timed = False       # measure the time inside forward passes (synchronising the device; benchmarks)
+        self.timed = False  # measure the time inside forward passes (synchronising the device; benchmarks)
         self.seconds, self.calls = 0.0, 0
-        self.slot_of: dict[str, int] = {}                  # problem key -> its slot
+        self.slot_of: dict[str, int] = {}  # problem key -> its slot
         self.slot_ids: list[list[int]] = [[] for _ in range(slots)]  # the ids whose keys/values each slot holds
 
     def slot(self, key: str, name: str = "model") -> int:
@@ -101,8 +102,10 @@ class StaticDecoder:
         if key not in self.slot_of:
             free = sorted(set(range(self.cache.slots)) - set(self.slot_of.values()))
             if not free:
-                raise RuntimeError(f"{name}: all {self.cache.slots} static-cache slots are taken; give at least as "
-                                   f"many slots as problems in flight")
+                raise RuntimeError(
+                    f"{name}: all {self.cache.slots} static-cache slots are taken; give at least as "
+                    f"many slots as problems in flight"
+                )
             self.slot_of[key] = free[0]
             self.slot_ids[free[0]] = []
         return self.slot_of[key]
@@ -134,11 +137,13 @@ class StaticDecoder:
         """Write each row's new tokens at starts[i].. and return the logits at each row's last new token [B, V]."""
         n = max(len(x) for x in news)
         if max(s + n for s in starts) > self.cache.max_len:
-            raise RuntimeError(f"a context longer than the static cache ({self.cache.max_len} tokens); raise "
-                               f"max_len (--static-cache-len)")
+            raise RuntimeError(
+                f"a context longer than the static cache ({self.cache.max_len} tokens); raise "
+                f"max_len (--static-cache-len)"
+            )
         ids = torch.full((len(rows), n), pad_id, dtype=torch.long, device=self.device)
         for i, x in enumerate(news):
-            ids[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+            ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(n, device=self.device)[None, :]
         self.cache.bind(torch.tensor(rows, device=self.device), positions)
         logits = self._timed(self.forward, ids, positions, additive_mask(positions, self.cache.max_len, self.dtype))
@@ -183,8 +188,9 @@ def generate_static(self, requests) -> list:
     slot_of_row = dict(zip(call.active, slots))
     S = self.static.cache.slots
     while dec.advance(logits, None):
-        pos_all = torch.tensor([min(len(ids), self.static.cache.max_len - 1) for ids in self.static.slot_ids],
-                               device=self.device)
+        pos_all = torch.tensor(
+            [min(len(ids), self.static.cache.max_len - 1) for ids in self.static.slot_ids], device=self.device
+        )
         toks = [self.pad_id] * S
         for i, t in zip(dec.rows, dec.last_tokens()):  # each continuing row's sampled token goes into its slot
             toks[slot_of_row[i]] = t

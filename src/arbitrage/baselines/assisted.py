@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from ..problem import ProblemResult, new_counts
 from ..errors import ConfigError
+from ..problem import ProblemResult, new_counts
 from ..records import StepRecord
 from ..timing import ForwardTimer
 from ..types import Problem
@@ -43,12 +43,12 @@ class _MaxSeparators:
         ids = input_ids[0].tolist()
         if len(ids) > self.seen:
             lo = max(self.start, self.seen - 4)  # a few tokens back, so a split multi-byte character decodes
-            old = self.tokenizer.decode(ids[lo:self.seen], skip_special_tokens=True)
+            old = self.tokenizer.decode(ids[lo : self.seen], skip_special_tokens=True)
             new = self.tokenizer.decode(ids[lo:], skip_special_tokens=True)
             if new.startswith(old):
-                self.text += new[len(old):]
+                self.text += new[len(old) :]
             else:
-                self.text = self.tokenizer.decode(ids[self.start:], skip_special_tokens=True)
+                self.text = self.tokenizer.decode(ids[self.start :], skip_special_tokens=True)
             self.seen = len(ids)
         done = self.text.count(self.separator) >= self.max_steps
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
@@ -57,8 +57,10 @@ class _MaxSeparators:
 def check_in_process(draft, target) -> None:
     for role, g in (("draft", draft), ("target", target)):
         if g is None or not hasattr(g, "model") or not hasattr(g, "tokenizer"):
-            raise ConfigError(f"the assisted-generation baseline needs an in-process {role} model (a local "
-                              f"directory or hub id), not a server")
+            raise ConfigError(
+                f"the assisted-generation baseline needs an in-process {role} model (a local "
+                f"directory or hub id), not a server"
+            )
 
 
 def split_steps(text: str, separator: str, max_steps: int) -> tuple[list[tuple[str, str]], bool]:
@@ -68,8 +70,15 @@ def split_steps(text: str, separator: str, max_steps: int) -> tuple[list[tuple[s
     return steps[:max_steps], len(steps) > max_steps
 
 
-def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens: int, max_steps: int,
-                 timers: tuple[ForwardTimer, ForwardTimer]) -> ProblemResult:
+def generate_one(
+    draft,
+    target,
+    problem: Problem,
+    separator: str,
+    max_new_tokens: int,
+    max_steps: int,
+    timers: tuple[ForwardTimer, ForwardTimer],
+) -> ProblemResult:
     """Assisted generation of one solution, as the step engine's result for that problem."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -77,8 +86,9 @@ def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens
     ids = list(target.encode(problem.prompt, True))
     inputs = torch.tensor([ids], device=target.device)
     eos = sorted(target.eos_ids)
-    gcfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos or None,
-                            pad_token_id=target.pad_id)
+    gcfg = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos or None, pad_token_id=target.pad_id
+    )
     stop = StoppingCriteriaList([_MaxSeparators(tok, len(ids), separator, max_steps)])
     extra = {}
     if draft.tokenizer.get_vocab() != tok.get_vocab():  # different vocabularies: universal assisted decoding
@@ -87,12 +97,18 @@ def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens
         t.reset()
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = target.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=gcfg,
-                                    assistant_model=draft.model, stopping_criteria=stop, **extra)
+        out = target.model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            generation_config=gcfg,
+            assistant_model=draft.model,
+            stopping_criteria=stop,
+            **extra,
+        )
     if target.device.type == "cuda":
         torch.cuda.synchronize()
     latency = time.perf_counter() - t0
-    new = out[0, len(ids):].tolist()
+    new = out[0, len(ids) :].tolist()
     cut = next((i for i, t in enumerate(new) if t in target.eos_ids), None)
     new = new if cut is None else new[:cut]
     pieces, truncated = split_steps(tok.decode(new, skip_special_tokens=False), separator, max_steps)
@@ -108,15 +124,18 @@ def generate_one(draft, target, problem: Problem, separator: str, max_new_tokens
     for i, (piece, kind) in enumerate(pieces):
         stop_reason = "separator" if kind == "separator" else ("eos" if finish == "eos" else "length")
         n = len(target.encode(piece + (separator if kind == "separator" else ""), False))
-        records.append(StepRecord(index=i, author="target", text=piece, stop=stop_reason, n_tokens=n,
-                                  escalated=False))
+        records.append(StepRecord(index=i, author="target", text=piece, stop=stop_reason, n_tokens=n, escalated=False))
     solution = "".join(r.text + (separator if r.stop == "separator" else "") for r in records)
     counts = new_counts()
-    counts.update(draft_tokens_accepted=accepted, draft_tokens_discarded=max(0, draft_t.calls - accepted),
-                  target_tokens=len(new), target_calls=target_t.calls, draft_calls=draft_t.calls)
+    counts.update(
+        draft_tokens_accepted=accepted,
+        draft_tokens_discarded=max(0, draft_t.calls - accepted),
+        target_tokens=len(new),
+        target_calls=target_t.calls,
+        draft_calls=draft_t.calls,
+    )
     seconds = {"draft": draft_t.seconds, "target": target_t.seconds, "prm": 0.0, "router": 0.0, "judge": 0.0}
-    return ProblemResult(problem, [r.to_step() for r in records], records, finish, latency, seconds, counts,
-                         solution)
+    return ProblemResult(problem, [r.to_step() for r in records], records, finish, latency, seconds, counts, solution)
 
 
 class AssistedRunner:
@@ -134,8 +153,7 @@ class AssistedRunner:
         e = self.engine
         try:
             for p in problems:
-                on_done(generate_one(self.draft, self.target, p, e.separator, e.max_total_tokens, e.max_steps,
-                                     timers))
+                on_done(generate_one(self.draft, self.target, p, e.separator, e.max_total_tokens, e.max_steps, timers))
         finally:
             for t in timers:
                 t.remove()

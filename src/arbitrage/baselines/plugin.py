@@ -34,5 +34,11 @@ def register(registry) -> None:
     registry.add_policy(SpecReason)
     for cls in POLICIES:
         registry.add_policy(cls)
-    registry.add_runner("assisted", {"draft", "target"}, _assisted, metrics=_assisted_metrics, check=_assisted_check,
-                        summary="token-level speculative decoding (transformers assisted generation), lossless")
+    registry.add_runner(
+        "assisted",
+        {"draft", "target"},
+        _assisted,
+        metrics=_assisted_metrics,
+        check=_assisted_check,
+        summary="token-level speculative decoding (transformers assisted generation), lossless",
+    )

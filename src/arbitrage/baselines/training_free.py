@@ -28,7 +28,7 @@ def _logprobs(step: Step) -> list[float]:
 
 
 # 0.001 ... 5, 10: a ladder of log-probs and entropies from rare to frequent escalation (calibrate's default grid)
-LOG_LADDER = tuple(m * 10.0 ** k for k in range(-3, 1) for m in (1, 2, 5)) + (10.0,)
+LOG_LADDER = tuple(m * 10.0**k for k in range(-3, 1) for m in (1, 2, 5)) + (10.0,)
 
 
 class Confidence(ThresholdPolicy):
@@ -66,8 +66,10 @@ class GlimpsePolicy(ThresholdPolicy):
     name, needs = "glimpse", frozenset({"draft", "target"})
     threshold_range, default_threshold = (0.0, 20.0), 1.0
     escalates, threshold_ladder = "above", tuple(v for v in LOG_LADDER if v <= 5.0)  # first-token entropy (nats)
-    summary = "baseline (GlimpRouter): escalate iff the entropy of the draft step's first token > tau, decided " \
-              "after that one token"
+    summary = (
+        "baseline (GlimpRouter): escalate iff the entropy of the draft step's first token > tau, decided "
+        "after that one token"
+    )
 
     def decide(self) -> Decide:
         g = yield Glimpse(1)
@@ -76,8 +78,10 @@ class GlimpsePolicy(ThresholdPolicy):
             if g.n_tokens == 0:
                 ents = [0.0]
             else:
-                raise ConfigError("the glimpse policy reads the entropy of the draft's first token, and the draft "
-                                  "returned none (a served draft needs top log-probs)")
+                raise ConfigError(
+                    "the glimpse policy reads the entropy of the draft's first token, and the draft "
+                    "returned none (a served draft needs top log-probs)"
+                )
         h = float(ents[0])
         if not math.isfinite(h):
             h = 0.0

@@ -23,9 +23,17 @@ def _fraction(s: str) -> float:
 
 def cmd_build_data(args) -> int:
     sep = _unescape(args.separator) if args.separator is not None else None
-    counts = build_data(args.results, args.out, margin=args.margin, balance=not args.no_balance,
-                        val_fraction=args.val_fraction, seed=args.seed, separator=sep,
-                        author_tags=not args.no_author_tags, label_from=args.label_from)
+    counts = build_data(
+        args.results,
+        args.out,
+        margin=args.margin,
+        balance=not args.no_balance,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        separator=sep,
+        author_tags=not args.no_author_tags,
+        label_from=args.label_from,
+    )
     print(f"{'split':<22}{'examples':>10}{'escalate':>10}{'keep':>10}{'escalate %':>12}")
     for name in ("all", "train_before_balance", "train", "validation"):
         c = counts[name]
@@ -37,27 +45,47 @@ def cmd_build_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    log = (lambda s: print(s, file=sys.stderr))
+    log = lambda s: print(s, file=sys.stderr)
     if args.kind == "probe":
-        unused = [f for f in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
-                  if getattr(args, f) is not None]
+        unused = [
+            f
+            for f in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
+            if getattr(args, f) is not None
+        ]
         if unused:
             raise ConfigError(f"--{unused[0].replace('_', '-')} is for --kind classifier, not probe")
-        hyper = {"features": args.probe_features.split(",") if args.probe_features else None, "C": args.C,
-                 "classes": args.classes, "ordinal": args.ordinal, "decide_after": args.decide_after}
+        hyper = {
+            "features": args.probe_features.split(",") if args.probe_features else None,
+            "C": args.C,
+            "classes": args.classes,
+            "ordinal": args.ordinal,
+            "decide_after": args.decide_after,
+        }
     else:
         if args.probe_features or args.C is not None or args.decide_after is not None:
             raise ConfigError("--probe-features, --C and --decide-after are for --kind probe")
         hyper_heads = {"classes": args.classes, "ordinal": args.ordinal}
-        hyper = {k: getattr(args, k) for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
-                 if getattr(args, k) is not None}
-        hyper.update(weight_decay=args.weight_decay, device=args.device,
-                     gradient_checkpointing=args.gradient_checkpointing)
+        hyper = {
+            k: getattr(args, k)
+            for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup", "max_length")
+            if getattr(args, k) is not None
+        }
+        hyper.update(
+            weight_decay=args.weight_decay, device=args.device, gradient_checkpointing=args.gradient_checkpointing
+        )
         if args.no_bf16:
             hyper["bf16"] = False
         hyper.update(hyper_heads)
-    out = train_router(args.data, args.out, kind=args.kind, base=args.base, seed=args.seed,
-                       shuffle_labels=args.shuffle_labels, log=log, **hyper)
+    out = train_router(
+        args.data,
+        args.out,
+        kind=args.kind,
+        base=args.base,
+        seed=args.seed,
+        shuffle_labels=args.shuffle_labels,
+        log=log,
+        **hyper,
+    )
     import os
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the process that wrote the router
@@ -73,20 +101,33 @@ def cmd_eval(args) -> int:
         rows = decide_after_curve(args.data, ks, log=print)
         print(f"{'K':>6}{'Spearman':>10}{'ROC-AUC':>9}")
         for r in rows:
-            print(f"{'full' if r['decide_after'] is None else r['decide_after']:>6}{r['spearman']:>10.4f}"
-                  f"{r['roc_auc']:>9.4f}")
+            print(
+                f"{'full' if r['decide_after'] is None else r['decide_after']:>6}{r['spearman']:>10.4f}"
+                f"{r['roc_auc']:>9.4f}"
+            )
         if args.out_json:
             with open(args.out_json, "w") as f:
                 json.dump(rows, f, indent=2)
         return 0
     if not args.router:
         raise ConfigError("give --router DIR (or --ks to fit and compare probes deciding after K tokens)")
-    m = evaluate_router(args.router, args.data, tau=args.tau, out_json=args.out_json, oracle_tau=args.oracle_tau,
-                        device=args.device, batch_size=args.batch_size)
+    m = evaluate_router(
+        args.router,
+        args.data,
+        tau=args.tau,
+        out_json=args.out_json,
+        oracle_tau=args.oracle_tau,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     print_table(m, f"router {args.router} on {m['data']}")
     if "per_class_accuracy" in m:
-        print("per-class accuracy (class: edges " + ", ".join(f"{e:.3g}" for e in m["edges"]) + "): " +
-              ", ".join(f"{c}: {v:.3f}" if v is not None else f"{c}: -" for c, v in m["per_class_accuracy"].items()))
+        print(
+            "per-class accuracy (class: edges "
+            + ", ".join(f"{e:.3g}" for e in m["edges"])
+            + "): "
+            + ", ".join(f"{c}: {v:.3f}" if v is not None else f"{c}: -" for c, v in m["per_class_accuracy"].items())
+        )
     if args.out_json:
         print(f"figures -> {args.out_json}")
     else:
@@ -110,8 +151,11 @@ def cmd_thresholds(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("router", help="train and evaluate routers from `generate` results",
-                       description="Router training: build-data -> train -> eval -> thresholds (README, 'Router training').")
+    p = sub.add_parser(
+        "router",
+        help="train and evaluate routers from `generate` results",
+        description="Router training: build-data -> train -> eval -> thresholds (README, 'Router training').",
+    )
     rs = p.add_subparsers(dest="router_command", metavar="STEP")
     rs.required = True
 
@@ -119,29 +163,45 @@ def register(sub) -> None:
     b.add_argument("results", nargs="+", help="results.jsonl files (or their run directories)")
     b.add_argument("--out", required=True, help="directory for train.jsonl, validation.jsonl and meta.json")
     b.add_argument("--margin", type=float, default=0.0, help="label = 1 iff A > margin (default 0)")
-    b.add_argument("--no-balance", action="store_true",
-                   help="keep the training split's class mix (default: downsample the majority class)")
+    b.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="keep the training split's class mix (default: downsample the majority class)",
+    )
     b.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of problems held out (default 0.2)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--separator", help="step separator with escapes (default: the one the run recorded, else \\n\\n)")
     b.add_argument("--no-author-tags", action="store_true", help="leave out the 'Model 0: '/'Model 1: ' tags")
-    b.add_argument("--label-from", choices=("mean", "max", "first"), default="mean",
-                   help="with several target samples per step (generate --target-samples N): the target score the "
-                        "advantage is taken from (default: mean; all three agree for one sample)")
+    b.add_argument(
+        "--label-from",
+        choices=("mean", "max", "first"),
+        default="mean",
+        help="with several target samples per step (generate --target-samples N): the target score the "
+        "advantage is taken from (default: mean; all three agree for one sample)",
+    )
     b.set_defaults(func=cmd_build_data)
 
     t = rs.add_parser("train", help="train a router on build-data's output")
     t.add_argument("--data", required=True, help="directory written by `arbitrage router build-data`")
     t.add_argument("--out", required=True, help="router directory to write")
-    t.add_argument("--kind", choices=KINDS, default="classifier",
-                   help="classifier: fine-tune --base as a token classifier (the paper); probe: logistic regression "
-                        "on the draft's log-probs/entropies/length (no model call at run time)")
+    t.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="classifier",
+        help="classifier: fine-tune --base as a token classifier (the paper); probe: logistic regression "
+        "on the draft's log-probs/entropies/length (no model call at run time)",
+    )
     t.add_argument("--base", help="classifier: causal LM or PRM to start from (local path or Hugging Face id)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shuffle-labels", action="store_true", help="control: train on randomly permuted labels")
-    t.add_argument("--classes", type=int, default=2, choices=(2, 4, 10),
-                   help="2 (escalate/keep, default), or 4 / 10 classes by quantiles of the advantage on the training "
-                        "split; y_hat = the probability mass of the classes whose mean advantage is above 0")
+    t.add_argument(
+        "--classes",
+        type=int,
+        default=2,
+        choices=(2, 4, 10),
+        help="2 (escalate/keep, default), or 4 / 10 classes by quantiles of the advantage on the training "
+        "split; y_hat = the probability mass of the classes whose mean advantage is above 0",
+    )
     t.add_argument("--ordinal", action="store_true", help="an ordinal (cumulative-logit) head over the classes")
     g = t.add_argument_group("classifier")
     g.add_argument("--lr", type=float, help="peak learning rate (default 1e-5, the paper's for a 1.5B base)")
@@ -155,17 +215,27 @@ def register(sub) -> None:
     g.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
     g.add_argument("--gradient-checkpointing", action="store_true")
     q = t.add_argument_group("probe")
-    q.add_argument("--probe-features", help="comma-separated groups from logprobs,entropies,shape,hidden "
-                                            "(default: logprobs,entropies,shape as the data has them)")
+    q.add_argument(
+        "--probe-features",
+        help="comma-separated groups from logprobs,entropies,shape,hidden "
+        "(default: logprobs,entropies,shape as the data has them)",
+    )
     q.add_argument("--C", type=float, help="inverse L2 strength (default: chosen by grouped cross-validation)")
-    q.add_argument("--decide-after", type=int, metavar="K",
-                   help="read only the draft's first K tokens of each step (run it with `--decide-after K`)")
+    q.add_argument(
+        "--decide-after",
+        type=int,
+        metavar="K",
+        help="read only the draft's first K tokens of each step (run it with `--decide-after K`)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = rs.add_parser("eval", help="Spearman, ROC-AUC, per-class accuracy and oracle agreement on held-out steps")
     e.add_argument("--router", help="router directory (either kind)")
-    e.add_argument("--ks", help="instead: fit the probe recipe on the first K tokens for each K (e.g. 1,2,4,8,full) "
-                                "and report held-out Spearman and ROC-AUC against K")
+    e.add_argument(
+        "--ks",
+        help="instead: fit the probe recipe on the first K tokens for each K (e.g. 1,2,4,8,full) "
+        "and report held-out Spearman and ROC-AUC against K",
+    )
     e.add_argument("--data", required=True, help="build-data directory (its validation split) or an examples file")
     e.add_argument("--tau", type=float, default=0.5, help="escalate iff y_hat > tau (default 0.5)")
     e.add_argument("--oracle-tau", type=float, default=0.0, help="the oracle escalates iff A > this (default 0)")
@@ -174,11 +244,18 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=cmd_eval)
 
-    h = rs.add_parser("thresholds", help="the router and RSD thresholds that escalate given shares of the steps "
-                                         "of `generate` results (for sweep points at chosen escalation rates)")
+    h = rs.add_parser(
+        "thresholds",
+        help="the router and RSD thresholds that escalate given shares of the steps "
+        "of `generate` results (for sweep points at chosen escalation rates)",
+    )
     h.add_argument("results", nargs="+", help="`generate` results.jsonl files (or their run directories)")
-    h.add_argument("--rates", type=_rate_list, default=[0.2, 0.4, 0.6],
-                   help="target escalation rates, comma-separated (default 0.2,0.4,0.6)")
+    h.add_argument(
+        "--rates",
+        type=_rate_list,
+        default=[0.2, 0.4, 0.6],
+        help="target escalation rates, comma-separated (default 0.2,0.4,0.6)",
+    )
     h.add_argument("--router", help="router directory (either kind); without it only RSD thresholds")
     h.add_argument("--out-json", help="write the thresholds here")
     h.add_argument("--device", default="auto")

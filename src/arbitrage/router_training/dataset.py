@@ -17,8 +17,8 @@ import json
 import math
 import os
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 from ..errors import DataError
 from ..formats import RouterFormat
@@ -37,13 +37,13 @@ class Example:
     problem_id: str
     index: int
     question: str
-    history: list[dict]           # earlier accepted steps: {"author", "text", "stop"}
-    draft: dict                   # the draft's proposal: text, stop, n_tokens and per-token features
+    history: list[dict]  # earlier accepted steps: {"author", "text", "stop"}
+    draft: dict  # the draft's proposal: text, stop, n_tokens and per-token features
     advantage: float
     label: int
     prm_draft: float
     prm_target: float
-    source: str = ""              # FILE:LINE it came from
+    source: str = ""  # FILE:LINE it came from
     extra: dict = field(default_factory=dict)
 
     def steps(self) -> list[Step]:
@@ -53,21 +53,40 @@ class Example:
         return draft_step_from_record(self.draft)
 
     def to_json(self, separator: str, author_tags: bool) -> dict:
-        return {"problem_id": self.problem_id, "index": self.index, "label": self.label,
-                "advantage": self.advantage, "prm_draft": self.prm_draft, "prm_target": self.prm_target,
-                "input": RouterFormat(separator, author_tags).text(self.question, self.steps(), self.draft["text"]),
-                "question": self.question, "history": self.history, "draft": self.draft, "source": self.source}
+        return {
+            "problem_id": self.problem_id,
+            "index": self.index,
+            "label": self.label,
+            "advantage": self.advantage,
+            "prm_draft": self.prm_draft,
+            "prm_target": self.prm_target,
+            "input": RouterFormat(separator, author_tags).text(self.question, self.steps(), self.draft["text"]),
+            "question": self.question,
+            "history": self.history,
+            "draft": self.draft,
+            "source": self.source,
+        }
 
     @classmethod
-    def from_json(cls, d: dict, where: str = "") -> "Example":
+    def from_json(cls, d: dict, where: str = "") -> Example:
         try:
-            return cls(problem_id=str(d["problem_id"]), index=int(d["index"]), question=d["question"],
-                       history=list(d["history"]), draft=dict(d["draft"]), advantage=float(d["advantage"]),
-                       label=int(d["label"]), prm_draft=float(d["prm_draft"]), prm_target=float(d["prm_target"]),
-                       source=d.get("source", ""))
+            return cls(
+                problem_id=str(d["problem_id"]),
+                index=int(d["index"]),
+                question=d["question"],
+                history=list(d["history"]),
+                draft=dict(d["draft"]),
+                advantage=float(d["advantage"]),
+                label=int(d["label"]),
+                prm_draft=float(d["prm_draft"]),
+                prm_target=float(d["prm_target"]),
+                source=d.get("source", ""),
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where}: not a router training example ({type(exc).__name__}: {exc}); "
-                            f"make it with `arbitrage router build-data`") from exc
+            raise DataError(
+                f"{where}: not a router training example ({type(exc).__name__}: {exc}); "
+                f"make it with `arbitrage router build-data`"
+            ) from exc
 
 
 def draft_step_from_record(rec: dict) -> Step:
@@ -81,8 +100,10 @@ def _results_path(path: str) -> str:
     if os.path.isdir(path):
         path = os.path.join(path, RESULTS)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such results file (give OUT/results.jsonl of `arbitrage run --policy "
-                        f"generate`, or its OUT directory; .jsonl.gz is read too)")
+        raise DataError(
+            f"{path}: no such results file (give OUT/results.jsonl of `arbitrage run --policy "
+            f"generate`, or its OUT directory; .jsonl.gz is read too)"
+        )
     return path
 
 
@@ -110,33 +131,45 @@ def target_score(scores: dict, label_from: str) -> float | None:
     return scores.get("prm_target")
 
 
-def examples_from_record(rec: ProblemRecord, where: str, margin: float,
-                         label_from: str = "mean") -> Iterator[Example]:
+def examples_from_record(rec: ProblemRecord, where: str, margin: float, label_from: str = "mean") -> Iterator[Example]:
     """The examples of one results line (one problem). Raises DataError naming FILE:LINE and the field."""
     history: list[dict] = []
     for k, s in enumerate(rec.steps):
         f = f"steps[{k}]"
         pd, pt = s.scores.get("prm_draft"), target_score(s.scores, label_from)
         if not (_number(pd) and _number(pt)):
-            raise DataError(f"{where}: {f}.scores: needs numbers prm_draft and prm_target (record the data with "
-                            f"`arbitrage run --policy generate`)")
+            raise DataError(
+                f"{where}: {f}.scores: needs numbers prm_draft and prm_target (record the data with "
+                f"`arbitrage run --policy generate`)"
+            )
         adv = pt - pd if label_from != "first" or s.scores.get("advantage") is None else s.scores["advantage"]
         if not _number(adv):
             raise DataError(f"{where}: {f}.scores.advantage: not a finite number")
         draft = s.draft_proposal()
         if draft is None:
-            raise DataError(f"{where}: {f}.draft: missing, and the step is the target's, so the draft's proposal "
-                            f"is unknown")
+            raise DataError(
+                f"{where}: {f}.draft: missing, and the step is the target's, so the draft's proposal is unknown"
+            )
         keep = draft.to_json()
         keep["n_tokens"] = int(draft.n_tokens or len(draft.logprobs or []))
-        yield Example(problem_id=rec.id, index=k, question=rec.question, history=list(history),
-                      draft=keep, advantage=float(adv), label=int(adv > margin), prm_draft=float(pd),
-                      prm_target=float(pt), source=where)
+        yield Example(
+            problem_id=rec.id,
+            index=k,
+            question=rec.question,
+            history=list(history),
+            draft=keep,
+            advantage=float(adv),
+            label=int(adv > margin),
+            prm_draft=float(pd),
+            prm_target=float(pt),
+            source=where,
+        )
         history.append({"author": s.author, "text": s.text, "stop": s.stop})
 
 
-def read_results(paths: Sequence[str], margin: float = 0.0,
-                 label_from: str = "mean") -> tuple[list[Example], str | None]:
+def read_results(
+    paths: Sequence[str], margin: float = 0.0, label_from: str = "mean"
+) -> tuple[list[Example], str | None]:
     """Every step of every problem in the results files, and the separator their runs used (if recorded)."""
     if label_from not in LABEL_FROM:
         raise DataError(f"label_from must be one of {LABEL_FROM}, not {label_from!r}")
@@ -168,8 +201,10 @@ def read_results(paths: Sequence[str], margin: float = 0.0,
                 seen[key] = path
                 examples.extend(examples_from_record(rec, f"{path}:{n}", margin, label_from))
     if len(seps) > 1:
-        raise DataError(f"the results files come from runs with different step separators {sorted(seps)!r}; "
-                        f"build the data from runs with one separator")
+        raise DataError(
+            f"the results files come from runs with different step separators {sorted(seps)!r}; "
+            f"build the data from runs with one separator"
+        )
     return examples, next(iter(seps), None)
 
 
@@ -245,9 +280,17 @@ def load_examples(path: str) -> list[Example]:
     return out
 
 
-def build_data(results: Sequence[str] | str, out_dir: str, margin: float = 0.0, balance_train: bool = True,
-               val_fraction: float = 0.2, seed: int = 0, separator: str | None = None,
-               author_tags: bool = True, label_from: str = "mean") -> dict:
+def build_data(
+    results: Sequence[str] | str,
+    out_dir: str,
+    margin: float = 0.0,
+    balance_train: bool = True,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    separator: str | None = None,
+    author_tags: bool = True,
+    label_from: str = "mean",
+) -> dict:
     """Read `generate` results, label, split by problem, balance the training split, write OUT/*.jsonl.
     `label_from`: the target score of the advantage, with several target samples per step (mean, max, first).
 
@@ -268,14 +311,26 @@ def build_data(results: Sequence[str] | str, out_dir: str, margin: float = 0.0, 
     os.makedirs(out_dir, exist_ok=True)
     write_jsonl(os.path.join(out_dir, TRAIN), train_bal, sep, author_tags)
     write_jsonl(os.path.join(out_dir, VALIDATION), val, sep, author_tags)
-    counts = {"all": class_counts(examples), "train_before_balance": class_counts(train),
-              "train": class_counts(train_bal), "validation": class_counts(val),
-              "problems": {"train": len({e.problem_id for e in train}), "validation": len({e.problem_id for e in val})}}
+    counts = {
+        "all": class_counts(examples),
+        "train_before_balance": class_counts(train),
+        "train": class_counts(train_bal),
+        "validation": class_counts(val),
+        "problems": {"train": len({e.problem_id for e in train}), "validation": len({e.problem_id for e in val})},
+    }
     features = [k for k in DRAFT_FEATURES if all(k in e.draft for e in examples)]
-    meta = {"separator": sep, "author_tags": author_tags, "margin": margin, "label_from": label_from,
-            "balanced": balance_train,
-            "val_fraction": val_fraction, "seed": seed, "sources": [os.path.abspath(_results_path(p)) for p in results],
-            "draft_features": features, "counts": counts}
+    meta = {
+        "separator": sep,
+        "author_tags": author_tags,
+        "margin": margin,
+        "label_from": label_from,
+        "balanced": balance_train,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "sources": [os.path.abspath(_results_path(p)) for p in results],
+        "draft_features": features,
+        "counts": counts,
+    }
     with open(os.path.join(out_dir, META), "w") as f:
         json.dump(meta, f, indent=2)
     return counts

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -20,18 +20,22 @@ from .dataset import Example, data_file, load_examples, read_meta
 
 
 def router_requests(examples: Sequence[Example]) -> list[RouteRequest]:
-    return [RouteRequest(key=f"{e.problem_id}#{e.index}", question=e.question, steps=e.steps(),
-                         draft=e.draft_step()) for e in examples]
+    return [
+        RouteRequest(key=f"{e.problem_id}#{e.index}", question=e.question, steps=e.steps(), draft=e.draft_step())
+        for e in examples
+    ]
 
 
 def predict(router, examples: Sequence[Example], batch_size: int = 16) -> list[float]:
     """y_hat for every example, in batches of similar length (less padding for model routers)."""
     reqs = router_requests(examples)
-    order = sorted(range(len(reqs)), key=lambda i: len(reqs[i].question) + sum(len(s.text) for s in reqs[i].steps)
-                   + len(reqs[i].draft.text))
+    order = sorted(
+        range(len(reqs)),
+        key=lambda i: len(reqs[i].question) + sum(len(s.text) for s in reqs[i].steps) + len(reqs[i].draft.text),
+    )
     out = [0.0] * len(reqs)
     for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
+        idx = order[k : k + batch_size]
         for i, p in zip(idx, router.predict([reqs[i] for i in idx])):
             out[i] = float(p)
         for i in idx:
@@ -43,8 +47,9 @@ def _rate(mask: np.ndarray, of: np.ndarray) -> float | None:
     return float(mask[of].mean()) if of.any() else None
 
 
-def metrics(y_hat: Sequence[float], advantage: Sequence[float], labels: Sequence[int], tau: float = 0.5,
-            oracle_tau: float = 0.0) -> dict:
+def metrics(
+    y_hat: Sequence[float], advantage: Sequence[float], labels: Sequence[int], tau: float = 0.5, oracle_tau: float = 0.0
+) -> dict:
     """Spearman(y_hat, A), ROC-AUC of y_hat for the label, accuracy per class at `tau` (escalate iff y_hat > tau),
     and agreement with the oracle's decision (escalate iff A > oracle_tau)."""
     from scipy.stats import spearmanr
@@ -59,16 +64,23 @@ def metrics(y_hat: Sequence[float], advantage: Sequence[float], labels: Sequence
     both = len(set(y.tolist())) == 2
     rho = float(sp[0]) if sp is not None else float("nan")
     return {
-        "n": int(p.size), "escalate": int(y.sum()), "keep": int((1 - y).sum()),
-        "spearman": rho, "spearman_p": float(sp[1]) if sp is not None else float("nan"),
+        "n": int(p.size),
+        "escalate": int(y.sum()),
+        "keep": int((1 - y).sum()),
+        "spearman": rho,
+        "spearman_p": float(sp[1]) if sp is not None else float("nan"),
         "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
-        "tau": tau, "escalation_rate": float(esc.mean()),
+        "tau": tau,
+        "escalation_rate": float(esc.mean()),
         "accuracy": float((esc == y.astype(bool)).mean()),
-        "accuracy_escalate": _rate(esc, y == 1), "accuracy_keep": _rate(~esc, y == 0),
+        "accuracy_escalate": _rate(esc, y == 1),
+        "accuracy_keep": _rate(~esc, y == 0),
         "balanced_accuracy": float(np.mean([_rate(esc, y == 1), _rate(~esc, y == 0)])) if both else float("nan"),
-        "oracle_tau": oracle_tau, "oracle_escalation_rate": float(oracle.mean()),
+        "oracle_tau": oracle_tau,
+        "oracle_escalation_rate": float(oracle.mean()),
         "oracle_agreement": float((esc == oracle).mean()),
-        "recall_of_oracle_escalations": _rate(esc, oracle), "precision_vs_oracle": _rate(oracle, esc),
+        "recall_of_oracle_escalations": _rate(esc, oracle),
+        "precision_vs_oracle": _rate(oracle, esc),
         "y_hat_mean": float(p.mean()),
     }
 
@@ -81,13 +93,21 @@ def _fmt(v) -> str:
     return str(v)
 
 
-ROWS = (("examples (escalate / keep)", None), ("Spearman(y_hat, A)", "spearman"), ("  p-value", "spearman_p"),
-        ("ROC-AUC", "roc_auc"), ("escalation rate at tau", "escalation_rate"), ("accuracy", "accuracy"),
-        ("  on escalate steps", "accuracy_escalate"), ("  on keep steps", "accuracy_keep"),
-        ("balanced accuracy", "balanced_accuracy"), ("oracle escalation rate", "oracle_escalation_rate"),
-        ("agreement with oracle", "oracle_agreement"), ("  recall of oracle escalations",
-                                                        "recall_of_oracle_escalations"),
-        ("  precision vs oracle", "precision_vs_oracle"))
+ROWS = (
+    ("examples (escalate / keep)", None),
+    ("Spearman(y_hat, A)", "spearman"),
+    ("  p-value", "spearman_p"),
+    ("ROC-AUC", "roc_auc"),
+    ("escalation rate at tau", "escalation_rate"),
+    ("accuracy", "accuracy"),
+    ("  on escalate steps", "accuracy_escalate"),
+    ("  on keep steps", "accuracy_keep"),
+    ("balanced accuracy", "balanced_accuracy"),
+    ("oracle escalation rate", "oracle_escalation_rate"),
+    ("agreement with oracle", "oracle_agreement"),
+    ("  recall of oracle escalations", "recall_of_oracle_escalations"),
+    ("  precision vs oracle", "precision_vs_oracle"),
+)
 
 
 def table(m: dict, title: str = "router evaluation") -> str:
@@ -114,9 +134,17 @@ def print_table(m: dict, title: str, file=None) -> None:
     Console(file=file).print(t)
 
 
-def evaluate_router(router_dir: str, data_dir_or_file: str, tau: float = 0.5, out_json: str | None = None, *,
-                    oracle_tau: float = 0.0, device: str = "auto", batch_size: int = 16,
-                    log: Callable[[str], None] | None = None) -> dict:
+def evaluate_router(
+    router_dir: str,
+    data_dir_or_file: str,
+    tau: float = 0.5,
+    out_json: str | None = None,
+    *,
+    oracle_tau: float = 0.0,
+    device: str = "auto",
+    batch_size: int = 16,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Figures of the router in ROUTER_DIR on DATA/validation.jsonl (or on a given examples file)."""
     from ..factory import ModelOptions, load_model
 
@@ -136,8 +164,14 @@ def evaluate_router(router_dir: str, data_dir_or_file: str, tau: float = 0.5, ou
         m.update(per_class_accuracy(router, examples, edges))
     if getattr(router, "decide_after", None):
         m["decide_after"] = router.decide_after
-    m.update({"router": os.path.abspath(router_dir), "data": os.path.abspath(path),
-              "predict_seconds": round(seconds, 3), "ms_per_step": round(1000 * seconds / len(examples), 3)})
+    m.update(
+        {
+            "router": os.path.abspath(router_dir),
+            "data": os.path.abspath(path),
+            "predict_seconds": round(seconds, 3),
+            "ms_per_step": round(1000 * seconds / len(examples), 3),
+        }
+    )
     if out_json:
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
         with open(out_json, "w") as f:
@@ -155,12 +189,18 @@ def per_class_accuracy(router, examples: Sequence[Example], edges) -> dict:
     pred = np.asarray(router.classify(router_requests(examples)))
     k = len(edges) + 1
     per = {str(c): (float((pred[truth == c] == c).mean()) if (truth == c).any() else None) for c in range(k)}
-    return {"n_classes": k, "edges": list(edges), "class_accuracy": float((pred == truth).mean()),
-            "per_class_accuracy": per, "class_counts": {str(c): int((truth == c).sum()) for c in range(k)}}
+    return {
+        "n_classes": k,
+        "edges": list(edges),
+        "class_accuracy": float((pred == truth).mean()),
+        "per_class_accuracy": per,
+        "class_counts": {str(c): int((truth == c).sum()) for c in range(k)},
+    }
 
 
-def decide_after_curve(data_dir: str, ks: Sequence[int | None], seed: int = 0, features=None,
-                       log: Callable[[str], None] | None = None) -> list[dict]:
+def decide_after_curve(
+    data_dir: str, ks: Sequence[int | None], seed: int = 0, features=None, log: Callable[[str], None] | None = None
+) -> list[dict]:
     """What deciding early costs in routing quality: for each K (None: the full step), a probe trained on the
     features of the draft's first K tokens (the same recipe and data), and its held-out Spearman and ROC-AUC."""
     import tempfile
@@ -172,8 +212,15 @@ def decide_after_curve(data_dir: str, ks: Sequence[int | None], seed: int = 0, f
         with tempfile.TemporaryDirectory(prefix="arbitrage-k-") as out:
             train_probe(data_dir, out, seed, features=features, decide_after=k, log=lambda *_: None)
             m = evaluate_router(out, data_dir)
-        rows.append({"decide_after": k, "spearman": m["spearman"], "roc_auc": m["roc_auc"],
-                     "balanced_accuracy": m["balanced_accuracy"], "n": m["n"]})
+        rows.append(
+            {
+                "decide_after": k,
+                "spearman": m["spearman"],
+                "roc_auc": m["roc_auc"],
+                "balanced_accuracy": m["balanced_accuracy"],
+                "n": m["n"],
+            }
+        )
         if log:
             log(f"K={'full' if k is None else k}: Spearman {m['spearman']:.4f}, ROC-AUC {m['roc_auc']:.4f}")
     return rows

@@ -31,8 +31,7 @@ def class_edges(advantages, k: int) -> list[float]:
 def classes_of(advantages, edges) -> np.ndarray:
     """Class index of each Delta: the number of edges below Delta (edges ascending; an edge value itself falls
     in the class it closes, so a tied minimum is a class of its own)."""
-    return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(advantages, dtype=np.float64),
-                           side="left")
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(advantages, dtype=np.float64), side="left")
 
 
 def positive_classes(advantages, classes, n_classes: int) -> list[int]:
@@ -61,7 +60,7 @@ class OrdinalLogit:
 
     @staticmethod
     def _unpack(params, d):
-        w, t0, deltas = params[:d], params[d], params[d + 1:]
+        w, t0, deltas = params[:d], params[d], params[d + 1 :]
         return w, np.concatenate([[t0], t0 + np.cumsum(np.exp(deltas))])
 
     @staticmethod
@@ -85,9 +84,9 @@ class OrdinalLogit:
         p = np.clip(su - sl, 1e-12, 1.0)
         sw = np.ones(n) if weights is None else np.asarray(weights, float)
         loss = -float((sw * np.log(p)).sum()) + float(w @ w) / (2 * self.C)
-        du = su * (1 - su)   # d sigmoid(upper) / d upper
+        du = su * (1 - su)  # d sigmoid(upper) / d upper
         dl = sl * (1 - sl)
-        g_common = sw * (du - dl) / p   # d log p / d(-z) ... sign handled below
+        g_common = sw * (du - dl) / p  # d log p / d(-z) ... sign handled below
         grad_w = (g_common[:, None] * X).sum(0) + w / self.C  # d(-log p)/dw = (du - dl)/p * x
         grad_theta = np.zeros(k - 1)
         for j in range(k - 1):  # theta_j is the upper bound of class j and the lower bound of class j+1
@@ -97,7 +96,7 @@ class OrdinalLogit:
         grad_deltas = np.array([grad_theta[j:].sum() * np.exp(params[d + j]) for j in range(1, k - 1)])
         return loss, np.concatenate([grad_w, [grad_t0], grad_deltas])
 
-    def fit(self, X, y, k: int, weights=None) -> "OrdinalLogit":
+    def fit(self, X, y, k: int, weights=None) -> OrdinalLogit:
         from scipy.optimize import minimize
 
         X, y = np.asarray(X, float), np.asarray(y, int)
@@ -106,7 +105,8 @@ class OrdinalLogit:
         theta0 = np.log(np.clip(freq, 1e-3, 1 - 1e-3) / (1 - np.clip(freq, 1e-3, 1 - 1e-3)))
         theta0 = np.maximum.accumulate(theta0 + np.arange(k - 1) * 1e-3)
         x0 = np.concatenate([np.zeros(d), [theta0[0]], np.log(np.maximum(np.diff(theta0), 1e-3))])
-        res = minimize(self.nll, x0, args=(X, y, k, weights), jac=True, method="L-BFGS-B",
-                       options={"maxiter": self.max_iter})
+        res = minimize(
+            self.nll, x0, args=(X, y, k, weights), jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter}
+        )
         self.coef_, self.thresholds_ = self._unpack(res.x, d)
         return self

@@ -16,8 +16,14 @@ def _probe(spec: str, role: str, opts, separator: str):
 
 
 def register(registry) -> None:
-    registry.add_loader("router", "probe router", _is_probe, _probe, priority=20,
-                        help="a directory written by `arbitrage router train --kind probe`")
+    registry.add_loader(
+        "router",
+        "probe router",
+        _is_probe,
+        _probe,
+        priority=20,
+        help="a directory written by `arbitrage router train --kind probe`",
+    )
     from . import cli
 
     registry.add_command("router", cli.register)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -83,8 +83,9 @@ class ProbeRouter:
     def predict(self, requests: Sequence[RouteRequest]) -> list[float]:
         if not requests:
             return []
-        return self.predict_features(self.features([r.draft for r in requests],
-                                                   [[s.author for s in r.steps] for r in requests]))
+        return self.predict_features(
+            self.features([r.draft for r in requests], [[s.author for s in r.steps] for r in requests])
+        )
 
     def classify(self, requests: Sequence[RouteRequest]) -> list[int]:
         """The most probable class of each request (eval's per-class accuracy)."""
@@ -103,8 +104,13 @@ def load_probe_router(path: str, name: str = "router") -> ProbeRouter:
 
 
 def _matrix(examples, groups, hidden_dim, decide_after=None) -> np.ndarray:
-    return feature_matrix([e.draft_step() for e in examples], [[h["author"] for h in e.history] for e in examples],
-                          groups, hidden_dim, decide_after)
+    return feature_matrix(
+        [e.draft_step() for e in examples],
+        [[h["author"] for h in e.history] for e in examples],
+        groups,
+        hidden_dim,
+        decide_after,
+    )
 
 
 def _fit(Z, y, C, seed, model: str, k: int):
@@ -128,8 +134,16 @@ def _scores(fitted, Z, model: str, positive: list[int]) -> np.ndarray:
     return y_hat_from_probs(probs, positive)
 
 
-def _choose_c(Z: np.ndarray, y: np.ndarray, binary: np.ndarray, groups: np.ndarray, seed: int, model: str, k: int,
-              positive: list[int]) -> tuple[float, dict]:
+def _choose_c(
+    Z: np.ndarray,
+    y: np.ndarray,
+    binary: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    model: str,
+    k: int,
+    positive: list[int],
+) -> tuple[float, dict]:
     """Inverse regularization strength by the ROC-AUC of y_hat for the escalate label, in grouped (by problem)
     cross-validation (the same criterion whatever the head)."""
     from sklearn.metrics import roc_auc_score
@@ -162,9 +176,19 @@ def _blas_threads(n: int | None):
     return threadpool_limits(n) if n else nullcontext()
 
 
-def train_probe(data_dir: str, out_dir: str, seed: int = 0, *, features: Sequence[str] | None = None,
-                C: float | None = None, shuffle_labels: bool = False, classes: int = 2, ordinal: bool = False,
-                decide_after: int | None = None, log: Callable[[str], None] = print) -> str:
+def train_probe(
+    data_dir: str,
+    out_dir: str,
+    seed: int = 0,
+    *,
+    features: Sequence[str] | None = None,
+    C: float | None = None,
+    shuffle_labels: bool = False,
+    classes: int = 2,
+    ordinal: bool = False,
+    decide_after: int | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
     """Fit the probe on DATA/train.jsonl and save it to OUT. Returns OUT. `classes` 4 or 10 (and `ordinal`):
     classes by quantiles of the advantage on the training split; `decide_after`: features of the first K
     draft tokens only."""
@@ -174,8 +198,11 @@ def train_probe(data_dir: str, out_dir: str, seed: int = 0, *, features: Sequenc
     if decide_after is not None and decide_after < 1:
         raise ConfigError("--decide-after must be at least 1 token")
     data_meta = read_meta(data_dir)
-    groups = list(features) if features else [g for g in DEFAULT_GROUPS
-                                                 if g == "shape" or g in data_meta.get("draft_features", [g])]
+    groups = (
+        list(features)
+        if features
+        else [g for g in DEFAULT_GROUPS if g == "shape" or g in data_meta.get("draft_features", [g])]
+    )
     bad = [g for g in groups if g not in GROUPS]
     if bad:
         raise ConfigError(f"unknown probe feature group(s) {bad}; choose from {', '.join(GROUPS)}")
@@ -186,8 +213,10 @@ def train_probe(data_dir: str, out_dir: str, seed: int = 0, *, features: Sequenc
     if "hidden" in groups:
         dims = {len(e.draft.get("last_hidden") or []) for e in examples}
         if 0 in dims or len(dims) != 1:
-            raise DataError("--probe-features hidden needs the draft's last hidden state on every step (run "
-                            "`generate` with the draft's hidden states on)")
+            raise DataError(
+                "--probe-features hidden needs the draft's last hidden state on every step (run "
+                "`generate` with the draft's hidden states on)"
+            )
         hidden_dim = dims.pop()
     X = _matrix(examples, groups, hidden_dim, decide_after)
     binary = np.asarray([e.label for e in examples])
@@ -206,8 +235,10 @@ def train_probe(data_dir: str, out_dir: str, seed: int = 0, *, features: Sequenc
         perm = np.random.default_rng(seed).permutation(len(y))
         y, binary = y[perm], binary[perm]
     if len(set(y.tolist())) < 2:
-        raise DataError(f"{data_dir}: the training split has one class only ({class_counts(examples)}); a router "
-                        f"needs both escalate and keep examples")
+        raise DataError(
+            f"{data_dir}: the training split has one class only ({class_counts(examples)}); a router "
+            f"needs both escalate and keep examples"
+        )
     mean = X.mean(0)
     scale = X.std(0)
     scale[scale < 1e-12] = 1.0
@@ -223,27 +254,50 @@ def train_probe(data_dir: str, out_dir: str, seed: int = 0, *, features: Sequenc
     elif model == "multinomial":
         full_coef = np.zeros((k, Z.shape[1]))
         full_int = np.full(k, -1e9)  # a class absent from the training split gets no mass
-        full_coef[fitted.classes_] = fitted.coef_ if len(fitted.classes_) > 2 else \
-            np.stack([-fitted.coef_[0] / 2, fitted.coef_[0] / 2])
-        full_int[fitted.classes_] = fitted.intercept_ if len(fitted.classes_) > 2 else \
-            np.array([-fitted.intercept_[0] / 2, fitted.intercept_[0] / 2])
+        full_coef[fitted.classes_] = (
+            fitted.coef_ if len(fitted.classes_) > 2 else np.stack([-fitted.coef_[0] / 2, fitted.coef_[0] / 2])
+        )
+        full_int[fitted.classes_] = (
+            fitted.intercept_
+            if len(fitted.classes_) > 2
+            else np.array([-fitted.intercept_[0] / 2, fitted.intercept_[0] / 2])
+        )
         coef, intercept = full_coef.tolist(), full_int.tolist()
     else:
         coef, intercept = fitted.coef_.tolist(), fitted.thresholds_.tolist()
     seconds = time.perf_counter() - t0
-    meta = {"kind": "probe", "model": model, "n_classes": k, "requested_classes": classes,
-            "edges": edges, "positive_classes": positive, "decide_after": decide_after,
-            "feature_groups": groups, "hidden_dim": hidden_dim,
-            "features": feature_names(groups, hidden_dim), "mean": mean.tolist(), "scale": scale.tolist(),
-            "coef": coef, "intercept": intercept, "C": C, "cv_auc": cv,
-            "separator": data_meta.get("separator", DEFAULT_SEPARATOR),
-            "author_tags": data_meta.get("author_tags", True), "margin": data_meta.get("margin", 0.0),
-            "label_from": data_meta.get("label_from", "mean"), "data": os.path.abspath(data_dir), "seed": seed,
-            "shuffled_labels": shuffle_labels, "train_counts": class_counts(examples),
-            "train_seconds": round(seconds, 3)}
+    meta = {
+        "kind": "probe",
+        "model": model,
+        "n_classes": k,
+        "requested_classes": classes,
+        "edges": edges,
+        "positive_classes": positive,
+        "decide_after": decide_after,
+        "feature_groups": groups,
+        "hidden_dim": hidden_dim,
+        "features": feature_names(groups, hidden_dim),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": coef,
+        "intercept": intercept,
+        "C": C,
+        "cv_auc": cv,
+        "separator": data_meta.get("separator", DEFAULT_SEPARATOR),
+        "author_tags": data_meta.get("author_tags", True),
+        "margin": data_meta.get("margin", 0.0),
+        "label_from": data_meta.get("label_from", "mean"),
+        "data": os.path.abspath(data_dir),
+        "seed": seed,
+        "shuffled_labels": shuffle_labels,
+        "train_counts": class_counts(examples),
+        "train_seconds": round(seconds, 3),
+    }
     write_router_meta(out_dir, meta)
     what = model if model == "logistic" else f"{model}, {k} classes"
     after = f", deciding after {decide_after} tokens" if decide_after else ""
-    log(f"probe router ({what}{after}): {X.shape[0]} examples, {X.shape[1]} features ({', '.join(groups)}), "
-        f"C={C}, trained in {seconds:.2f} s -> {out_dir}")
+    log(
+        f"probe router ({what}{after}): {X.shape[0]} examples, {X.shape[1]} features ({', '.join(groups)}), "
+        f"C={C}, trained in {seconds:.2f} s -> {out_dir}"
+    )
     return out_dir

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..types import DEFAULT_SEPARATOR
 from ..registry import registry
+from ..types import DEFAULT_SEPARATOR
 from .dataset import read_results
 from .evaluate import predict
 
@@ -38,7 +38,7 @@ def tau_for_rate(values, rate: float, below: bool, digits: int = 4, bounds: tupl
     where a plain quantile would escalate nothing; the candidates are midpoints between distinct values."""
     x = np.sort(np.asarray(values, dtype=np.float64))
     u = np.unique(np.round(x, digits))
-    cands = np.concatenate([[u[0] - 10 ** -digits], (u[:-1] + u[1:]) / 2, [u[-1] + 10 ** -digits]])
+    cands = np.concatenate([[u[0] - 10**-digits], (u[:-1] + u[1:]) / 2, [u[-1] + 10**-digits]])
     if bounds is not None:  # within the policy's threshold range
         cands = np.clip(cands, *bounds)
     cands = np.unique(np.round(cands, digits))
@@ -55,17 +55,28 @@ def _rates(rates: Sequence[float]) -> list[float]:
     return sorted(set(out))
 
 
-def rate_thresholds(results: Sequence[str], rates: Sequence[float], router_dir: str | None = None, *,
-                    device: str = "auto", batch_size: int = 16, digits: int = 4) -> dict:
+def rate_thresholds(
+    results: Sequence[str],
+    rates: Sequence[float],
+    router_dir: str | None = None,
+    *,
+    device: str = "auto",
+    batch_size: int = 16,
+    digits: int = 4,
+) -> dict:
     """{"n_steps", "oracle_rate", "rsd": [{rate, tau, achieved}], "router": [...] (with router_dir)}."""
     rates = _rates(rates)
     examples, sep = read_results(list(results))
     if not examples:
         raise DataError(f"no steps in {', '.join(results)}")
     prm = np.array([e.prm_draft for e in examples])
-    out: dict = {"sources": [os.path.abspath(p) for p in results], "n_steps": len(examples),
-                 "n_problems": len({e.problem_id for e in examples}),
-                 "oracle_rate": float(np.mean([e.advantage > 0 for e in examples])), "rsd": []}
+    out: dict = {
+        "sources": [os.path.abspath(p) for p in results],
+        "n_steps": len(examples),
+        "n_problems": len({e.problem_id for e in examples}),
+        "oracle_rate": float(np.mean([e.advantage > 0 for e in examples])),
+        "rsd": [],
+    }
     ranges = registry().thresholded()
     out["rsd"] = [tau_for_rate(prm, r, below=True, digits=digits, bounds=ranges["rsd"]) for r in rates]
     drafts = [e.draft_step() for e in examples]
@@ -75,13 +86,15 @@ def rate_thresholds(results: Sequence[str], rates: Sequence[float], router_dir: 
             out[name] = [tau_for_rate(xs, r, below=True, digits=digits, bounds=ranges.get(name)) for r in rates]
     if all(d.extras.get("entropies") for d in drafts):
         first = np.array([float(d.extras["entropies"][0]) for d in drafts])
-        out["glimpse"] = [tau_for_rate(first, r, below=False, digits=digits, bounds=ranges.get("glimpse"))
-                          for r in rates]
+        out["glimpse"] = [
+            tau_for_rate(first, r, below=False, digits=digits, bounds=ranges.get("glimpse")) for r in rates
+        ]
     if router_dir is not None:
         from ..factory import ModelOptions, load_model
 
-        router = load_model("router", router_dir, "router", ModelOptions(device=device, reuse_cache=False),
-                            sep or DEFAULT_SEPARATOR)
+        router = load_model(
+            "router", router_dir, "router", ModelOptions(device=device, reuse_cache=False), sep or DEFAULT_SEPARATOR
+        )
         y = np.array(predict(router, examples, batch_size))
         out["router_dir"] = os.path.abspath(router_dir)
         out["y_hat_range"] = [float(y.min()), float(y.max())]
@@ -103,8 +116,10 @@ def sweep_args(found: dict) -> str:
 
 
 def report(found: dict, out_json: str | None = None, log: Callable[[str], None] = print) -> None:
-    log(f"{found['n_steps']} steps of {found['n_problems']} problems; the oracle (A > 0) escalates "
-        f"{found['oracle_rate']:.1%} of them")
+    log(
+        f"{found['n_steps']} steps of {found['n_problems']} problems; the oracle (A > 0) escalates "
+        f"{found['oracle_rate']:.1%} of them"
+    )
     log(f"{'policy':<16}{'rate':>8}{'tau':>10}{'achieved':>10}")
     for policy in POLICIES:
         for p in found.get(policy, []):

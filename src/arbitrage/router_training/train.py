@@ -16,7 +16,7 @@ import random
 import shutil
 import tempfile
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -28,8 +28,9 @@ from .heads import class_edges, classes_of, positive_classes
 LABELS = {0: "keep", 1: "escalate"}
 
 
-def encode_example(tokenizer, ex: Example, separator: str, author_tags: bool, max_length: int | None = None,
-                   cache: dict | None = None) -> list[int]:
+def encode_example(
+    tokenizer, ex: Example, separator: str, author_tags: bool, max_length: int | None = None, cache: dict | None = None
+) -> list[int]:
     """Token ids of the router input, through the same `RouterFormat` the serving routers encode with; if
     longer than `max_length`, the oldest tokens are cut (the label is read at the last one)."""
     cache = {} if cache is None else cache
@@ -54,8 +55,9 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def _rows(tokenizer, examples: Sequence[Example], labels: Sequence[int], separator: str, author_tags: bool,
-          max_length: int) -> list[dict]:
+def _rows(
+    tokenizer, examples: Sequence[Example], labels: Sequence[int], separator: str, author_tags: bool, max_length: int
+) -> list[dict]:
     cache: dict = {}
     rows = []
     for ex, y in zip(examples, labels):
@@ -98,7 +100,7 @@ class OrdinalTrainer(_trainer_base()):
         outputs = model(**inputs)
         logits = outputs.logits
         rows, cols = (labels != -100).nonzero(as_tuple=True)
-        z = logits[rows, cols].float()                                  # [B, K-1]
+        z = logits[rows, cols].float()  # [B, K-1]
         y = labels[rows, cols]
         targets = (y[:, None] > torch.arange(z.shape[1], device=z.device)[None, :]).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, targets)
@@ -113,11 +115,28 @@ def _use_cuda(device: str) -> bool:
     return device.startswith("cuda")
 
 
-def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, lr: float = 1e-5, epochs: float = 3,
-                     batch_size: int = 8, grad_accum: int = 1, warmup: float = 0.1, weight_decay: float = 0.0,
-                     max_length: int = 4096, device: str = "auto", bf16: bool | None = None,
-                     gradient_checkpointing: bool = False, shuffle_labels: bool = False, logging_steps: int = 10,
-                     classes: int = 2, ordinal: bool = False, log: Callable[[str], None] = print) -> str:
+def train_classifier(
+    data_dir: str,
+    out_dir: str,
+    base: str,
+    seed: int = 0,
+    *,
+    lr: float = 1e-5,
+    epochs: float = 3,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    warmup: float = 0.1,
+    weight_decay: float = 0.0,
+    max_length: int = 4096,
+    device: str = "auto",
+    bf16: bool | None = None,
+    gradient_checkpointing: bool = False,
+    shuffle_labels: bool = False,
+    logging_steps: int = 10,
+    classes: int = 2,
+    ordinal: bool = False,
+    log: Callable[[str], None] = print,
+) -> str:
     """Fine-tune BASE on DATA/train.jsonl (evaluating the loss on DATA/validation.jsonl each epoch when it has
     examples) and save a router checkpoint to OUT. Returns OUT. `classes` 4 or 10: classes by quantiles of the
     advantage on the training split (cross entropy over them); `ordinal`: K-1 cumulative logits P(class > j),
@@ -128,8 +147,13 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
 
     if not base:
         raise ConfigError("a classifier router needs --base: a causal LM or PRM checkpoint (id or path) to start from")
-    for name, v in (("lr", lr), ("epochs", epochs), ("batch_size", batch_size), ("grad_accum", grad_accum),
-                    ("max_length", max_length)):
+    for name, v in (
+        ("lr", lr),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("grad_accum", grad_accum),
+        ("max_length", max_length),
+    ):
         if not v > 0:
             raise ConfigError(f"{name} must be positive, not {v}")
     if not 0 <= warmup < 1:
@@ -149,10 +173,15 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     if shuffle_labels:  # the control: same inputs, labels permuted at random
         random.Random(seed).shuffle(labels)
     if len(set(labels)) < 2:
-        raise DataError(f"{data_dir}: the training split has one class only ({class_counts(train)}); a router needs "
-                        f"both escalate and keep examples")
-    val_path = os.path.join(os.path.expanduser(data_dir), "validation.jsonl") if os.path.isdir(
-        os.path.expanduser(data_dir)) else None
+        raise DataError(
+            f"{data_dir}: the training split has one class only ({class_counts(train)}); a router needs "
+            f"both escalate and keep examples"
+        )
+    val_path = (
+        os.path.join(os.path.expanduser(data_dir), "validation.jsonl")
+        if os.path.isdir(os.path.expanduser(data_dir))
+        else None
+    )
     val = load_examples(val_path) if val_path and os.path.isfile(val_path) else []
 
     set_seed(seed)
@@ -162,8 +191,16 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_out = n_classes - 1 if ordinal else n_classes
     names = LABELS if n_classes == 2 and not ordinal else {i: f"class_{i}" for i in range(n_out)}
-    model = load_model(base, "AutoModelForTokenClassification", device="cpu", dtype="float32", num_labels=n_out,
-                       ignore_mismatched_sizes=True, id2label=names, label2id={v: k for k, v in names.items()})
+    model = load_model(
+        base,
+        "AutoModelForTokenClassification",
+        device="cpu",
+        dtype="float32",
+        num_labels=n_out,
+        ignore_mismatched_sizes=True,
+        id2label=names,
+        label2id={v: k for k, v in names.items()},
+    )
     model.config.pad_token_id = pad_id
     cuda = _use_cuda(device)
     if bf16 is None:
@@ -176,21 +213,43 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     work = tempfile.mkdtemp(prefix="arbitrage-router-")
     args = TrainingArguments(
-        output_dir=work, per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, learning_rate=lr, num_train_epochs=epochs,
-        warmup_steps=int(round(warmup * total_steps)), lr_scheduler_type="linear", optim="adamw_torch",
-        weight_decay=weight_decay, seed=seed, data_seed=seed, logging_steps=logging_steps, save_strategy="no",
-        eval_strategy="epoch" if val_rows else "no", report_to=[], use_cpu=not cuda, bf16=bool(bf16),
-        dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=work,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=lr,
+        num_train_epochs=epochs,
+        warmup_steps=int(round(warmup * total_steps)),
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        weight_decay=weight_decay,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        eval_strategy="epoch" if val_rows else "no",
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=bool(bf16),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
         **({"ddp_backend": "nccl" if cuda else "gloo"} if world > 1 else {}),
-        **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
-    trainer = (OrdinalTrainer if ordinal else Trainer)(model=model, args=args, train_dataset=_Rows(train_rows),
-                      eval_dataset=_Rows(val_rows) if val_rows else None, data_collator=LastTokenCollator(pad_id))
+        **({"gradient_checkpointing": True} if gradient_checkpointing else {}),
+    )
+    trainer = (OrdinalTrainer if ordinal else Trainer)(
+        model=model,
+        args=args,
+        train_dataset=_Rows(train_rows),
+        eval_dataset=_Rows(val_rows) if val_rows else None,
+        data_collator=LastTokenCollator(pad_id),
+    )
     rank0 = trainer.is_world_process_zero()
     if rank0:
-        log(f"classifier router: {len(train_rows)} training examples ({class_counts(train)}), {len(val_rows)} "
+        log(
+            f"classifier router: {len(train_rows)} training examples ({class_counts(train)}), {len(val_rows)} "
             f"validation, {total_steps} optimizer steps on {'cuda' if cuda else 'cpu'}{' bf16' if bf16 else ''}"
-            + (f", {world} processes (DDP, each on its share of every batch)" if world > 1 else ""))
+            + (f", {world} processes (DDP, each on its share of every batch)" if world > 1 else "")
+        )
     try:
         out = trainer.train()
         history = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -202,16 +261,36 @@ def train_classifier(data_dir: str, out_dir: str, base: str, seed: int = 0, *, l
     os.makedirs(out_dir, exist_ok=True)
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    router_meta = {"kind": "classifier", "separator": separator, "author_tags": author_tags,
-                   "margin": meta.get("margin", 0.0), "base": base, "data": os.path.abspath(data_dir),
-                   "seed": seed, "shuffled_labels": shuffle_labels, "train_counts": class_counts(train),
-                   "hyper": {"lr": lr, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
-                             "warmup": warmup, "weight_decay": weight_decay, "max_length": max_length,
-                             "bf16": bool(bf16)},
-                   "n_classes": n_classes, "head": head, "edges": edges, "positive_classes": positive,
-                   "train_loss": round(float(out.training_loss), 5),
-                   "eval_loss": [round(h["eval_loss"], 5) for h in history],
-                   "train_seconds": round(seconds, 2), "device": "cuda" if cuda else "cpu", "processes": world}
+    router_meta = {
+        "kind": "classifier",
+        "separator": separator,
+        "author_tags": author_tags,
+        "margin": meta.get("margin", 0.0),
+        "base": base,
+        "data": os.path.abspath(data_dir),
+        "seed": seed,
+        "shuffled_labels": shuffle_labels,
+        "train_counts": class_counts(train),
+        "hyper": {
+            "lr": lr,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "grad_accum": grad_accum,
+            "warmup": warmup,
+            "weight_decay": weight_decay,
+            "max_length": max_length,
+            "bf16": bool(bf16),
+        },
+        "n_classes": n_classes,
+        "head": head,
+        "edges": edges,
+        "positive_classes": positive,
+        "train_loss": round(float(out.training_loss), 5),
+        "eval_loss": [round(h["eval_loss"], 5) for h in history],
+        "train_seconds": round(seconds, 2),
+        "device": "cuda" if cuda else "cpu",
+        "processes": world,
+    }
     write_router_meta(out_dir, router_meta)
     log(f"classifier router: trained in {seconds:.1f} s (train loss {out.training_loss:.4f}) -> {out_dir}")
     return out_dir

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import torch
 
@@ -32,9 +32,12 @@ class _CachedScorer:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
         self.store = SlotStore(max_entries=max_entries)
+        self._encode = lru_cache(maxsize=65536)(self._encode_uncached)  # per scorer: freed with it
 
-    @lru_cache(maxsize=65536)
     def encode(self, text: str, special: bool = False) -> tuple[int, ...]:
+        return self._encode(text, special)
+
+    def _encode_uncached(self, text: str, special: bool) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def _forward(self, inputs, mask, positions, cache):
@@ -70,6 +73,7 @@ def _value_head(v_head: torch.nn.Linear):
     def head(model, inputs, mask, positions, cache):
         out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
         return v_head(out.last_hidden_state[:, -1].to(v_head.weight.dtype))
+
     return head
 
 
@@ -88,8 +92,10 @@ def _load_value_head(path: str, hidden: int, device, dtype) -> torch.nn.Linear:
             state = torch.load(f, map_location="cpu", weights_only=True)
             weights = {k.split("v_head.")[-1]: v for k, v in state.items() if "v_head" in k}
     if "summary.weight" not in weights:
-        raise ModelLoadError(f"{path!r} has no value head (expected tensors 'v_head.summary.weight/bias' as in "
-                             f"Skywork-o1-Open-PRM); use --prm-kind token-cls for a token-classification PRM")
+        raise ModelLoadError(
+            f"{path!r} has no value head (expected tensors 'v_head.summary.weight/bias' as in "
+            f"Skywork-o1-Open-PRM); use --prm-kind token-cls for a token-classification PRM"
+        )
     head = torch.nn.Linear(hidden, 1, bias="summary.bias" in weights)
     head.weight.data.copy_(weights["summary.weight"].reshape(1, hidden))
     if "summary.bias" in weights:
@@ -115,9 +121,17 @@ class HFPRM:
         self.lane = scorer.lane
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, *, kind: str = "auto", fmt: str | PRMFormat = "skywork",
-                        device: str | None = "auto", dtype: str | None = "auto", reuse_cache: bool = True,
-                        name: str = "prm") -> "HFPRM":
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        *,
+        kind: str = "auto",
+        fmt: str | PRMFormat = "skywork",
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        reuse_cache: bool = True,
+        name: str = "prm",
+    ) -> HFPRM:
         tokenizer = load_tokenizer(path_or_id)
         if kind == "auto":
             kind = _detect_prm_kind(path_or_id)
@@ -143,7 +157,7 @@ class HFPRM:
         flat = flat.tolist()
         scores, i = [], 0
         for r in requests:
-            scores.append(flat[i:i + len(r.candidates)])
+            scores.append(flat[i : i + len(r.candidates)])
             i += len(r.candidates)
         return scores
 
@@ -183,34 +197,53 @@ class HFRouter:
         return self.fmt.separator
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, *, device: str | None = "auto", dtype: str | None = "auto",
-                        reuse_cache: bool = True, name: str = "router") -> "HFRouter":
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        *,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        reuse_cache: bool = True,
+        name: str = "router",
+    ) -> HFRouter:
         local = os.path.isdir(os.path.expanduser(path_or_id))
         meta = read_router_meta(path_or_id) if local else None
         if local and meta is None:
-            what = "a model directory" if os.path.isfile(os.path.join(os.path.expanduser(path_or_id), "config.json")) \
+            what = (
+                "a model directory"
+                if os.path.isfile(os.path.join(os.path.expanduser(path_or_id), "config.json"))
                 else "no model directory"
-            raise ModelLoadError(f"{path_or_id!r} is not a router: it has no {ROUTER_META} ({what}); a router is "
-                                 f"the directory `arbitrage router train --out DIR` writes")
+            )
+            raise ModelLoadError(
+                f"{path_or_id!r} is not a router: it has no {ROUTER_META} ({what}); a router is "
+                f"the directory `arbitrage router train --out DIR` writes"
+            )
         if meta is not None and meta.get("kind", "classifier") != "classifier":
-            raise ModelLoadError(f"{path_or_id!r}: {ROUTER_META} says kind {meta.get('kind')!r}, which this "
-                                 f"loader cannot read (a probe router needs its plugin, arbitrage.router_training)")
-        model, info = load_model(path_or_id, "AutoModelForTokenClassification", device=device, dtype=dtype,
-                                 with_info=True)
+            raise ModelLoadError(
+                f"{path_or_id!r}: {ROUTER_META} says kind {meta.get('kind')!r}, which this "
+                f"loader cannot read (a probe router needs its plugin, arbitrage.router_training)"
+            )
+        model, info = load_model(
+            path_or_id, "AutoModelForTokenClassification", device=device, dtype=dtype, with_info=True
+        )
         missing = [k for k in (info or {}).get("missing_keys", []) or []]
         if missing:
-            raise ModelLoadError(f"{path_or_id!r} has no trained router head: transformers initialised "
-                                 f"{', '.join(sorted(missing)[:4])} at random (the checkpoint is not a token "
-                                 f"classifier trained by `arbitrage router train`)")
+            raise ModelLoadError(
+                f"{path_or_id!r} has no trained router head: transformers initialised "
+                f"{', '.join(sorted(missing)[:4])} at random (the checkpoint is not a token "
+                f"classifier trained by `arbitrage router train`)"
+            )
         meta = meta or {}
         n_classes = int(meta.get("n_classes", 2))
         want = n_classes - 1 if meta.get("head") == "ordinal" else n_classes
         if getattr(model.config, "num_labels", 2) != want:
-            raise ModelLoadError(f"{path_or_id!r}: its {ROUTER_META} describes {want} outputs, the model has "
-                                 f"{model.config.num_labels}")
+            raise ModelLoadError(
+                f"{path_or_id!r}: its {ROUTER_META} describes {want} outputs, the model has {model.config.num_labels}"
+            )
         tokenizer = load_tokenizer(path_or_id)
-        return cls(_CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), RouterFormat.from_meta(meta),
-                   meta)
+        return cls(
+            _CachedScorer(model, tokenizer, _token_cls_head, name, reuse_cache), RouterFormat.from_meta(meta), meta
+        )
 
     def row_ids(self, request: RouteRequest) -> list[int]:
         return self.fmt.row_ids(self.scorer.encode, request.question, request.steps, request.draft)

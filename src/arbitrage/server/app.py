@@ -43,8 +43,11 @@ def create_app(service: Service) -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(title="arbitrage", description="Step-level speculative reasoning behind an OpenAI-compatible API",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="arbitrage",
+        description="Step-level speculative reasoning behind an OpenAI-compatible API",
+        lifespan=lifespan,
+    )
     app.state.service = service
 
     def error(exc: RequestError, endpoint: str) -> JSONResponse:
@@ -53,14 +56,17 @@ def create_app(service: Service) -> FastAPI:
 
     def internal(exc: BaseException, endpoint: str) -> JSONResponse:
         """Any failure no check caught: a JSON 500 in OpenAI's layout, counted, the server still serving."""
-        return error(RequestError(f"internal error: {type(exc).__name__}: {_short(exc)}", None, 500, "server_error"),
-                     endpoint)
+        return error(
+            RequestError(f"internal error: {type(exc).__name__}: {_short(exc)}", None, 500, "server_error"), endpoint
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
-        message = {404: f"no route {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        message = {
+            404: f"no route {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         return error(RequestError(message, None, exc.status_code, kind), "other")
 
     @app.exception_handler(RequestValidationError)
@@ -74,11 +80,20 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/models")
     async def models():
         default = service.default_policy
-        return {"object": "list", "data": [{"id": service.served_name, "object": "model",
-                                            "created": int(service.started), "owned_by": "arbitrage",
-                                            "policy": default.describe(),
-                                            "default_policy": {"name": default.name, "threshold": default.threshold},
-                                            "policies": _servable_policies(service)}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": service.served_name,
+                    "object": "model",
+                    "created": int(service.started),
+                    "owned_by": "arbitrage",
+                    "policy": default.describe(),
+                    "default_policy": {"name": default.name, "threshold": default.threshold},
+                    "policies": _servable_policies(service),
+                }
+            ],
+        }
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -90,8 +105,11 @@ def create_app(service: Service) -> FastAPI:
     async def health():
         status = await asyncio.get_running_loop().run_in_executor(None, service.health)
         down = [role for role, s in status.items() if s == "down"]
-        body = {"status": "ok" if not down else "unavailable", "backends": status,
-                "in_flight": service.engine.in_flight}
+        body = {
+            "status": "ok" if not down else "unavailable",
+            "backends": status,
+            "in_flight": service.engine.in_flight,
+        }
         return JSONResponse(body, status_code=503 if down else 200)
 
     @app.get("/metrics")
@@ -105,7 +123,7 @@ def create_app(service: Service) -> FastAPI:
         endpoint = "chat" if chat else "completions"
         try:
             return await answer(request, chat, endpoint)
-        except Exception as exc:  # noqa: BLE001  nothing a request sends may take the server down
+        except Exception as exc:
             return internal(exc, endpoint)
 
     async def answer(request: Request, chat: bool, endpoint: str):
@@ -119,8 +137,14 @@ def create_app(service: Service) -> FastAPI:
         except ValueError as exc:
             return error(RequestError(f"the request body is not valid JSON ({_short(exc)})"), endpoint)
         try:
-            req = parse_request(body, chat, service.served_name, registry().policies, registry().thresholded(),
-                                registry().policy_options())
+            req = parse_request(
+                body,
+                chat,
+                service.served_name,
+                registry().policies,
+                registry().thresholded(),
+                registry().policy_options(),
+            )
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
             ticket, prompt = service.submit(req, loop, queue)
@@ -129,27 +153,54 @@ def create_app(service: Service) -> FastAPI:
         rid = ("chatcmpl-" if chat else "cmpl-") + ticket.problem.id
         created = int(time.time())
         if req.stream:  # counted when the stream ends: 200, 500 (a backend failed) or 499 (the client left)
-            return StreamingResponse(_stream(request, service, ticket, queue, req, prompt, rid, created, chat,
-                                             endpoint), media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(request, service, ticket, queue, req, prompt, rid, created, chat, endpoint),
+                media_type="text/event-stream",
+            )
         result = await _wait(request, ticket, queue)
         if result is None:  # the client went away; its work was cancelled
             service.metrics.requests.labels(endpoint, "499").inc()
             return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
         if isinstance(result, BaseException):
             service.metrics.requests.labels(endpoint, "500").inc()
-            return JSONResponse({"error": {"message": f"a backend failed: {_short(result)}", "type": "server_error",
-                                           "param": None, "code": None}}, status_code=500)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"a backend failed: {_short(result)}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status_code=500,
+            )
         service.metrics.requests.labels(endpoint, "200").inc()
         finish = FINISH[result.finish]
         usage = service.usage(prompt, result).to_json()
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.solution},
-                      "finish_reason": finish, "logprobs": None}
-            return {"id": rid, "object": "chat.completion", "created": created, "model": service.served_name,
-                    "choices": [choice], "usage": usage}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.solution},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": service.served_name,
+                "choices": [choice],
+                "usage": usage,
+            }
         choice = {"index": 0, "text": result.solution, "finish_reason": finish, "logprobs": None}
-        return {"id": rid, "object": "text_completion", "created": created, "model": service.served_name,
-                "choices": [choice], "usage": usage}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": service.served_name,
+            "choices": [choice],
+            "usage": usage,
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -189,8 +240,18 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-async def _stream(request: Request, service: Service, ticket, queue: asyncio.Queue, req, prompt: str, rid: str,
-                  created: int, chat: bool, endpoint: str):
+async def _stream(
+    request: Request,
+    service: Service,
+    ticket,
+    queue: asyncio.Queue,
+    req,
+    prompt: str,
+    rid: str,
+    created: int,
+    chat: bool,
+    endpoint: str,
+):
     name = service.served_name
     sep = service.config.separator
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -216,19 +277,42 @@ async def _stream(request: Request, service: Service, ticket, queue: asyncio.Que
                 first = False
             elif kind == "done":
                 result = event[1]
-                yield _sse(dict(chunk(None if chat else "", FINISH[result.finish]),
-                                arbitrage={"finish": result.finish, "latency_s": round(result.latency_s, 6),
-                                           "seconds": {k: round(v, 6) for k, v in result.seconds.items() if v}}))
+                yield _sse(
+                    dict(
+                        chunk(None if chat else "", FINISH[result.finish]),
+                        arbitrage={
+                            "finish": result.finish,
+                            "latency_s": round(result.latency_s, 6),
+                            "seconds": {k: round(v, 6) for k, v in result.seconds.items() if v},
+                        },
+                    )
+                )
                 if req.include_usage:
-                    yield _sse({"id": rid, "object": obj, "created": created, "model": name, "choices": [],
-                                "usage": service.usage(prompt, result).to_json()})
+                    yield _sse(
+                        {
+                            "id": rid,
+                            "object": obj,
+                            "created": created,
+                            "model": name,
+                            "choices": [],
+                            "usage": service.usage(prompt, result).to_json(),
+                        }
+                    )
                 yield "data: [DONE]\n\n"
                 status = "200"
                 return
             else:
                 status = "500"
-                yield _sse({"error": {"message": f"a backend failed: {_short(event[1])}", "type": "server_error",
-                                      "param": None, "code": None}})
+                yield _sse(
+                    {
+                        "error": {
+                            "message": f"a backend failed: {_short(event[1])}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
                 return
     finally:  # the client closed the stream (or the server is shutting down): stop this problem's work
         service.metrics.requests.labels(endpoint, status).inc()
@@ -243,8 +327,14 @@ def _servable_policies(service: Service) -> list[dict]:
         if any(getattr(service.models, role, None) is None for role in cls.needs):
             continue
         lo_hi = cls.threshold_range
-        out.append({"name": name, "summary": cls.summary, "threshold_range": list(lo_hi) if lo_hi else None,
-                    "default_threshold": cls.default_threshold})
+        out.append(
+            {
+                "name": name,
+                "summary": cls.summary,
+                "threshold_range": list(lo_hi) if lo_hi else None,
+                "default_threshold": cls.default_threshold,
+            }
+        )
     return out
 
 
@@ -260,16 +350,23 @@ def _scalar(v):
 def _step_details(record) -> dict:
     """What a streamed step's chunk says beside its text (records.StepRecord): who wrote it, whether the policy
     escalated, the scores it decided on, the proposals not kept, its tokens, seconds and speculation counts."""
+
     def proposal(p):
         return None if p is None else {"text": p.text, "stop": p.stop, "n_tokens": p.n_tokens}
 
-    return {"index": record.index, "author": record.author, "escalated": bool(record.escalated),
-            "stop": record.stop, "n_tokens": record.n_tokens,
-            "scores": {k: _scalar(v) for k, v in record.scores.items() if not isinstance(v, (list, dict))},
-            "draft": proposal(record.draft) if record.author != "draft" else None,
-            "target": proposal(record.target) if record.author != "target" else None,
-            "discarded_draft_tokens": record.discarded_draft_tokens, "seconds": dict(record.seconds),
-            "speculation": record.speculation}
+    return {
+        "index": record.index,
+        "author": record.author,
+        "escalated": bool(record.escalated),
+        "stop": record.stop,
+        "n_tokens": record.n_tokens,
+        "scores": {k: _scalar(v) for k, v in record.scores.items() if not isinstance(v, (list, dict))},
+        "draft": proposal(record.draft) if record.author != "draft" else None,
+        "target": proposal(record.target) if record.author != "target" else None,
+        "discarded_draft_tokens": record.discarded_draft_tokens,
+        "seconds": dict(record.seconds),
+        "speculation": record.speculation,
+    }
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

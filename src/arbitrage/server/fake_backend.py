@@ -9,8 +9,6 @@ per-token log-probs and two top alternatives per token, so clients read entropie
 Run one by hand: `python -m arbitrage.server.fake_backend --port 8091 --per-token-ms 10`.
 """
 
-
-
 import argparse
 import asyncio
 import time
@@ -18,8 +16,14 @@ import time
 from ..types import DEFAULT_SEPARATOR
 
 
-def make_app(name: str = "fake", per_token_s: float = 0.01, tokens_per_step: int = 8, steps: int = 4,
-             separator: str = DEFAULT_SEPARATOR, capacity: int = 0):
+def make_app(
+    name: str = "fake",
+    per_token_s: float = 0.01,
+    tokens_per_step: int = 8,
+    steps: int = 4,
+    separator: str = DEFAULT_SEPARATOR,
+    capacity: int = 0,
+):
     """`capacity` > 0: at most that many requests are served at once (the rest wait, as on a server whose batch
     is full); 0: no limit. `app.state.prompts` keeps every prompt answered (tests)."""
     from fastapi import FastAPI, Request
@@ -70,12 +74,24 @@ def make_app(name: str = "fake", per_token_s: float = 0.01, tokens_per_step: int
             text, finish, stop_reason = "The answer is \\boxed{1}", "stop", None
         else:
             text, finish, stop_reason = f"step {k}", "stop", separator
-        choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason,
-                  "logprobs": {"tokens": [f"t{i}" for i in range(n)], "token_logprobs": [-0.1] * n,
-                               "top_logprobs": [{f"t{i}": -0.1, "alt": -2.4} for i in range(n)]}}
-        return {"id": f"cmpl-{app.state.requests}", "object": "text_completion", "model": name,
-                "choices": [choice], "usage": {"prompt_tokens": len(prompt), "completion_tokens": n,
-                                               "total_tokens": len(prompt) + n}}
+        choice = {
+            "index": 0,
+            "text": text,
+            "finish_reason": finish,
+            "stop_reason": stop_reason,
+            "logprobs": {
+                "tokens": [f"t{i}" for i in range(n)],
+                "token_logprobs": [-0.1] * n,
+                "top_logprobs": [{f"t{i}": -0.1, "alt": -2.4} for i in range(n)],
+            },
+        }
+        return {
+            "id": f"cmpl-{app.state.requests}",
+            "object": "text_completion",
+            "model": name,
+            "choices": [choice],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n},
+        }
 
     return app
 
@@ -92,8 +108,12 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--capacity", type=int, default=0, help="requests served at once (0: no limit)")
     a = ap.parse_args(argv)
-    uvicorn.run(make_app(a.name, a.per_token_ms / 1000, a.tokens_per_step, a.steps, capacity=a.capacity),
-                host=a.host, port=a.port, log_level="warning")
+    uvicorn.run(
+        make_app(a.name, a.per_token_ms / 1000, a.tokens_per_step, a.steps, capacity=a.capacity),
+        host=a.host,
+        port=a.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

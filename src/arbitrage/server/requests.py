@@ -11,24 +11,27 @@ from ..engine import Limits
 from ..errors import ConfigError
 from ..types import Sampling
 
-
 # Fields OpenAI's API has that this server does not implement: refused unless given their neutral value, so that
 # nothing a client asks for is silently ignored. name -> (values taken, what the server takes).
 UNSUPPORTED: dict[str, tuple[tuple, str]] = {
-    "n": ((1,), "one choice per request (n = 1)"), "best_of": ((1,), "best_of = 1"),
-    "echo": ((False,), "echo = false"), "suffix": (("",), "no suffix"), "logit_bias": (({},), "no logit_bias"),
+    "n": ((1,), "one choice per request (n = 1)"),
+    "best_of": ((1,), "best_of = 1"),
+    "echo": ((False,), "echo = false"),
+    "suffix": (("",), "no suffix"),
+    "logit_bias": (({},), "no logit_bias"),
     "logprobs": ((False,), "no log-probs (logprobs = null or false)"),
     "top_logprobs": ((0,), "no log-probs (top_logprobs = null or 0)"),
-    "presence_penalty": ((0, 0.0), "no presence_penalty"), "frequency_penalty": ((0, 0.0), "no frequency_penalty"),
-    "tools": (([],), "no tools"), "functions": (([],), "no functions"),
+    "presence_penalty": ((0, 0.0), "no presence_penalty"),
+    "frequency_penalty": ((0, 0.0), "no frequency_penalty"),
+    "tools": (([],), "no tools"),
+    "functions": (([],), "no functions"),
     "tool_choice": (("none",), "no tools (tool_choice = none)"),
     "response_format": (({"type": "text"},), "free text (response_format = text)"),
 }
 
 
 class RequestError(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error"):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
         super().__init__(message)
         self.message, self.param, self.status, self.kind = message, param, status, kind
 
@@ -41,9 +44,9 @@ class ParsedRequest:
     """What one completion request asks the engine for."""
 
     chat: bool
-    prompt: str | None = None                 # completions: the raw prompt
-    messages: list[dict] | None = None        # chat: the messages, rendered by the chat template
-    policy: str | None = None                 # None: the server's default
+    prompt: str | None = None  # completions: the raw prompt
+    messages: list[dict] | None = None  # chat: the messages, rendered by the chat template
+    policy: str | None = None  # None: the server's default
     threshold: float | None = None
     policy_options: dict = field(default_factory=dict)
     sampling: Sampling | None = None
@@ -53,11 +56,17 @@ class ParsedRequest:
     max_tokens_field: str = "max_tokens"
 
 
-SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what vLLM and OpenAI take: a 64-bit integer
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what vLLM and OpenAI take: a 64-bit integer
 
 
-def _number(body: dict, name: str, lo: float | None = None, hi: float | None = None, integer: bool = False,
-            lo_open: bool = False):
+def _number(
+    body: dict,
+    name: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    integer: bool = False,
+    lo_open: bool = False,
+):
     v = body.get(name)
     if v is None:
         return None
@@ -66,7 +75,7 @@ def _number(body: dict, name: str, lo: float | None = None, hi: float | None = N
         raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, not {_show(v)}", name)
     if isinstance(v, float) and not math.isfinite(v):
         raise RequestError(f"'{name}' must be a finite number, not {v!r}", name)
-    if isinstance(v, int) and not integer and abs(v) > 2 ** 53:  # a float field given an integer no float holds
+    if isinstance(v, int) and not integer and abs(v) > 2**53:  # a float field given an integer no float holds
         raise RequestError(f"'{name}' is out of range: {_show(v)}", name)
     if lo is not None and (v <= lo if lo_open else v < lo):
         raise RequestError(f"'{name}' must be {'>' if lo_open else '>='} {lo:g}, not {_show(v)}", name)
@@ -90,8 +99,10 @@ def check_text(value: str, field: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise RequestError(f"'{field}' is not valid Unicode: an unpaired surrogate {value[exc.start]!r} at "
-                           f"character {exc.start}", field) from None
+        raise RequestError(
+            f"'{field}' is not valid Unicode: an unpaired surrogate {value[exc.start]!r} at character {exc.start}",
+            field,
+        ) from None
     return value
 
 
@@ -110,8 +121,11 @@ def _message_content(m: dict, i: int) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RequestError(f"{field}[{j}] must be a text part {{\"type\": \"text\", \"text\": ...}}; "
-                                   f"this server reads text only (got {_show(kind)})", f"{field}[{j}]")
+                raise RequestError(
+                    f'{field}[{j}] must be a text part {{"type": "text", "text": ...}}; '
+                    f"this server reads text only (got {_show(kind)})",
+                    f"{field}[{j}]",
+                )
             texts.append(check_text(part["text"], f"{field}[{j}].text"))
         return "\n".join(texts)
     raise RequestError(f"{field} must be a string or a non-empty list of text parts", field)
@@ -124,13 +138,15 @@ def _messages(body: dict) -> list[dict]:
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise RequestError(f"messages[{i}] must be an object with a string 'role' and a 'content'",
-                               f"messages[{i}]")
+            raise RequestError(
+                f"messages[{i}] must be an object with a string 'role' and a 'content'", f"messages[{i}]"
+            )
         role = m["role"]
         if role not in CHAT_ROLES:
             why = " (this server takes no tools)" if role in ("tool", "function") else ""
-            raise RequestError(f"messages[{i}].role {_show(role)} is not one of {', '.join(CHAT_ROLES)}{why}",
-                               f"messages[{i}].role")
+            raise RequestError(
+                f"messages[{i}].role {_show(role)} is not one of {', '.join(CHAT_ROLES)}{why}", f"messages[{i}].role"
+            )
         if m.get("tool_calls") or m.get("function_call"):
             raise RequestError(f"messages[{i}] has tool calls; this server takes no tools", f"messages[{i}]")
         out.append({"role": "system" if role == "developer" else role, "content": _message_content(m, i)})
@@ -139,8 +155,9 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thresholded: dict,
-                  policy_options: dict | None = None) -> ParsedRequest:
+def parse_request(
+    body: Any, chat: bool, served_name: str, policies: dict, thresholded: dict, policy_options: dict | None = None
+) -> ParsedRequest:
     """Check a /v1/completions (chat=False) or /v1/chat/completions body. `policies`: name -> class;
     `policy_options`: the options policies declare (registry().policy_options()), read as request fields."""
     policy_options = policy_options or {}
@@ -152,8 +169,12 @@ def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thres
     if not isinstance(model, str):
         raise RequestError(f"'model' must be a string, not {_show(model)}", "model")
     if model != served_name:
-        raise RequestError(f"the model {_show(model)} does not exist; this server serves {served_name!r}", "model",
-                           status=404, kind="not_found_error")
+        raise RequestError(
+            f"the model {_show(model)} does not exist; this server serves {served_name!r}",
+            "model",
+            status=404,
+            kind="not_found_error",
+        )
     for name, (allowed, what) in UNSUPPORTED.items():
         v = body.get(name)
         if v is None or any(v is a or (type(v) is type(a) and v == a) for a in allowed):
@@ -192,16 +213,18 @@ def parse_request(body: Any, chat: bool, served_name: str, policies: dict, thres
     top_p = _number(body, "top_p", lo=0, hi=1, lo_open=True)
     seed = _number(body, "seed", lo=SEED_RANGE[0], hi=SEED_RANGE[1], integer=True)
     if temperature is not None or top_p is not None or seed is not None:
-        req.sampling = Sampling(None if temperature is None else float(temperature),
-                                None if top_p is None else float(top_p), seed)
+        req.sampling = Sampling(
+            None if temperature is None else float(temperature), None if top_p is None else float(top_p), seed
+        )
     req.max_tokens_field = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
     max_tokens = _number(body, req.max_tokens_field, lo=1, integer=True)
     max_steps = _number(body, "max_steps", lo=1, integer=True)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
-                             or len(stop) > 4):
+    if stop is not None and (
+        not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4
+    ):
         raise RequestError("'stop' must be a string or a list of up to 4 non-empty strings", "stop")
     for s in stop or ():
         check_text(s, "stop")

@@ -36,10 +36,16 @@ class Usage:
     speculation: dict | None = None  # how target-written steps reused the draft's work (records.SPECULATION_COUNTS)
 
     def to_json(self) -> dict:
-        out = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "total_tokens": self.prompt_tokens + self.completion_tokens, "draft_tokens": self.draft_tokens,
-               "target_tokens": self.target_tokens, "discarded_draft_tokens": self.discarded_draft_tokens,
-               "steps": self.steps, "escalated_steps": self.escalated_steps}
+        out = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "draft_tokens": self.draft_tokens,
+            "target_tokens": self.target_tokens,
+            "discarded_draft_tokens": self.discarded_draft_tokens,
+            "steps": self.steps,
+            "escalated_steps": self.escalated_steps,
+        }
         if self.speculation is not None:
             out["speculation"] = self.speculation
         return out
@@ -65,8 +71,16 @@ class Service:
     """The engine and everything a request needs from it. `tokenizer`: renders chat prompts and counts prompt
     tokens (the draft's when it is in-process)."""
 
-    def __init__(self, models: Models, policy: Policy, config: EngineConfig, served_name: str = "arbitrage",
-                 tokenizer=None, policy_options: dict | None = None, max_prompt_tokens: int | None = None):
+    def __init__(
+        self,
+        models: Models,
+        policy: Policy,
+        config: EngineConfig,
+        served_name: str = "arbitrage",
+        tokenizer=None,
+        policy_options: dict | None = None,
+        max_prompt_tokens: int | None = None,
+    ):
         self.models, self.default_policy, self.config = models, policy, config
         self.served_name, self.tokenizer = served_name, tokenizer
         self.policy_options = dict(policy_options or {})
@@ -76,8 +90,11 @@ class Service:
         if max_prompt_tokens is None:
             max_prompt_tokens = self.window - 1 if self.window else DEFAULT_MAX_PROMPT_TOKENS
         if max_prompt_tokens < 1 or (self.window and max_prompt_tokens >= self.window):
-            raise ConfigError(f"--max-prompt-tokens {max_prompt_tokens}: must be at least 1 and below the models' "
-                              f"{self.window} positions", "max_prompt_tokens")
+            raise ConfigError(
+                f"--max-prompt-tokens {max_prompt_tokens}: must be at least 1 and below the models' "
+                f"{self.window} positions",
+                "max_prompt_tokens",
+            )
         self.max_prompt_tokens = max_prompt_tokens
         self.max_prompt_bytes = max_prompt_tokens * BYTES_PER_TOKEN_BOUND
         # The whole body: the prompt (or messages) plus JSON quoting and the other fields.
@@ -112,11 +129,14 @@ class Service:
             return req.prompt  # type: ignore[return-value]
         tok = self.tokenizer
         if tok is None or not getattr(tok, "chat_template", None):
-            raise RequestError("chat completions need a chat template: this server's draft has no local tokenizer "
-                               "with one (start it with --tokenizer PATH, or use /v1/completions)", "messages")
+            raise RequestError(
+                "chat completions need a chat template: this server's draft has no local tokenizer "
+                "with one (start it with --tokenizer PATH, or use /v1/completions)",
+                "messages",
+            )
         try:
             return tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # noqa: BLE001  a template that rejects these messages (e.g. roles)
+        except Exception as exc:
             raise RequestError(f"the chat template could not render these messages: {exc}", "messages") from None
 
     def prompt_tokens(self, prompt: str) -> int:
@@ -130,23 +150,34 @@ class Service:
         field = "messages" if req.chat else "prompt"
         size = len(prompt.encode("utf-8"))
         if size > self.max_prompt_bytes:
-            raise RequestError(f"'{field}' is too long: {size} bytes; this server takes prompts of up to "
-                               f"{self.max_prompt_tokens} tokens", field)
+            raise RequestError(
+                f"'{field}' is too long: {size} bytes; this server takes prompts of up to "
+                f"{self.max_prompt_tokens} tokens",
+                field,
+            )
         limits = req.limits
         if self.tokenizer is None:
             return limits
         n = self.prompt_tokens(prompt)
         if n > self.max_prompt_tokens:
-            raise RequestError(f"'{field}' is {n} tokens long; this server takes prompts of up to "
-                               f"{self.max_prompt_tokens} tokens", field)
+            raise RequestError(
+                f"'{field}' is {n} tokens long; this server takes prompts of up to {self.max_prompt_tokens} tokens",
+                field,
+            )
         if self.window:
             room = self.window - n
             asked = limits.max_total_tokens
             if asked is not None and asked > room:
-                name = "max_completion_tokens" if req.chat and req.max_tokens_field == "max_completion_tokens" \
+                name = (
+                    "max_completion_tokens"
+                    if req.chat and req.max_tokens_field == "max_completion_tokens"
                     else "max_tokens"
-                raise RequestError(f"'{name}' {asked} and the prompt's {n} tokens exceed the models' context window "
-                                   f"of {self.window} tokens: ask for at most {room}", name)
+                )
+                raise RequestError(
+                    f"'{name}' {asked} and the prompt's {n} tokens exceed the models' context window "
+                    f"of {self.window} tokens: ask for at most {room}",
+                    name,
+                )
             limits = replace(limits, max_total_tokens=min(asked or self.config.max_total_tokens, room))
         return limits
 
@@ -154,8 +185,9 @@ class Service:
         """Start one request's problem; steps and the end arrive on `queue` as ("step", record, step),
         ("done", result) or ("error", exception)."""
         if not self.engine.alive:
-            raise RequestError(f"the engine stopped ({self.engine.failure!r}); restart the server", None, 503,
-                               "server_error")
+            raise RequestError(
+                f"the engine stopped ({self.engine.failure!r}); restart the server", None, 503, "server_error"
+            )
         policy = self.policy_for(req)
         prompt = self.prompt_of(req)
         limits = self.limits_for(req, prompt)
@@ -174,19 +206,32 @@ class Service:
         def on_error(exc: BaseException):
             loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-        ticket = self.engine.submit(problem, on_done=on_done, on_step=on_step, policy=policy, limits=limits,
-                                    sampling=req.sampling, on_error=on_error)
+        ticket = self.engine.submit(
+            problem,
+            on_done=on_done,
+            on_step=on_step,
+            policy=policy,
+            limits=limits,
+            sampling=req.sampling,
+            on_error=on_error,
+        )
         self.metrics.in_flight.set(self.engine.in_flight)
         return ticket, prompt
 
     def usage(self, prompt: str, result: ProblemResult) -> Usage:
         c = result.counts
-        return Usage(prompt_tokens=self.prompt_tokens(prompt), completion_tokens=self.returned_tokens(result),
-                     draft_tokens=c["draft_tokens_accepted"] + c["draft_tokens_discarded"],
-                     target_tokens=c["target_tokens"], discarded_draft_tokens=c["draft_tokens_discarded"],
-                     steps=len(result.steps), escalated_steps=c["escalated_steps"],
-                     speculation={k.removeprefix("spec_"): c[k] for k in SPECULATION_COUNTS}
-                     if c.get("spec_target_forwards") else None)
+        return Usage(
+            prompt_tokens=self.prompt_tokens(prompt),
+            completion_tokens=self.returned_tokens(result),
+            draft_tokens=c["draft_tokens_accepted"] + c["draft_tokens_discarded"],
+            target_tokens=c["target_tokens"],
+            discarded_draft_tokens=c["draft_tokens_discarded"],
+            steps=len(result.steps),
+            escalated_steps=c["escalated_steps"],
+            speculation={k.removeprefix("spec_"): c[k] for k in SPECULATION_COUNTS}
+            if c.get("spec_target_forwards")
+            else None,
+        )
 
     def returned_tokens(self, result: ProblemResult) -> int:
         """Tokens of the text returned: every step's own count, except a step a stop string cut, whose kept text

@@ -12,7 +12,7 @@ can be re-checked with the *exact* checker whatever PRM the run used (a noisy on
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..records import ProblemRecord, StepRecord
 from ..results import read_records  # noqa: F401  (re-exported: the demo reads runs through this module)
@@ -41,8 +41,11 @@ def step_outcomes(records: Sequence[dict]) -> dict:
     """Counts and shares of the four outcomes over every step both models wrote (exact checker)."""
     counts = Counter(_outcome(q, prior, d, t) for q, prior, d, t, _ in _pairs(records))
     n = sum(counts.values())
-    return {"steps": n, **{k: counts.get(k, 0) for k in OUTCOMES},
-            "shares": {k: round(counts.get(k, 0) / n, 4) if n else None for k in OUTCOMES}}
+    return {
+        "steps": n,
+        **{k: counts.get(k, 0) for k in OUTCOMES},
+        "shares": {k: round(counts.get(k, 0) / n, 4) if n else None for k in OUTCOMES},
+    }
 
 
 def identical_right_steps(records: Sequence[dict]) -> dict:
@@ -54,8 +57,11 @@ def identical_right_steps(records: Sequence[dict]) -> dict:
         if check_step(q, prior, d)[0]:
             right += 1
             identical += d == t
-    return {"right_draft_steps": right, "identical_to_target": identical,
-            "share": round(identical / right, 4) if right else None}
+    return {
+        "right_draft_steps": right,
+        "identical_to_target": identical,
+        "share": round(identical / right, 4) if right else None,
+    }
 
 
 def wasted_escalations(records: Sequence[dict]) -> dict:
@@ -68,5 +74,9 @@ def wasted_escalations(records: Sequence[dict]) -> dict:
             counts[_outcome(q, prior, d, t)] += 1
     n = sum(counts.values())
     wasted = n - counts.get("target_only", 0)
-    return {"escalations": n, "wasted": wasted, "wasted_fraction": round(wasted / n, 4) if n else None,
-            **{k: counts.get(k, 0) for k in OUTCOMES}}
+    return {
+        "escalations": n,
+        "wasted": wasted,
+        "wasted_fraction": round(wasted / n, 4) if n else None,
+        **{k: counts.get(k, 0) for k in OUTCOMES},
+    }

@@ -20,6 +20,7 @@ def _positive(name: str, value: int | None) -> None:
 
 # ---------------------------------------------------------------- data
 
+
 def cmd_data(args) -> int:
     from .task import SPLITS, make_problems, problem_record
 
@@ -38,13 +39,39 @@ def cmd_data(args) -> int:
 
 # ---------------------------------------------------------------- train
 
+
 def _command_line(args, role: str, spec, cfg) -> str:
     """The command that makes `role` again, every setting spelled out (a card must not depend on defaults
     that may change)."""
-    argv = ["arbitrage", "testbed", "train", "--out", args.out, "--roles", role, "--steps", str(cfg.steps),
-            "--batch-size", str(cfg.batch_size), "--lr", f"{cfg.lr:g}", "--warmup", str(cfg.warmup),
-            "--seed", str(cfg.seed), "--device", cfg.device, "--threads", str(cfg.threads),
-            "--eval-every", str(cfg.eval_every), f"--{role}-spec", str(spec), "--task", args.task]
+    argv = [
+        "arbitrage",
+        "testbed",
+        "train",
+        "--out",
+        args.out,
+        "--roles",
+        role,
+        "--steps",
+        str(cfg.steps),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--lr",
+        f"{cfg.lr:g}",
+        "--warmup",
+        str(cfg.warmup),
+        "--seed",
+        str(cfg.seed),
+        "--device",
+        cfg.device,
+        "--threads",
+        str(cfg.threads),
+        "--eval-every",
+        str(cfg.eval_every),
+        f"--{role}-spec",
+        str(spec),
+        "--task",
+        args.task,
+    ]
     argv += ["--no-eval"] if args.no_eval else ["--eval-n", str(args.eval_n)]
     return shlex.join(argv)
 
@@ -53,8 +80,8 @@ def cmd_train(args) -> int:
     from dataclasses import asdict
 
     from .evaluate import evaluate
-    from .task import make_chains
     from .recipe import ROLE_DEFAULTS, SPECS, ModelSpec, TrainConfig
+    from .task import make_chains
     from .train import CARD, environment, train_model, write_card
 
     for name in ("steps", "batch_size", "eval_n"):
@@ -81,34 +108,55 @@ def cmd_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / CARD
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    task_name = {"plain": "testbed chained arithmetic (arbitrage.testbed.task), one phrasing per step",
-                 "phrased": "testbed chained arithmetic with several phrasings per step and a style per role "
-                            "(arbitrage.testbed.phrasing)"}[args.task]
+    task_name = {
+        "plain": "testbed chained arithmetic (arbitrage.testbed.task), one phrasing per step",
+        "phrased": "testbed chained arithmetic with several phrasings per step and a style per role "
+        "(arbitrage.testbed.phrasing)",
+    }[args.task]
     if card.get("task_mode", "plain") != args.task and card.get("models"):
-        raise ConfigError(f"{card_path} holds models of the {card.get('task_mode', 'plain')!r} task; train the "
-                          f"{args.task!r} task into another --out")
+        raise ConfigError(
+            f"{card_path} holds models of the {card.get('task_mode', 'plain')!r} task; train the "
+            f"{args.task!r} task into another --out"
+        )
     card.setdefault("task", task_name)
     card["task_mode"] = args.task
     card.setdefault("models", {})
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     eval_chains = make_chains("test", args.eval_n, 0) if not args.no_eval else []
     for role in roles:
         defaults = ROLE_DEFAULTS[role]
         steps = args.steps if args.steps is not None else defaults["steps"]
         lr = args.lr if args.lr is not None else defaults["lr"]
-        cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=lr, warmup=min(args.warmup, steps),
-                          seed=args.seed, threads=args.threads, device=args.device, eval_every=args.eval_every)
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=args.batch_size,
+            lr=lr,
+            warmup=min(args.warmup, steps),
+            seed=args.seed,
+            threads=args.threads,
+            device=args.device,
+            eval_every=args.eval_every,
+        )
         info = train_model(role, out, cfg, specs[role], log=log, task=args.task)
-        info.update(command=_command_line(args, role, specs[role], cfg), seed=cfg.seed, train_config=asdict(cfg),
-                    environment=environment(),
-                    trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        info.update(
+            command=_command_line(args, role, specs[role], cfg),
+            seed=cfg.seed,
+            train_config=asdict(cfg),
+            environment=environment(),
+            trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         if eval_chains:
             t0 = time.time()
             report = evaluate(out, eval_chains, steps=True, roles=[role])[role]
-            info["test"] = {"problems": f"testbed:test:{args.eval_n} (seed 0)", **report,
-                            "eval_seconds": round(time.time() - t0, 1)}
-            log(f"{role}: test answer accuracy {report['answer_accuracy']:.3f} on {args.eval_n} problems, "
-                f"step accuracy {report['step_accuracy']['all']['accuracy']:.3f}")
+            info["test"] = {
+                "problems": f"testbed:test:{args.eval_n} (seed 0)",
+                **report,
+                "eval_seconds": round(time.time() - t0, 1),
+            }
+            log(
+                f"{role}: test answer accuracy {report['answer_accuracy']:.3f} on {args.eval_n} problems, "
+                f"step accuracy {report['step_accuracy']['all']['accuracy']:.3f}"
+            )
         card["models"][role] = info
         write_card(out, card)
     print(json.dumps({r: card["models"][r].get("test", {}).get("answer_accuracy") for r in roles}))
@@ -116,6 +164,7 @@ def cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------- train-prm
+
 
 def cmd_train_prm(args) -> int:
     from .prm_train import collect_steps, evaluate_prm, save_examples, train_prm
@@ -129,36 +178,68 @@ def cmd_train_prm(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     train = collect_steps(models, "train", args.problems, args.seed, log=log)
     val = collect_steps(models, "validation", args.eval_problems, args.seed, log=log)
     if args.save_data:
         Path(args.save_data).mkdir(parents=True, exist_ok=True)
         save_examples(train, Path(args.save_data) / "train.jsonl")
         save_examples(val, Path(args.save_data) / "validation.jsonl")
-    info = train_prm(train, models / "draft", out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     seed=args.seed, log=log)
+    info = train_prm(
+        train,
+        models / "draft",
+        out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        log=log,
+    )
     report = evaluate_prm(out, val)
     log(f"prm: validation step accuracy {report['accuracy']:.3f}, ROC-AUC {report['roc_auc']}, ECE {report['ece']}")
-    argv = ["arbitrage", "testbed", "train-prm", "--models", str(models), "--out", str(out), "--problems",
-            str(args.problems), "--eval-problems", str(args.eval_problems), "--epochs", str(args.epochs),
-            "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--seed", str(args.seed),
-            "--threads", str(args.threads)]
+    argv = [
+        "arbitrage",
+        "testbed",
+        "train-prm",
+        "--models",
+        str(models),
+        "--out",
+        str(out),
+        "--problems",
+        str(args.problems),
+        "--eval-problems",
+        str(args.eval_problems),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        f"{args.lr:g}",
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     card_path = models / CARD
     card = json.loads(card_path.read_text()) if card_path.is_file() else {"models": {}}
     card.setdefault("models", {})["prm"] = {
-        "role": "prm", "layout": "Skywork-o1-Open-PRM (causal LM body + v_head.summary; sigmoid at the step end)",
+        "role": "prm",
+        "layout": "Skywork-o1-Open-PRM (causal LM body + v_head.summary; sigmoid at the step end)",
         "data": f"step-wise rollouts of draft and target on {args.problems} training problems "
-                f"(testbed:train, seed {args.seed}), both candidates of every step labelled by the exact checker",
-        **info, "command": shlex.join(argv), "environment": environment(),
+        f"(testbed:train, seed {args.seed}), both candidates of every step labelled by the exact checker",
+        **info,
+        "command": shlex.join(argv),
+        "environment": environment(),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "validation": {"problems": f"testbed:validation:{args.eval_problems} (seed {args.seed})", **report}}
+        "validation": {"problems": f"testbed:validation:{args.eval_problems} (seed {args.seed})", **report},
+    }
     write_card(models, card)
     print(json.dumps({"accuracy": report["accuracy"], "roc_auc": report["roc_auc"], "ece": report["ece"]}))
     return 0
 
 
 # ---------------------------------------------------------------- eval
+
 
 def cmd_eval(args) -> int:
     from .evaluate import ROLES, default_models_dir, evaluate
@@ -182,28 +263,35 @@ def cmd_eval(args) -> int:
 def format_eval(report: dict) -> str:
     """A table: answer accuracy per model, then step accuracy per kind of step (after the reference prefix)."""
     roles = list(report)
-    lines = [f"{'':<14}" + "".join(f"{r:>10}" for r in roles),
-             f"{'answer acc':<14}" + "".join(f"{report[r]['answer_accuracy']:>10.3f}" for r in roles),
-             f"{'parameters':<14}" + "".join(f"{report[r]['parameters']:>10,}" for r in roles)]
+    lines = [
+        f"{'':<14}" + "".join(f"{r:>10}" for r in roles),
+        f"{'answer acc':<14}" + "".join(f"{report[r]['answer_accuracy']:>10.3f}" for r in roles),
+        f"{'parameters':<14}" + "".join(f"{report[r]['parameters']:>10,}" for r in roles),
+    ]
     kinds = sorted({k for r in roles for k in report[r].get("step_accuracy", {})}, key=lambda k: (k == "all", k))
     if kinds:
         lines.append("step accuracy by kind (n):")
     for k in kinds:
         cells = [report[r]["step_accuracy"].get(k) for r in roles]
         n = next((c["n"] for c in cells if c), 0)
-        lines.append(f"  {k + f' ({n})':<12}" + "".join(f"{c['accuracy']:>10.3f}" if c else f"{'-':>10}"
-                                                         for c in cells))
+        lines.append(
+            f"  {k + f' ({n})':<12}" + "".join(f"{c['accuracy']:>10.3f}" if c else f"{'-':>10}" for c in cells)
+        )
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- registration
 
+
 def register(sub) -> None:
     from .recipe import ROLE_DEFAULTS, SPECS, TrainConfig
 
-    tb = sub.add_parser("testbed", help="the synthetic arithmetic testbed: data, training, evaluation",
-                        description="A synthetic multi-step arithmetic task with tiny trained draft/target LMs "
-                                    "and an exact step checker as PRM.")
+    tb = sub.add_parser(
+        "testbed",
+        help="the synthetic arithmetic testbed: data, training, evaluation",
+        description="A synthetic multi-step arithmetic task with tiny trained draft/target LMs "
+        "and an exact step checker as PRM.",
+    )
     tsub = tb.add_subparsers(dest="testbed_command", metavar="SUBCOMMAND")
     tsub.required = True
 
@@ -214,46 +302,69 @@ def register(sub) -> None:
     p.add_argument("--out", help="output file (default: stdout)")
     p.set_defaults(func=cmd_data)
 
-    p = tsub.add_parser("train", help="train the draft and target LMs (seeded; CPU or CUDA)",
-                        description="Train the testbed's draft and/or target LM from scratch, save each with its "
-                                    "tokenizer under OUT/ROLE, evaluate it on test problems, and record everything "
-                                    "in OUT/card.json.")
+    p = tsub.add_parser(
+        "train",
+        help="train the draft and target LMs (seeded; CPU or CUDA)",
+        description="Train the testbed's draft and/or target LM from scratch, save each with its "
+        "tokenizer under OUT/ROLE, evaluate it on test problems, and record everything "
+        "in OUT/card.json.",
+    )
     p.add_argument("--out", required=True, help="output directory (OUT/draft, OUT/target, OUT/card.json)")
     p.add_argument("--roles", default="draft,target", help="which models to train (default: %(default)s)")
-    p.add_argument("--task", default="plain", choices=("plain", "phrased"),
-                   help="plain: one phrasing per step; phrased: several phrasings per step, a style per role "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--task",
+        default="plain",
+        choices=("plain", "phrased"),
+        help="plain: one phrasing per step; phrased: several phrasings per step, a style per role "
+        "(default: %(default)s)",
+    )
     defaults = TrainConfig()
     per_role = ", ".join(f"{r} {d['steps']}" for r, d in ROLE_DEFAULTS.items())
     p.add_argument("--steps", type=int, help=f"optimizer steps per model (default: {per_role})")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help="problems per step (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="problems per step (default: %(default)s)"
+    )
     lrs = ", ".join(f"{r} {d['lr']:g}" for r, d in ROLE_DEFAULTS.items())
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {lrs})")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="linear warm-up steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data stream (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--threads", type=int, default=defaults.threads,
-                   help="CPU threads; 0 keeps torch's default (default: %(default)s, fastest for models this small "
-                        "on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="CPU threads; 0 keeps torch's default (default: %(default)s, fastest for models this small "
+        "on a busy machine)",
+    )
     p.add_argument("--draft-spec", help=f"draft size HIDDENxHEADSxLAYERSxINTERMEDIATE (default: {SPECS['draft']})")
     p.add_argument("--target-spec", help=f"target size (default: {SPECS['target']})")
     p.add_argument("--eval-n", type=int, default=DEFAULT_EVAL_N, help="test problems to evaluate on afterwards")
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every,
-                   help="log validation answer accuracy every N steps (0: never; default: %(default)s)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=defaults.eval_every,
+        help="log validation answer accuracy every N steps (0: never; default: %(default)s)",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)
 
-    p = tsub.add_parser("train-prm", help="train a PRM (value-head LM) on the checker's labels of both models' steps",
-                        description="Roll out draft and target step by step on training problems (both write a "
-                                    "candidate at every step; the exact checker labels both), fine-tune a value-head "
-                                    "PRM from the draft on those labels, report its validation accuracy, calibration "
-                                    "and per-kind errors, and record everything in MODELS/card.json.")
+    p = tsub.add_parser(
+        "train-prm",
+        help="train a PRM (value-head LM) on the checker's labels of both models' steps",
+        description="Roll out draft and target step by step on training problems (both write a "
+        "candidate at every step; the exact checker labels both), fine-tune a value-head "
+        "PRM from the draft on those labels, report its validation accuracy, calibration "
+        "and per-kind errors, and record everything in MODELS/card.json.",
+    )
     p.add_argument("--models", required=True, help="directory with draft/ and target/ (and card.json)")
     p.add_argument("--out", help="where to write the PRM (default: MODELS/prm)")
     p.add_argument("--problems", type=int, default=4000, help="training problems rolled out (default: %(default)s)")
-    p.add_argument("--eval-problems", type=int, default=500,
-                   help="validation problems rolled out for the report (default: %(default)s)")
+    p.add_argument(
+        "--eval-problems",
+        type=int,
+        default=500,
+        help="validation problems rolled out for the report (default: %(default)s)",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -262,9 +373,12 @@ def register(sub) -> None:
     p.add_argument("--save-data", help="also write the labelled steps (train.jsonl, validation.jsonl) here")
     p.set_defaults(func=cmd_train_prm)
 
-    p = tsub.add_parser("eval", help="accuracy of the draft and target on test problems",
-                        description="Greedy whole-solution answer accuracy of each model, and the accuracy of its "
-                                    "next step after the reference prefix, per kind of step.")
+    p = tsub.add_parser(
+        "eval",
+        help="accuracy of the draft and target on test problems",
+        description="Greedy whole-solution answer accuracy of each model, and the accuracy of its "
+        "next step after the reference prefix, per kind of step.",
+    )
     p.add_argument("--models", help="directory with draft/ and target/ (default: the shipped models)")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=DEFAULT_EVAL_N)

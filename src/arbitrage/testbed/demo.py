@@ -41,26 +41,26 @@ CLASSIFIER_LRS = (1e-3, 3e-4)  # the classifier router's learning rate is chosen
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    task: str = "phrased"              # phrased (several phrasings per step, a trained PRM) | plain
-    models: str | None = None          # directory with draft/ and target/ (default: the task's shipped models)
-    n_train: int = 300                 # training problems for `generate` (router data and thresholds)
-    n_test: int = 100                  # held-out test problems for the sweep
-    prm: str | None = None             # default: the task's (trained PRM / noisy checker)
+    task: str = "phrased"  # phrased (several phrasings per step, a trained PRM) | plain
+    models: str | None = None  # directory with draft/ and target/ (default: the task's shipped models)
+    n_train: int = 300  # training problems for `generate` (router data and thresholds)
+    n_test: int = 100  # held-out test problems for the sweep
+    prm: str | None = None  # default: the task's (trained PRM / noisy checker)
     rates: tuple = RATES
-    early_k: int | None = EARLY_K      # None: no early router
+    early_k: int | None = EARLY_K  # None: no early router
     # Latency is measured one problem at a time, as in the paper (batch size 1): with several problems in
     # flight, every escalated step of one problem holds up the others, which is not what the method is about.
     concurrency: int = 1
-    generate_concurrency: int = 16     # `generate` only produces training data: throughput is what counts
-    threads: int = 1                   # torch threads: 1 is fastest for these tiny models on a shared CPU
+    generate_concurrency: int = 16  # `generate` only produces training data: throughput is what counts
+    threads: int = 1  # torch threads: 1 is fastest for these tiny models on a shared CPU
     seed: int = 0
     n_boot: int = 2000
     progress: bool = True
     quick: bool = False
-    evidence: bool = False             # the full comparison (demo_points.py)
+    evidence: bool = False  # the full comparison (demo_points.py)
 
     @classmethod
-    def quick_run(cls, **kw) -> "DemoConfig":
+    def quick_run(cls, **kw) -> DemoConfig:
         """A few problems and one rate, all in one batch (a smoke run for CI; its figures mean little)."""
         kw.setdefault("n_train", 24)
         kw.setdefault("n_test", 8)
@@ -82,8 +82,10 @@ def _models_dir(cfg: DemoConfig) -> Path:
     d = Path(cfg.models) if cfg.models else default_models_dir(cfg.task)
     for role in ("draft", "target"):
         if not (d / role / "config.json").is_file():
-            raise ConfigError(f"no {role} model in {d / role}: pass --models DIR holding draft/ and target/ "
-                              f"(`arbitrage testbed train --out DIR` makes them)")
+            raise ConfigError(
+                f"no {role} model in {d / role}: pass --models DIR holding draft/ and target/ "
+                f"(`arbitrage testbed train --out DIR` makes them)"
+            )
     return d
 
 
@@ -92,8 +94,10 @@ def _prm_spec(cfg: DemoConfig, models_dir: Path) -> str:
         return cfg.prm
     if cfg.task == "phrased":
         if not (models_dir / "prm" / "config.json").is_file():
-            raise ConfigError(f"no trained PRM in {models_dir / 'prm'} (`arbitrage testbed train-prm --models "
-                              f"{models_dir}` makes it), or pass --prm")
+            raise ConfigError(
+                f"no trained PRM in {models_dir / 'prm'} (`arbitrage testbed train-prm --models "
+                f"{models_dir}` makes it), or pass --prm"
+            )
         return str(models_dir / "prm")
     return DEFAULT_PRM
 
@@ -112,14 +116,30 @@ def _train_routers(cfg: DemoConfig, out: Path, models_dir: Path) -> tuple[dict, 
         train_router(data, routers["early"], kind="probe", seed=cfg.seed, decide_after=cfg.early_k, log=_log)
     if cfg.evidence:
         routers["hidden"] = str(out / "router-hidden")
-        train_router(data, routers["hidden"], kind="probe", seed=cfg.seed,
-                     features=("logprobs", "entropies", "shape", "hidden"), log=_log)
+        train_router(
+            data,
+            routers["hidden"],
+            kind="probe",
+            seed=cfg.seed,
+            features=("logprobs", "entropies", "shape", "hidden"),
+            log=_log,
+        )
         best = None
         for lr in CLASSIFIER_LRS:
             d = str(out / f"router-classifier-lr{lr:g}")
             if not (Path(d) / "arbitrage_router.json").is_file():
-                train_router(data, d, kind="classifier", base=str(models_dir / "draft"), seed=cfg.seed, lr=lr,
-                             epochs=3, batch_size=16, device="cpu", log=_log)
+                train_router(
+                    data,
+                    d,
+                    kind="classifier",
+                    base=str(models_dir / "draft"),
+                    seed=cfg.seed,
+                    lr=lr,
+                    epochs=3,
+                    batch_size=16,
+                    device="cpu",
+                    log=_log,
+                )
             auc = evaluate_router(d, data, tau=0.5)["roc_auc"] or 0.0
             if best is None or auc > best[0]:
                 best = (auc, d, lr)
@@ -157,39 +177,56 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
     specs = {"draft": str(models_dir / "draft"), "target": str(models_dir / "target"), "prm": prm}
     # --evidence: the draft's hidden state is recorded (the probe that reads it) and computed at run time
-    common = dict(model_options=ModelOptions(device="cpu", dtype="float32", seed=cfg.seed, threads=cfg.threads,
-                                             return_hidden=cfg.evidence),
-                  progress=cfg.progress)
+    common = dict(
+        model_options=ModelOptions(
+            device="cpu", dtype="float32", seed=cfg.seed, threads=cfg.threads, return_hidden=cfg.evidence
+        ),
+        progress=cfg.progress,
+    )
     timings: dict[str, float] = {}
 
     _log(f"[demo 1/5] {cfg.task} testbed: generate on {cfg.n_train} training problems (draft + target + {prm})")
     t0 = time.perf_counter()
-    run(RunConfig(policy="generate", out=str(out / "generate"), data=f"testbed:train:{cfg.n_train}", models=specs,
-                  engine=engine_config(cfg.generate_concurrency), **common))
+    run(
+        RunConfig(
+            policy="generate",
+            out=str(out / "generate"),
+            data=f"testbed:train:{cfg.n_train}",
+            models=specs,
+            engine=engine_config(cfg.generate_concurrency),
+            **common,
+        )
+    )
     timings["generate"] = time.perf_counter() - t0
 
-    _log("[demo 2/5] router data; routers" + (" (probe, early probe, hidden-state probe, classifier)"
-                                              if cfg.evidence else ""))
+    _log(
+        "[demo 2/5] router data; routers"
+        + (" (probe, early probe, hidden-state probe, classifier)" if cfg.evidence else "")
+    )
     t0 = time.perf_counter()
     counts = build_data([str(out / "generate" / "results.jsonl")], str(out / "router-data"), seed=cfg.seed)
     routers, router_eval, k_curve = _train_routers(cfg, out, models_dir)
     timings["router"] = time.perf_counter() - t0
 
-    _log(f"[demo 3/5] thresholds for escalation rates {', '.join(f'{r:.0%}' for r in cfg.rates)} on the "
-         f"training-side generate steps")
+    _log(
+        f"[demo 3/5] thresholds for escalation rates {', '.join(f'{r:.0%}' for r in cfg.rates)} on the "
+        f"training-side generate steps"
+    )
     found = rate_thresholds([str(out / "generate")], cfg.rates, routers["router"], device="cpu")
-    thresholds = {p: sorted({e["tau"] for e in found.get(p, [])}) for p in ("rsd", "router", "confidence",
-                                                                                "glimpse")}
+    thresholds = {p: sorted({e["tau"] for e in found.get(p, [])}) for p in ("rsd", "router", "confidence", "glimpse")}
     for name in ("early", "hidden", "classifier"):
         if name in routers:
             more = rate_thresholds([str(out / "generate")], cfg.rates, routers[name], device="cpu")
             thresholds[f"router-{name}"] = sorted({e["tau"] for e in more["router"]})
-    (out / "thresholds.json").write_text(json.dumps({"rates": list(cfg.rates), "thresholds": thresholds,
-                                                     "found": found}, indent=2) + "\n")
+    (out / "thresholds.json").write_text(
+        json.dumps({"rates": list(cfg.rates), "thresholds": thresholds, "found": found}, indent=2) + "\n"
+    )
 
     base, points, extra, labels = build_points(cfg, out, specs, routers, thresholds, common)
-    _log(f"[demo 4/5] sweep on {cfg.n_test} test problems, {cfg.concurrency} at a time, "
-         f"{len(points) + len(extra)} points taking turns problem by problem")
+    _log(
+        f"[demo 4/5] sweep on {cfg.n_test} test problems, {cfg.concurrency} at a time, "
+        f"{len(points) + len(extra)} points taking turns problem by problem"
+    )
     t0 = time.perf_counter()
     metrics = run_sweep(base, points, str(out / "sweep"), progress=cfg.progress, report=False, extra=extra)
     relabel(metrics, out / "sweep", labels)
@@ -199,8 +236,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     from ..sweep_report import write_report
 
     write_report(metrics, str(out / "sweep"))
-    summary = summarize(out, metrics, cfg, counts=counts, router_eval=router_eval, k_curve=k_curve,
-                        thresholds=thresholds)
+    summary = summarize(
+        out, metrics, cfg, counts=counts, router_eval=router_eval, k_curve=k_curve, thresholds=thresholds
+    )
     plot = out / "sweep" / "accuracy_vs_latency.png"
     if plot.is_file():
         shutil.copyfile(plot, out / "pareto.png")
@@ -214,8 +252,16 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def cmd_demo(args) -> int:
-    kw = dict(out=args.out, task=args.task, models=args.models, prm=args.prm, threads=args.threads, seed=args.seed,
-              progress=not args.quiet, evidence=args.evidence)
+    kw = dict(
+        out=args.out,
+        task=args.task,
+        models=args.models,
+        prm=args.prm,
+        threads=args.threads,
+        seed=args.seed,
+        progress=not args.quiet,
+        evidence=args.evidence,
+    )
     for name in ("n_train", "n_test", "concurrency"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
@@ -231,28 +277,46 @@ def cmd_demo(args) -> int:
 
 
 def register_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the offline end-to-end demo on the testbed, with its figures (minutes on a CPU)",
-                       description=__doc__.split("\n\n")[0] + " Generate on training problems, train probe routers, "
-                                   "set every threshold on the training side, sweep the policies on test problems "
-                                   "one at a time, and report latency at matched accuracy with bootstrap intervals "
-                                   "(OUT/demo.json, OUT/pareto.png).")
+    p = sub.add_parser(
+        "demo",
+        help="the offline end-to-end demo on the testbed, with its figures (minutes on a CPU)",
+        description=__doc__.split("\n\n")[0] + " Generate on training problems, train probe routers, "
+        "set every threshold on the training side, sweep the policies on test problems "
+        "one at a time, and report latency at matched accuracy with bootstrap intervals "
+        "(OUT/demo.json, OUT/pareto.png).",
+    )
     p.add_argument("--out", default="demo-out", help="output directory (default: %(default)s); re-running resumes")
     p.add_argument("--n-train", type=int, help="training problems for router data (default: 300; --quick: 24)")
     p.add_argument("--n-test", type=int, help="held-out test problems (default: 100; --quick: 8)")
-    p.add_argument("--rates", help="escalation rates the thresholds are set for, on training steps "
-                                   f"(default: {','.join(map(str, RATES))})")
+    p.add_argument(
+        "--rates",
+        help=f"escalation rates the thresholds are set for, on training steps (default: {','.join(map(str, RATES))})",
+    )
     p.add_argument("--quick", action="store_true", help="few problems and one rate (a smoke run for CI)")
-    p.add_argument("--task", default="phrased", choices=TASKS,
-                   help="phrased: several phrasings per step, a trained PRM (default); plain: one phrasing per step "
-                        "and a noisy checker as PRM (the first testbed, kept so its results reproduce)")
-    p.add_argument("--evidence", action="store_true",
-                   help="the full comparison: also target-only with speculation, assisted generation, a hidden-state "
-                        "probe router, a classifier router, and every step policy without reusing the draft's work")
+    p.add_argument(
+        "--task",
+        default="phrased",
+        choices=TASKS,
+        help="phrased: several phrasings per step, a trained PRM (default); plain: one phrasing per step "
+        "and a noisy checker as PRM (the first testbed, kept so its results reproduce)",
+    )
+    p.add_argument(
+        "--evidence",
+        action="store_true",
+        help="the full comparison: also target-only with speculation, assisted generation, a hidden-state "
+        "probe router, a classifier router, and every step policy without reusing the draft's work",
+    )
     p.add_argument("--models", help="directory with draft/ and target/ (default: the task's shipped models)")
-    p.add_argument("--prm", help="a PRM spec (default: the phrased task's trained PRM; the plain task's "
-                                 f"{DEFAULT_PRM}, a checker wrong on ~10%% of steps)")
-    p.add_argument("--concurrency", type=int,
-                   help="test problems in flight at once (default: 1, the paper's batch-size-1 latency; --quick: 8)")
+    p.add_argument(
+        "--prm",
+        help="a PRM spec (default: the phrased task's trained PRM; the plain task's "
+        f"{DEFAULT_PRM}, a checker wrong on ~10%% of steps)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="test problems in flight at once (default: 1, the paper's batch-size-1 latency; --quick: 8)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -22,34 +22,60 @@ NO_VERIFY = "-noverify"
 
 def engine_config(concurrency: int, verify: bool = True) -> EngineConfig:
     # Steps are ~20 tokens and problems at most 5 steps; the limits only stop a model that loses the format.
-    return EngineConfig(max_steps=10, max_step_tokens=48, max_total_tokens=320, concurrency=concurrency,
-                        verify=verify)
+    return EngineConfig(max_steps=10, max_step_tokens=48, max_total_tokens=320, concurrency=concurrency, verify=verify)
 
 
 def build_points(cfg, out: Path, specs: dict, routers: dict, thresholds: dict, common: dict):
     """(base config, [(policy, tau)] on the base, extra point configs, {point dir: label})."""
     data = f"testbed:test:{cfg.n_test}"
-    base = RunConfig(policy="draft", out=str(out / "sweep"), data=data, models={**specs, "router": routers["router"]},
-                     engine=engine_config(cfg.concurrency), **common)
+    base = RunConfig(
+        policy="draft",
+        out=str(out / "sweep"),
+        data=data,
+        models={**specs, "router": routers["router"]},
+        engine=engine_config(cfg.concurrency),
+        **common,
+    )
     points: list[tuple[str, float | None]] = [("draft", None), ("target", None), ("oracle", 0.0)]
     for policy in THRESHOLDED:
         points += [(policy, float(t)) for t in thresholds.get(policy, [])]
     extra: list[RunConfig] = []
     labels: dict[str, str] = {}
 
-    def add(label: str, policy: str, tau: float | None, folder: str, models: dict, verify: bool = True,
-            options: dict | None = None) -> None:
+    def add(
+        label: str,
+        policy: str,
+        tau: float | None,
+        folder: str,
+        models: dict,
+        verify: bool = True,
+        options: dict | None = None,
+    ) -> None:
         name = policy if tau is None else f"{policy}-{tau:g}"
-        c = RunConfig(policy=policy, threshold=tau, out=str(out / folder / name), data=data, models=models,
-                      engine=engine_config(cfg.concurrency, verify), policy_options=dict(options or {}), **common)
+        c = RunConfig(
+            policy=policy,
+            threshold=tau,
+            out=str(out / folder / name),
+            data=data,
+            models=models,
+            engine=engine_config(cfg.concurrency, verify),
+            policy_options=dict(options or {}),
+            **common,
+        )
         extra.append(c)
         labels[str(Path(c.out).resolve())] = label
 
     gen = {"draft": specs["draft"], "target": specs["target"]}
     if cfg.early_k:
         for t in thresholds.get("router-early", []):
-            add(f"router-k{cfg.early_k}", "router", float(t), "sweep-early", {**gen, "router": routers["early"]},
-                options={"decide_after": cfg.early_k})
+            add(
+                f"router-k{cfg.early_k}",
+                "router",
+                float(t),
+                "sweep-early",
+                {**gen, "router": routers["early"]},
+                options={"decide_after": cfg.early_k},
+            )
     if not cfg.evidence:
         return base, points, extra, labels
     add("target+speculation", "target", None, "sweep-extra", gen, options={"speculate": True})
@@ -66,8 +92,15 @@ def build_points(cfg, out: Path, specs: dict, routers: dict, thresholds: dict, c
     for c in list(extra):
         label = labels[str(Path(c.out).resolve())]
         if c.engine.verify and label.startswith(("router-k", "router-hidden", "router-classifier")):
-            add(label + NO_VERIFY, "router", c.threshold, "sweep-noverify-" + label, dict(c.models), verify=False,
-                options=dict(c.policy_options))
+            add(
+                label + NO_VERIFY,
+                "router",
+                c.threshold,
+                "sweep-noverify-" + label,
+                dict(c.models),
+                verify=False,
+                options=dict(c.policy_options),
+            )
     return base, points, extra, labels
 
 

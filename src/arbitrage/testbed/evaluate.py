@@ -5,8 +5,8 @@ gets, which neither)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,8 +39,15 @@ def load_model(models_dir: str | Path, role: str):
 
 
 @torch.no_grad()
-def _greedy(model, tokenizer, texts: Sequence[str], max_new_tokens: int, stop_ids: list[int],
-            batch_size: int, desc: str | None = None) -> list[str]:
+def _greedy(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    max_new_tokens: int,
+    stop_ids: list[int],
+    batch_size: int,
+    desc: str | None = None,
+) -> list[str]:
     out = []
     starts = range(0, len(texts), batch_size)
     if desc is not None:
@@ -50,28 +57,35 @@ def _greedy(model, tokenizer, texts: Sequence[str], max_new_tokens: int, stop_id
 
         starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False)
     for i in starts:
-        enc = tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                             pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        enc = tokenizer(list(texts[i : i + batch_size]), return_tensors="pt", padding=True)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
     return out
 
 
-def solve(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 200, batch_size: int = 64,
-          desc: str | None = None) -> list[str]:
+def solve(
+    model, tokenizer, questions: Sequence[str], max_new_tokens: int = 200, batch_size: int = 64, desc: str | None = None
+) -> list[str]:
     """Whole greedy solutions (until end-of-sequence) for each question."""
-    return _greedy(model, tokenizer, [prompt(q) for q in questions], max_new_tokens, [tokenizer.eos_token_id],
-                   batch_size, desc)
+    return _greedy(
+        model, tokenizer, [prompt(q) for q in questions], max_new_tokens, [tokenizer.eos_token_id], batch_size, desc
+    )
 
 
-def answer_accuracy(model, tokenizer, chains: Sequence[Chain], batch_size: int = 64,
-                    desc: str | None = None) -> float:
+def answer_accuracy(model, tokenizer, chains: Sequence[Chain], batch_size: int = 64, desc: str | None = None) -> float:
     texts = solve(model, tokenizer, [c.question() for c in chains], batch_size=batch_size, desc=desc)
     return sum(extract_answer(t) == str(c.answer) for t, c in zip(texts, chains)) / max(1, len(chains))
 
 
-def step_accuracy(model, tokenizer, chains: Sequence[Chain], batch_size: int = 128,
-                  desc: str | None = None) -> dict[str, dict]:
+def step_accuracy(
+    model, tokenizer, chains: Sequence[Chain], batch_size: int = 128, desc: str | None = None
+) -> dict[str, dict]:
     """Per kind of step: how often the model's next step after the reference prefix checks as correct."""
     sep_id = tokenizer.convert_tokens_to_ids(SEPARATOR)
     contexts, cases = [], []
@@ -91,17 +105,26 @@ def step_accuracy(model, tokenizer, chains: Sequence[Chain], batch_size: int = 1
     return {k: {"accuracy": round(v[0] / v[1], 3), "n": v[1]} for k, v in sorted(tally.items())}
 
 
-def evaluate(models_dir: str | Path, chains: Sequence[Chain], steps: bool = True,
-             roles: Sequence[str] = ROLES, progress: bool = True) -> dict[str, dict]:
+def evaluate(
+    models_dir: str | Path,
+    chains: Sequence[Chain],
+    steps: bool = True,
+    roles: Sequence[str] = ROLES,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Answer accuracy (and per-kind step accuracy) of each of `roles` in `models_dir` on `chains`."""
     report = {}
     for role in roles:
         model, tokenizer = load_model(models_dir, role)
         acc = answer_accuracy(model, tokenizer, chains, desc=f"{role}: solutions" if progress else None)
-        entry = {"answer_accuracy": round(acc, 3), "n": len(chains),
-                 "parameters": sum(p.numel() for p in model.parameters())}
+        entry = {
+            "answer_accuracy": round(acc, 3),
+            "n": len(chains),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
         if steps:
-            entry["step_accuracy"] = step_accuracy(model, tokenizer, chains,
-                                                   desc=f"{role}: single steps" if progress else None)
+            entry["step_accuracy"] = step_accuracy(
+                model, tokenizer, chains, desc=f"{role}: single steps" if progress else None
+            )
         report[role] = entry
     return report

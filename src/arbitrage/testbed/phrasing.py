@@ -48,23 +48,44 @@ MODE_P = 0.6  # how often a role writes a step in its preferred style
 
 # (form, wording) per operation and the final form, per role.
 ROLE_STYLES: dict[str, dict[str, object]] = {
-    "target": {"+": ("full", "symbols"), "-": ("full", "symbols"), "*": ("which", "symbols"),
-               "mod": ("subst", "symbols"), "final": "answer"},
-    "draft": {"+": ("subst", "symbols"), "-": ("full", "words"), "*": ("which", "symbols"),
-              "mod": ("full", "symbols"), "final": "so"},
+    "target": {
+        "+": ("full", "symbols"),
+        "-": ("full", "symbols"),
+        "*": ("which", "symbols"),
+        "mod": ("subst", "symbols"),
+        "final": "answer",
+    },
+    "draft": {
+        "+": ("subst", "symbols"),
+        "-": ("full", "words"),
+        "*": ("which", "symbols"),
+        "mod": ("full", "symbols"),
+        "final": "so",
+    },
 }
 
 # Tokenizer pieces the phrasings repeat (besides the plain task's), so steps stay about as long in tokens.
-PIECES = ("the answer is ", ", which is ", "Therefore, ", " modulo ", " minus ", " times ", " plus ", ", so ", "Next, ",
-          "So ")
+PIECES = (
+    "the answer is ",
+    ", which is ",
+    "Therefore, ",
+    " modulo ",
+    " minus ",
+    " times ",
+    " plus ",
+    ", so ",
+    "Next, ",
+    "So ",
+)
 
 
 def op_text(op: str, wording: str) -> str:
     return WORDS[op] if wording == "words" else op
 
 
-def render_op_step(form: str, wording: str, t: str, left: str, op: str, right: str | int,
-                   x: int, y: int, z: int) -> str:
+def render_op_step(
+    form: str, wording: str, t: str, left: str, op: str, right: str | int, x: int, y: int, z: int
+) -> str:
     o = op_text(op, wording)
     if form == "full":
         return f"{t} = {left} {o} {right} = {x} {o} {y} = {z}"
@@ -116,6 +137,7 @@ class Style:
 
 
 # ---------------------------------------------------------------- reading any phrasing
+
 
 @dataclass(frozen=True)
 class Claim:

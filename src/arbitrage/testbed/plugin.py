@@ -51,15 +51,39 @@ def _checker(spec: str, role: str, opts, separator: str):
 
 
 def register(registry) -> None:
-    registry.add_loader("data", "testbed", _is_testbed_data, _data, priority=20,
-                        help="testbed:SPLIT[:N[:SEED]]: the synthetic arithmetic task")
-    registry.add_loader("generator", "testbed models", lambda s: s in MODEL_SPECS, _generator, priority=20,
-                        help="testbed:draft, testbed:target (plain task), testbed-phrased:draft, "
-                             "testbed-phrased:target (phrased task): the shipped trained testbed models")
-    registry.add_loader("prm", "testbed trained PRM", lambda s: s in PRM_SPECS, _trained_prm, priority=20,
-                        help="testbed-phrased:prm: the shipped value-head PRM trained on the phrased task")
-    registry.add_loader("prm", "testbed checker", lambda s: s.startswith("testbed-checker"), _checker, priority=20,
-                        help="testbed-checker[:FLIP[:SIGMA]]: the task's exact step checker, optionally noisy")
+    registry.add_loader(
+        "data",
+        "testbed",
+        _is_testbed_data,
+        _data,
+        priority=20,
+        help="testbed:SPLIT[:N[:SEED]]: the synthetic arithmetic task",
+    )
+    registry.add_loader(
+        "generator",
+        "testbed models",
+        lambda s: s in MODEL_SPECS,
+        _generator,
+        priority=20,
+        help="testbed:draft, testbed:target (plain task), testbed-phrased:draft, "
+        "testbed-phrased:target (phrased task): the shipped trained testbed models",
+    )
+    registry.add_loader(
+        "prm",
+        "testbed trained PRM",
+        lambda s: s in PRM_SPECS,
+        _trained_prm,
+        priority=20,
+        help="testbed-phrased:prm: the shipped value-head PRM trained on the phrased task",
+    )
+    registry.add_loader(
+        "prm",
+        "testbed checker",
+        lambda s: s.startswith("testbed-checker"),
+        _checker,
+        priority=20,
+        help="testbed-checker[:FLIP[:SIGMA]]: the task's exact step checker, optionally noisy",
+    )
     from . import cli
 
     registry.add_command("testbed", cli.register)

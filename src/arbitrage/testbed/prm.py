@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 from ..types import ScoreRequest, Step
 from .phrasing import parse_final, parse_step
@@ -61,8 +61,11 @@ def check_step(question: str, steps: Sequence[str], candidate: str) -> tuple[boo
     definition = {o.target: o for o in chain.ops}.get(claim.target)
     if definition is None:
         return False, f"{claim.target} is not defined in the question"
-    if claim.op != definition.op or claim.left not in (None, definition.left) \
-            or claim.right not in (None, definition.right):
+    if (
+        claim.op != definition.op
+        or claim.left not in (None, definition.left)
+        or claim.right not in (None, definition.right)
+    ):
         stated = f"{claim.target} = {claim.left or '?'} {claim.op} {claim.right if claim.right is not None else '?'}"
         return False, f"{stated!r} is not the question's {definition.definition()!r}"
     vals = established_values(chain, steps)
@@ -97,7 +100,7 @@ class ArithmeticCheckerPRM:
         self.flip, self.sigma, self.seed, self.name = flip, sigma, seed, name
 
     @classmethod
-    def from_spec(cls, spec: str, seed: int = 0) -> "ArithmeticCheckerPRM":
+    def from_spec(cls, spec: str, seed: int = 0) -> ArithmeticCheckerPRM:
         """`testbed-checker[:FLIP[:SIGMA]]`, as `--prm` of `arbitrage run`."""
         from ..errors import ConfigError
 

@@ -20,8 +20,8 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -56,14 +56,20 @@ def _write_steps(model, tokenizer, contexts: Sequence[str], sample: bool, seed: 
     if sample:
         torch.manual_seed(seed)
     kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
-    out = model.generate(**enc, max_new_tokens=MAX_STEP_TOKENS, eos_token_id=[sep_id, tokenizer.eos_token_id],
-                         pad_token_id=tokenizer.pad_token_id, **kwargs)
-    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **enc,
+        max_new_tokens=MAX_STEP_TOKENS,
+        eos_token_id=[sep_id, tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        **kwargs,
+    )
+    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
     return [t.split(SEPARATOR)[0].strip() for t in texts]
 
 
-def collect_steps(models_dir: str | Path, split: str, n_problems: int, seed: int = 0, batch_size: int = 128,
-                  log: Log = print) -> list[dict]:
+def collect_steps(
+    models_dir: str | Path, split: str, n_problems: int, seed: int = 0, batch_size: int = 128, log: Log = print
+) -> list[dict]:
     """Labelled candidate steps of both models (see the module docstring), one dict per candidate."""
     from .evaluate import load_model
 
@@ -73,7 +79,7 @@ def collect_steps(models_dir: str | Path, split: str, n_problems: int, seed: int
     examples: list[dict] = []
     t0 = time.time()
     for b in range(0, len(chains), batch_size):
-        batch = chains[b:b + batch_size]
+        batch = chains[b : b + batch_size]
         sample = [(b + i) % 2 == 1 for i in range(len(batch))]
         history: list[list[tuple[str, str]]] = [[] for _ in batch]  # (author, text) accepted so far
         live = list(range(len(batch)))
@@ -86,8 +92,9 @@ def collect_steps(models_dir: str | Path, split: str, n_problems: int, seed: int
                 written[role] = {}
                 for mode in (False, True):
                     rows = [i for i in live if sample[i] == mode]
-                    texts = _write_steps(model, tok, [contexts[i] for i in rows], mode,
-                                         seed=_seed(seed, b, round_, role))
+                    texts = _write_steps(
+                        model, tok, [contexts[i] for i in rows], mode, seed=_seed(seed, b, round_, role)
+                    )
                     written[role].update(zip(rows, texts))
             still = []
             for i in live:
@@ -96,17 +103,28 @@ def collect_steps(models_dir: str | Path, split: str, n_problems: int, seed: int
                 for role in ("draft", "target"):
                     text = written[role][i]
                     ok, _ = check_step(chain.question(), prior, text)
-                    examples.append({"problem": f"{split}-{seed}-{b + i}", "question": chain.question(),
-                                     "steps": [list(s) for s in history[i]], "candidate": text, "author": role,
-                                     "label": int(ok), "kind": _kind(chain, n_ops), "sampled": sample[i]})
+                    examples.append(
+                        {
+                            "problem": f"{split}-{seed}-{b + i}",
+                            "question": chain.question(),
+                            "steps": [list(s) for s in history[i]],
+                            "candidate": text,
+                            "author": role,
+                            "label": int(ok),
+                            "kind": _kind(chain, n_ops),
+                            "sampled": sample[i],
+                        }
+                    )
                 keep = "target" if rng.random() < 0.5 else "draft"
                 text = written[keep][i]
                 history[i].append((keep, text))
                 if text and parse_final(text) is None and len(history[i]) < MAX_STEPS:
                     still.append(i)
             live = still
-        log(f"prm data ({split}): {min(b + batch_size, len(chains))}/{len(chains)} problems, "
-            f"{len(examples)} labelled steps ({time.time() - t0:.0f}s)")
+        log(
+            f"prm data ({split}): {min(b + batch_size, len(chains))}/{len(chains)} problems, "
+            f"{len(examples)} labelled steps ({time.time() - t0:.0f}s)"
+        )
     return examples
 
 
@@ -117,8 +135,10 @@ def _rows(examples: Sequence[dict], tokenizer, fmt: PRMFormat) -> list[list[int]
     def step(author: str, text: str) -> Step:
         return Step(author=author, text=text, stop="separator", n_tokens=0)  # type: ignore[arg-type]
 
-    return [fmt.row_ids(encode, e["question"], [step(a, t) for a, t in e["steps"]], step(e["author"], e["candidate"]))
-            for e in examples]
+    return [
+        fmt.row_ids(encode, e["question"], [step(a, t) for a, t in e["steps"]], step(e["author"], e["candidate"]))
+        for e in examples
+    ]
 
 
 class ValueHeadLM(torch.nn.Module):
@@ -142,12 +162,21 @@ def _batch(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
     ids = torch.full((len(rows), width), pad)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
     return ids, mask
 
 
-def train_prm(examples: Sequence[dict], init_dir: str | Path, out_dir: str | Path, *, epochs: int = 3,
-              batch_size: int = 64, lr: float = 1e-3, seed: int = 0, log: Log = print) -> dict:
+def train_prm(
+    examples: Sequence[dict],
+    init_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int = 3,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log: Log = print,
+) -> dict:
     """Fine-tune `init_dir`'s LM (body and a new value head) on the examples' labels; save in the Skywork
     layout (one safetensors file: `model.*` and `v_head.summary.*`) with the tokenizer under `out_dir`."""
     from safetensors.torch import save_file
@@ -170,7 +199,7 @@ def train_prm(examples: Sequence[dict], init_dir: str | Path, out_dir: str | Pat
     for epoch in range(epochs):
         rng.shuffle(order)
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             ids, mask = _batch([rows[j] for j in idx], tokenizer.pad_token_id)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(net(ids, mask), labels[idx])
             loss.backward()
@@ -194,11 +223,19 @@ def train_prm(examples: Sequence[dict], init_dir: str | Path, out_dir: str | Pat
     from .tokenizer import save_tokenizer
 
     save_tokenizer(tokenizer, out)
-    return {"examples": len(rows), "positive_share": round(float(labels.mean()), 4), "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer_steps": total,
-            "train_seconds": round(time.time() - t0, 1), "final_loss": round(running or 0.0, 4),
-            "init": "the trained draft (body), value head zero-initialised",
-            "parameters": sum(p.numel() for p in net.parameters())}
+    return {
+        "examples": len(rows),
+        "positive_share": round(float(labels.mean()), 4),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "optimizer_steps": total,
+        "train_seconds": round(time.time() - t0, 1),
+        "final_loss": round(running or 0.0, 4),
+        "init": "the trained draft (body), value head zero-initialised",
+        "parameters": sum(p.numel() for p in net.parameters()),
+    }
 
 
 def evaluate_prm(prm_dir: str | Path, examples: Sequence[dict], bins: int = 10) -> dict:
@@ -210,15 +247,21 @@ def evaluate_prm(prm_dir: str | Path, examples: Sequence[dict], bins: int = 10) 
     from ..scoring.hf import HFPRM
     from ..types import ScoreRequest
 
-    prm = HFPRM.from_pretrained(str(prm_dir), kind="value-head", fmt="skywork", device="cpu", dtype="float32",
-                                reuse_cache=False)
+    prm = HFPRM.from_pretrained(
+        str(prm_dir), kind="value-head", fmt="skywork", device="cpu", dtype="float32", reuse_cache=False
+    )
     scores: list[float] = []
     for i in range(0, len(examples), 256):
-        chunk = examples[i:i + 256]
-        reqs = [ScoreRequest(key=f"e{i + j}", question=e["question"],
-                             steps=[Step(a, t, "separator", 0) for a, t in e["steps"]],  # type: ignore[arg-type]
-                             candidates=[Step(e["author"], e["candidate"], "separator", 0)])
-                for j, e in enumerate(chunk)]
+        chunk = examples[i : i + 256]
+        reqs = [
+            ScoreRequest(
+                key=f"e{i + j}",
+                question=e["question"],
+                steps=[Step(a, t, "separator", 0) for a, t in e["steps"]],  # type: ignore[arg-type]
+                candidates=[Step(e["author"], e["candidate"], "separator", 0)],
+            )
+            for j, e in enumerate(chunk)
+        ]
         scores += [s[0] for s in prm.score(reqs)]
     labels = [e["label"] for e in examples]
     wrong = [int((s > 0.5) != bool(y)) for s, y in zip(scores, labels)]
@@ -230,8 +273,14 @@ def evaluate_prm(prm_dir: str | Path, examples: Sequence[dict], bins: int = 10) 
             conf = sum(s for s, _ in members) / len(members)
             freq = sum(y for _, y in members) / len(members)
             ece += len(members) / len(scores) * abs(conf - freq)
-            table.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": len(members), "mean_score": round(conf, 3),
-                          "share_correct": round(freq, 3)})
+            table.append(
+                {
+                    "bin": f"{lo:.1f}-{hi:.1f}",
+                    "n": len(members),
+                    "mean_score": round(conf, 3),
+                    "share_correct": round(freq, 3),
+                }
+            )
     groups: dict[str, dict[str, list[int]]] = {"kind": defaultdict(list), "author": defaultdict(list)}
     for e, w in zip(examples, wrong):
         groups["kind"][e["kind"]].append(w)
@@ -239,15 +288,19 @@ def evaluate_prm(prm_dir: str | Path, examples: Sequence[dict], bins: int = 10) 
     false_accept = [w for w, y in zip(wrong, labels) if not y]
     false_reject = [w for w, y in zip(wrong, labels) if y]
     return {
-        "n": len(examples), "accuracy": round(1 - sum(wrong) / len(wrong), 4),
+        "n": len(examples),
+        "accuracy": round(1 - sum(wrong) / len(wrong), 4),
         "roc_auc": round(float(roc_auc_score(labels, scores)), 4) if 0 < sum(labels) < len(labels) else None,
-        "ece": round(ece, 4), "reliability": table,
+        "ece": round(ece, 4),
+        "reliability": table,
         "false_accept_rate": round(sum(false_accept) / max(1, len(false_accept)), 4),
         "false_reject_rate": round(sum(false_reject) / max(1, len(false_reject)), 4),
-        "error_rate_by_kind": {k: {"n": len(v), "error_rate": round(sum(v) / len(v), 4)}
-                               for k, v in sorted(groups["kind"].items())},
-        "error_rate_by_author": {k: {"n": len(v), "error_rate": round(sum(v) / len(v), 4)}
-                                 for k, v in sorted(groups["author"].items())},
+        "error_rate_by_kind": {
+            k: {"n": len(v), "error_rate": round(sum(v) / len(v), 4)} for k, v in sorted(groups["kind"].items())
+        },
+        "error_rate_by_author": {
+            k: {"n": len(v), "error_rate": round(sum(v) / len(v), 4)} for k, v in sorted(groups["author"].items())
+        },
     }
 
 

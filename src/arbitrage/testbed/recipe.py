@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 # "plain": one phrasing per step (the first testbed, its models in testbed/models); "phrased": several phrasings
 # per step and a style per role (testbed/phrasing.py; its models in testbed/models_phrased).
 TASKS = ("plain", "phrased")
@@ -19,8 +18,8 @@ class ModelSpec:
     intermediate: int
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
-        """"HIDDENxHEADSxLAYERSxINTERMEDIATE", e.g. "64x2x4x256"."""
+    def parse(cls, text: str) -> ModelSpec:
+        """ "HIDDENxHEADSxLAYERSxINTERMEDIATE", e.g. "64x2x4x256"."""
         parts = text.lower().split("x")
         if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise ValueError(f"model spec {text!r}: expected HIDDENxHEADSxLAYERSxINTERMEDIATE, e.g. 64x2x4x256")
@@ -55,7 +54,7 @@ class TrainConfig:
     threads: int = 1
     device: str = "cpu"
     log_every: int = 100
-    eval_every: int = 1000   # validation answer accuracy on `eval_n` problems every so many steps (0: never)
+    eval_every: int = 1000  # validation answer accuracy on `eval_n` problems every so many steps (0: never)
     eval_n: int = 100
 
 

@@ -26,8 +26,8 @@ import hashlib
 import itertools
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..types import Problem
 from .phrasing import Style, render_final, render_op_step
@@ -100,7 +100,7 @@ class Chain:
         parts = [f"Let {self.start[0]} = {self.start[1]}."] + [o.definition() + "." for o in self.ops]
         return " ".join(parts) + f" What is {self.asked}?"
 
-    def solution_steps(self, style: "Style | None" = None, rng: random.Random | None = None) -> list[str]:
+    def solution_steps(self, style: Style | None = None, rng: random.Random | None = None) -> list[str]:
         """The reference solution: the plain task's one phrasing, or with `style` (the phrased task) each step
         in a phrasing drawn from that role's style distribution with `rng`."""
         vals = self.values()
@@ -111,8 +111,9 @@ class Chain:
                 steps.append(f"{o.definition()} = {vals[o.left]} {o.op} {right} = {vals[o.target]}")
             else:
                 form, wording = style.draw_op(o.op, rng or random.Random(0))
-                steps.append(render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], right,
-                                            vals[o.target]))
+                steps.append(
+                    render_op_step(form, wording, o.target, o.left, o.op, o.right, vals[o.left], right, vals[o.target])
+                )
         if style is None:
             steps.append(f"The answer is \\boxed{{{vals[self.asked]}}}")
         else:
@@ -158,7 +159,7 @@ def split_of(question: str) -> str:
 def _pick(rng: random.Random, lo: int, hi: int, digit_weights: tuple[float, ...]) -> int:
     """A number in [lo, hi] whose digit count is drawn by `digit_weights` (1, 2, 3 digits) when possible."""
     digits = rng.choices(range(1, len(digit_weights) + 1), digit_weights)[0]
-    a, b = max(lo, 10 ** (digits - 1) if digits > 1 else 0), min(hi, 10 ** digits - 1)
+    a, b = max(lo, 10 ** (digits - 1) if digits > 1 else 0), min(hi, 10**digits - 1)
     return rng.randint(a, b) if a <= b else rng.randint(lo, hi)
 
 
@@ -175,8 +176,9 @@ def _sample_op(rng: random.Random, target: str, vals: dict[str, int]) -> tuple[O
     names = list(vals)
     left = names[-1]  # a chain: each step works on the value the step before it computed
     x = vals[left]
-    feasible = [op for op, ok in (("+", x < MAX_VALUE), ("-", x > 0), ("*", 2 <= x <= MAX_VALUE // 2),
-                                  ("mod", x > 0)) if ok]
+    feasible = [
+        op for op, ok in (("+", x < MAX_VALUE), ("-", x > 0), ("*", 2 <= x <= MAX_VALUE // 2), ("mod", x > 0)) if ok
+    ]
     op = rng.choices(feasible, [OP_WEIGHTS[o] for o in feasible])[0]
     others = [n for n in names[:-1] if (op == "+" and x + vals[n] <= MAX_VALUE) or (op == "-" and vals[n] <= x)]
     if op in "+-" and others and rng.random() < VAR_OPERAND:
@@ -230,9 +232,15 @@ def make_problems(split: str, n: int, seed: int = 0) -> list[Problem]:
     out = []
     for i, chain in enumerate(make_chains(split, n, seed)):
         q = chain.question()
-        out.append(Problem(id=f"testbed-{split}-{seed}-{i}", question=q, prompt=prompt(q), gold=str(chain.answer),
-                           meta={"solution": solution_text(chain), "split": split,
-                                 "kinds": [o.kind for o in chain.ops]}))
+        out.append(
+            Problem(
+                id=f"testbed-{split}-{seed}-{i}",
+                question=q,
+                prompt=prompt(q),
+                gold=str(chain.answer),
+                meta={"solution": solution_text(chain), "split": split, "kinds": [o.kind for o in chain.ops]},
+            )
+        )
     return out
 
 
@@ -265,5 +273,10 @@ def problems_from_spec(spec: str) -> list[Problem]:
 def problem_record(problem: Problem) -> dict:
     """The JSON-lines record written by `arbitrage testbed data`; `arbitrage run --data FILE` reads it back
     (with `--template '{question}\n\n'` to get the task's own prompt)."""
-    return {"id": problem.id, "question": problem.question, "answer": problem.gold,
-            "solution": problem.meta["solution"], "prompt": problem.prompt}
+    return {
+        "id": problem.id,
+        "question": problem.question,
+        "answer": problem.gold,
+        "solution": problem.meta["solution"],
+        "prompt": problem.prompt,
+    }

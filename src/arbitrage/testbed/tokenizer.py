@@ -20,8 +20,10 @@ SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_t
 PIECES = ("The answer is ", "What is ", "\\boxed{", " mod ", "Let ", " = ", " + ", " - ", " * ", ". ", "\n\n")
 CHARS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
 # A chat renders as the task's own prompt: the last user message (the question), then the step separator.
-CHAT_TEMPLATE = ("{% set ns = namespace(q='') %}{% for m in messages %}{% if m['role'] == 'user' %}"
-                 "{% set ns.q = m['content'] %}{% endif %}{% endfor %}{{ ns.q + '\\n\\n' }}")
+CHAT_TEMPLATE = (
+    "{% set ns = namespace(q='') %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.q = m['content'] %}{% endif %}{% endfor %}{{ ns.q + '\\n\\n' }}"
+)
 
 
 def build_tokenizer(model_max_length: int = 512, extra_pieces: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
@@ -37,8 +39,9 @@ def build_tokenizer(model_max_length: int = 512, extra_pieces: tuple[str, ...] =
     tok.decoder = decoders.Fuse()
     bos = SPECIAL["bos_token"]
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
-                                   padding_side="left", **SPECIAL)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=model_max_length, padding_side="left", **SPECIAL
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
