@@ -43,14 +43,14 @@ def make_problems(n: int, source: str | None) -> list[Problem]:
 
 
 def start_fake(role: str, ms: float, tokens: int, steps: int, port: int, capacity: int = 0):
-    """A fake OpenAI-compatible server in its own process (arbitrage.server.fake_backend)."""
+    """A fake OpenAI-compatible server in its own process (arbitrage.testing.fake_server)."""
     import subprocess
 
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "arbitrage.server.fake_backend",
+            "arbitrage.testing.fake_server",
             "--name",
             role,
             "--port",

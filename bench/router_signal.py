@@ -5,7 +5,7 @@
 Builds router data (split by problem, balanced training split), trains a probe router and `--controls` probes on
 shuffled labels; with --base also a classifier router and one shuffled-label classifier. Prints one line per
 router (Spearman with A, ROC-AUC, balanced accuracy, oracle agreement at tau 0.5, training seconds) and writes
-DIR/summary.json. Default data: tests/fixtures/router_generate.jsonl.gz (see tests/router_signal_fixture.py).
+DIR/summary.json. Default data: tests/fixtures/router_generate.jsonl.gz (see tests/support/router_signal_fixture.py).
 """
 
 from __future__ import annotations

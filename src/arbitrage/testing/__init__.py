@@ -1,4 +1,8 @@
-"""Tiny random-weight models built locally, for tests and examples that must run offline.
+"""The one home for stand-ins, used by the tests and the benchmarks: tiny random-weight models built locally
+(below), scripted routers (below), scripted generators / PRMs / routers that count their calls (`fakes`), and a
+fake OpenAI-compatible server (`fake_server`).
+
+Tiny random-weight models, for tests and examples that must run offline:
 
 A byte-level BPE tokenizer is trained on the spot on a small math corpus, and Qwen2 configs are initialised
 with a fixed seed; nothing comes from the Hugging Face hub.
@@ -101,7 +105,7 @@ def make_token_classifier(
     model = Qwen2ForTokenClassification(cfg).eval()
     model.save_pretrained(out_dir)
     if router:
-        from .formats import write_router_meta
+        from ..formats import write_router_meta
 
         write_router_meta(
             out_dir,

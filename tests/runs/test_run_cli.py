@@ -120,8 +120,8 @@ def test_rerun_resumes_and_other_settings_are_refused(tiny_dir, data_file, tmp_p
 def test_sigkilled_run_resumes_with_every_problem_exactly_once(tiny_dir, data_file, tmp_path):
     """The draft is a fake server taking 0.3 s a step, so the run lasts seconds and the kill lands mid-run
     (with tiny in-process models every problem could finish in one burst before the kill)."""
-    from arbitrage.server.fake_backend import make_app
     from arbitrage.server.running import serving
+    from arbitrage.testing.fake_server import make_app
 
     out = tmp_path / "killed"
     with serving(make_app("slow-draft", per_token_s=0.1, tokens_per_step=3, steps=2)) as server:

@@ -5,11 +5,11 @@ import threading
 import time
 
 import pytest
-from fakes import FakeGenerator, FakePRM, FakeRouter, problems
 
 from arbitrage.engine import Engine, EngineConfig, Limits, Models
 from arbitrage.errors import ConfigError
 from arbitrage.policies import make_policy
+from arbitrage.testing.fakes import FakeGenerator, FakePRM, FakeRouter, problems
 
 LENGTHS = [5, 1, 7, 3, 2, 6]
 

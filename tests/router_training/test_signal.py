@@ -16,7 +16,7 @@ import pytest
 
 from arbitrage.router_training import build_data, evaluate_router, train_router
 
-FIXTURE = Path(__file__).parent / "fixtures" / "router_generate.jsonl.gz"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "router_generate.jsonl.gz"
 
 
 @pytest.fixture(scope="module")

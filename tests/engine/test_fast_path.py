@@ -4,12 +4,12 @@ token for token, with each problem's cache kept in its slot between steps and on
 from __future__ import annotations
 
 import pytest
-from fakes import ForwardTokens
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.testing import EveryOtherRouter
+from arbitrage.testing.fakes import ForwardTokens
 from arbitrage.types import GenerationRequest, Problem
 
 QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]

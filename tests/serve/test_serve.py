@@ -218,7 +218,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_place(models):
 
 
 def test_health_is_503_while_a_served_backend_is_down(models):
-    from arbitrage.server.fake_backend import make_app
+    from arbitrage.testing.fake_server import make_app
 
     fake = serving(make_app("draft-server"))
     backend = fake.__enter__()

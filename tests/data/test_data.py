@@ -13,7 +13,7 @@ from arbitrage import data
 from arbitrage.data import BUILTIN, INSTRUCTION, format_prompt, load_problems
 from arbitrage.errors import ConfigError, DataError
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 SHIPPED = {"math500": 500, "gsm8k": 1319, "svamp": 1000}
 NOT_SHIPPED = ("aime24", "olympiadbench", "asdiv", "mawps", "college_math")
 

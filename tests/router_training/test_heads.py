@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from fakes import FakeGenerator, problems
 
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.router_training.heads import OrdinalLogit, class_edges, classes_of, positive_classes, y_hat_from_probs
+from arbitrage.testing.fakes import FakeGenerator, problems
 
 
 def test_quantile_class_edges_and_ties():
@@ -63,7 +63,7 @@ def test_probe_heads_train_and_route(tmp_path):
     from arbitrage.router_training import build_data, evaluate_router, train_router
     from arbitrage.router_training.probe import load_probe_router
 
-    fixture = __import__("pathlib").Path(__file__).parent / "fixtures" / "router_generate.jsonl.gz"
+    fixture = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "router_generate.jsonl.gz"
     build_data([str(fixture)], str(tmp_path / "data"), seed=0)
     for classes, ordinal in ((2, False), (4, False), (10, False), (4, True)):
         out = tmp_path / f"r{classes}{'o' if ordinal else ''}"
@@ -152,7 +152,7 @@ def test_classifier_heads_train_and_route(tiny_dir, tmp_path, classes, ordinal):
     """The paper's classifier with 4 quantile classes (cross entropy) or an ordinal head (cumulative logits):
     it saves its edges and positive classes, loads as a router, and y_hat is the positive classes' mass."""
     import torch
-    from test_router_training_models import synthetic_results
+    from router_results import synthetic_results
 
     from arbitrage.router_training import build_data, evaluate_router, train_router
     from arbitrage.scoring.hf import HFRouter

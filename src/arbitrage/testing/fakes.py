@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from arbitrage.types import Generation, Problem
+from ..types import Generation, Problem
 
 
 def problems(lengths: list[int]) -> list[Problem]:

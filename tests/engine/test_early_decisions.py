@@ -6,11 +6,11 @@ draft writes in one go."""
 from __future__ import annotations
 
 import pytest
-from fakes import FakeGenerator, FakeRouter, ForwardTokens, problems
 
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.errors import ConfigError
 from arbitrage.policies import make_policy
+from arbitrage.testing.fakes import FakeGenerator, FakeRouter, ForwardTokens, problems
 from arbitrage.types import Problem
 
 LENGTHS = [4, 3, 5]

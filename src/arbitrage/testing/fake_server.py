@@ -6,7 +6,7 @@ batches them), with a deterministic step: "step K" for the K-th step of a proble
 already in the prompt), and after `steps` steps "The answer is \\boxed{1}" ending at end-of-sequence. It returns
 per-token log-probs and two top alternatives per token, so clients read entropies as from vLLM.
 
-Run one by hand: `python -m arbitrage.server.fake_backend --port 8091 --per-token-ms 10`.
+Run one by hand: `python -m arbitrage.testing.fake_server --port 8091 --per-token-ms 10`.
 """
 
 import argparse

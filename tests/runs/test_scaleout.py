@@ -127,8 +127,8 @@ def _served_problem(prompt: str) -> str:
 
 
 def test_replicas_split_the_load_keep_each_problem_on_one_and_survive_one_dying(tmp_path):
-    from arbitrage.server.fake_backend import make_app
     from arbitrage.server.running import ThreadedServer
+    from arbitrage.testing.fake_server import make_app
 
     apps = [make_app(f"r{i}", per_token_s=0.01, tokens_per_step=4, steps=4) for i in range(2)]
     servers = [ThreadedServer(app).start() for app in apps]
@@ -216,7 +216,7 @@ def test_replicas_stick_by_problem_and_fail_only_when_all_are_down():
 def test_router_training_under_torchrun_matches_one_process(tmp_path):
     """DDP with two CPU processes (gloo): the run completes, one process writes the router, and its held-out
     figures agree with a single-process run's (same data and recipe) within 0.05 ROC-AUC."""
-    from test_router_training_models import synthetic_results
+    from router_results import synthetic_results
 
     from arbitrage.router_training import evaluate_router
     from arbitrage.testing import make_causal_lm

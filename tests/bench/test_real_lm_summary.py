@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("real_lm_summarize", ROOT / "bench" / "real_lm" / "summarize.py")
 summarize = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(summarize)

@@ -20,8 +20,8 @@ from arbitrage.errors import ConfigError, ModelLoadError
 from arbitrage.factory import ModelOptions
 from arbitrage.results import check_manifest, record_session
 from arbitrage.run import RunConfig
-from arbitrage.server.fake_backend import make_app
 from arbitrage.server.running import serving
+from arbitrage.testing.fake_server import make_app
 
 
 def toy_data(path, n=6):
@@ -323,7 +323,7 @@ class SlowGrader:
 def test_grading_runs_beside_the_engine_and_adds_nothing_to_latency(tmp_path):
     import threading
 
-    from fakes import FakeGenerator, problems
+    from arbitrage.testing.fakes import FakeGenerator, problems
 
     from arbitrage.engine import Models
     from arbitrage.run import run

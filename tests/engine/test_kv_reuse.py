@@ -6,13 +6,13 @@ other) on tiny random Qwen2 models, once with cache reuse and once without, and 
 
 import pytest
 import torch
-from fakes import ForwardTokens
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.policies import make_policy
 from arbitrage.scoring.hf import HFPRM, HFRouter
 from arbitrage.testing import EveryOtherRouter
+from arbitrage.testing.fakes import ForwardTokens
 from arbitrage.types import GenerationRequest, Problem, RouteRequest, ScoreRequest, Step
 
 QUESTIONS = ["What is 3 + 4?", "Let x = 5. Then 2 * x is?", "12 * 12 = ?", "Compute 1/2 + 1/3."]

@@ -8,7 +8,6 @@ import math
 import httpx
 import pytest
 import torch
-from fakes import ForwardTokens
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
@@ -20,6 +19,7 @@ from arbitrage.policies import make_policy
 from arbitrage.run import RunConfig, run
 from arbitrage.target_judge import JUDGE_QUESTION, digit_token_ids, expected_digit, merge_digit_logprobs
 from arbitrage.testing import make_causal_lm
+from arbitrage.testing.fakes import ForwardTokens
 from arbitrage.timing import ForwardTimer
 from arbitrage.types import JudgeRequest, Problem, Step
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_paper_scale.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_paper_scale.py"
 
 
 @pytest.fixture(scope="module")
