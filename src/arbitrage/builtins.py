@@ -108,7 +108,9 @@ def _replicas(kind: str):
     def load(spec: str, role: str, opts: ModelOptions, separator: str):
         from .backends.replicas import Replicas, split_urls
 
-        return Replicas([load_one(url, role, opts, separator) for url in split_urls(spec)])
+        urls = split_urls(spec)
+        assert urls is not None  # this loader matches replica specs only
+        return Replicas([load_one(url, role, opts, separator) for url in urls])
 
     return load
 

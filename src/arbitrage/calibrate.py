@@ -321,10 +321,10 @@ class Outcomes:
         return cls(
             policy or (first.policy if first else "?"),
             threshold if threshold is not None or first is None else first.threshold,
-            [bool(r.correct) for r in rs],
-            [float(r.latency_s) for r in rs],
-            [sum(bool(s.escalated) for s in r.steps) for r in rs],
-            [len(r.steps) for r in rs],
+            np.asarray([bool(r.correct) for r in rs]),
+            np.asarray([float(r.latency_s) for r in rs]),
+            np.asarray([sum(bool(s.escalated) for s in r.steps) for r in rs]),
+            np.asarray([len(r.steps) for r in rs]),
             label,
         )
 
@@ -332,6 +332,7 @@ class Outcomes:
         return len(self.correct)
 
     def take(self, idx) -> Outcomes:
+        assert self.escalated is not None and self.steps is not None  # filled in by __post_init__
         return Outcomes(
             self.policy,
             self.threshold,
@@ -352,6 +353,7 @@ class Outcomes:
 
     @property
     def escalation_rate(self) -> float:
+        assert self.escalated is not None and self.steps is not None  # filled in by __post_init__
         steps = int(self.steps.sum())
         return float(self.escalated.sum()) / steps if steps else 0.0
 
@@ -417,6 +419,11 @@ class Selection:
         }
 
 
+def _threshold(point: Outcomes) -> float:
+    assert point.threshold is not None  # a candidate point (select refuses one without a threshold)
+    return float(point.threshold)
+
+
 def fixed_sequence(
     target: Outcomes,
     ordered: Sequence[Outcomes],
@@ -433,7 +440,7 @@ def fixed_sequence(
         b, c = discordant(target, pt)
         t = Test(
             pt.policy,
-            float(pt.threshold),
+            _threshold(pt),
             pt.label,
             n,
             b,
@@ -491,10 +498,10 @@ def select(
         {"accuracy": target.accuracy, "latency_s_mean": target.latency_mean, "escalation_rate": target.escalation_rate},
     )
     for policy, points in by_policy.items():
-        order = safest_first(policy, [p.threshold for p in points])
+        order = safest_first(policy, [_threshold(p) for p in points])
         if len(order) != len(points):
             raise ConfigError(f"policy {policy}: a threshold is given twice")
-        ordered = sorted(points, key=lambda p: order.index(float(p.threshold)))
+        ordered = sorted(points, key=lambda p: order.index(_threshold(p)))
         tests = fixed_sequence(target, ordered, epsilon, level, method, bounds)
         certified = [t for t in tests if t.certified]
         best = min(certified, key=lambda t: (t.latency_s_mean, order.index(t.threshold))) if certified else None

@@ -196,7 +196,7 @@ def cmd_calibrate(args) -> int:
         )
         print(f"arbitrage calibrate: {reason}; nothing was run. Wrote {path}", file=sys.stderr)
         return 1
-    points = [("target", None)] + [(p, t) for p in policies for t in grids[p]]
+    points: list[tuple[str, float | None]] = [("target", None)] + [(p, t) for p in policies for t in grids[p]]
     if not args.quiet:
         print(
             f"calibrate: {n} problems, target-only and {len(points) - 1} candidates ("

@@ -393,7 +393,8 @@ def load_records(
             label, rows = str(path), _read_jsonl(path)
         else:
             origin = ORIGINS[src]
-            hub_id, config, split = origin.hub  # type: ignore[misc]
+            assert origin.hub is not None  # builtin_path returns None only for a set with a hub copy
+            hub_id, config, split = origin.hub
             label = f"{src} (hub: {hub_id})"
             skip = (
                 (((origin.hub_fields or BUILTIN[src])["answer"] or "answer"), origin.hub_skip)

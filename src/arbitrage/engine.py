@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from .models import ROLE_TABLE, ROLES, Models
 from .policies import Continue, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
 from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
-from .protocols import can_cancel, lane_capacity, lane_of
+from .protocols import Model, can_cancel, lane_capacity, lane_of
 from .types import (
+    AUTHORS,
     DEFAULT_SEPARATOR,
+    Author,
     Generation,
     GenerationRequest,
     JudgeRequest,
@@ -71,7 +73,7 @@ class _Lane:
         self.key, self.roles, self.capacity = key, roles, max(1, capacity)
         self.in_flight = 0
         self.turn = 0
-        self.releases: list[tuple[object, str]] = []
+        self.releases: list[tuple[Model, str]] = []
         self.executor: ThreadPoolExecutor | None = None
 
     @property
@@ -377,6 +379,7 @@ class Engine:
 
     def _retire(self) -> None:
         for st in [s for s in self._active if s.finish is not None and not s.in_call]:
+            assert st.finish is not None  # only finished problems retire
             self._active.remove(st)
             self._by_ticket.pop(id(st.ticket), None)
             self._release(st.key)
@@ -449,6 +452,7 @@ class Engine:
         st.pending = next(st.coro)
 
     def _resume(self, st: ProblemState, value) -> None:
+        assert st.coro is not None  # resumed only after _next_step started the policy's step
         try:
             st.pending = st.coro.send(value)
         except StopIteration as stop:
@@ -467,6 +471,7 @@ class Engine:
     def _send(self, role: str, requests: list):
         results = self.models.call(role, requests)
         if ROLE_TABLE[role].method == "generate":
+            assert role in AUTHORS  # the generator roles are the draft and the target
             return [self._to_step(role, g) for g in results]
         return results
 
@@ -501,7 +506,7 @@ class Engine:
         )
 
     @staticmethod
-    def _to_step(author: str, g: Generation) -> Step:
+    def _to_step(author: Author, g: Generation) -> Step:
         n = len(g.logprobs) if g.logprobs else len(g.token_ids)
         return Step(
             author=author,

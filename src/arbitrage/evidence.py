@@ -82,6 +82,7 @@ def _ratio(a_front, b_front, accuracy: float | None, b_at_best: bool = False):
     if not a_front or not b_front:
         return None
     if b_at_best:
+        assert accuracy is not None  # with b_at_best the accuracy is b's best accuracy, offset
         la = latency_at(a_front, accuracy)
         lb = b_front[-1]["latency_s_mean"]
         return (lb / la, accuracy) if la is not None and la > 0 else None

@@ -77,8 +77,8 @@ def link_speculation(models: Models) -> None:
     """Attach an in-process draft to an in-process target of the same vocabulary, so the target can let it propose
     tokens inside its steps (backends/speculative.py; a request asks for it with `gamma`)."""
     draft, target = models.draft, models.target
-    if draft is None or target is None or not hasattr(target, "speculator"):
-        return
+    if draft is None or target is None or not hasattr(target, "speculator") or not hasattr(target, "vocab_signature"):
+        return  # only an in-process target (backends/hf.py) has both
     if (
         getattr(draft, "vocab_signature", None) == target.vocab_signature
         and draft is not target

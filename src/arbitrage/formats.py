@@ -113,5 +113,6 @@ class PRMFormat:
         the in-process and the served PRM, so both see exactly the same rows."""
         ids = list(encode(self.prefix.format(question=question), self.bos))
         for s in (*steps, candidate):
-            ids += encode(s.text) + encode(self.step_suffix)
+            ids += encode(s.text)
+            ids += encode(self.step_suffix)
         return ids

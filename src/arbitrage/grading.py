@@ -18,6 +18,8 @@ import time
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .errors import ArbitrageError
@@ -59,8 +61,8 @@ def extract_boxed(text: str | None) -> str | None:
                     return text[i + 1 : j].strip()
             j += 1
         return None
-    m = re.match(r"[^\s$]+", text[i:])  # \boxed 5  (one token, as in the MATH reference grader)
-    return m.group(0).rstrip(".") if m else None
+    token = re.match(r"[^\s$]+", text[i:])  # \boxed 5  (one token, as in the MATH reference grader)
+    return token.group(0).rstrip(".") if token else None
 
 
 _ASDIV_UNIT = re.compile(r"^(.*?\S)\s*\(\s*[A-Za-z][A-Za-z .'/-]*\)\s*$")  # "9 (apples)" -> "9"
@@ -181,6 +183,7 @@ def _grade_pair(boxed: str | None, text: str, gold: str) -> tuple[bool, str | No
     from math_verify import parse, verify
 
     gold_parsed = parse(_latex_gold(gold), parsing_timeout=None)
+    prediction: str | None
     if boxed is not None:
         prediction = boxed
         pred_parsed = parse("\\boxed{" + boxed + "}", parsing_timeout=None)
@@ -267,8 +270,8 @@ class Grader:
         self.startup_timeout = float(startup_timeout)
         self._grade_fn = _grade_fn or _grade_pair
         self._ctx = multiprocessing.get_context("spawn")
-        self._proc = None
-        self._conn = None
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
         self._lock = threading.Lock()
         self._req = 0
         self.restarts = 0  # workers killed after a timeout or a crash
@@ -376,6 +379,7 @@ class Grader:
         self._req += 1
         req_id = self._req
         deadline = time.monotonic() + self.timeout
+        assert self._conn is not None  # a live worker has its pipe: _start sets both, _kill clears both
         try:
             self._conn.send((req_id, boxed, text, gold))
             while True:

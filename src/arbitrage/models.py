@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 from .policies import Policy
+from .protocols import Model, Router, StepGenerator, StepJudge, StepScorer
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ def roles_to_load(needs) -> set[str]:
 
 @dataclass
 class Models:
-    draft: object | None = None
-    target: object | None = None
-    prm: object | None = None
-    router: object | None = None
-    judge: object | None = None
+    draft: StepGenerator | None = None
+    target: StepGenerator | None = None
+    prm: StepScorer | None = None
+    router: Router | None = None
+    judge: StepJudge | None = None
 
     @classmethod
     def assemble(cls, loaded: dict[str, object], needs, optional=()) -> Models:
@@ -84,12 +85,13 @@ class Models:
             )
         policy.check_models(self)
 
-    def all(self) -> list[tuple[str, object]]:
+    def all(self) -> list[tuple[str, Model]]:
         return [(n, getattr(self, n)) for n in ROLES if getattr(self, n) is not None]
 
-    def distinct(self) -> list[object]:
+    def distinct(self) -> list[Model]:
         """Each model object once (the judge is usually the target itself)."""
-        seen, out = set(), []
+        seen: set[int] = set()
+        out: list[Model] = []
         for _, m in self.all():
             if id(m) not in seen:
                 seen.add(id(m))

@@ -12,7 +12,7 @@ the registry (`registry.policy`), where built-ins and plugins add them the same 
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -117,7 +117,7 @@ class Policy:
     """Base: `needs` lists the models a policy calls; `threshold` is its tau (None if it has none)."""
 
     name: ClassVar[str] = "base"
-    needs: ClassVar[frozenset[str]] = frozenset()
+    needs: frozenset[str] = frozenset()  # a class attribute an instance may widen (target with speculation)
     threshold_range: ClassVar[tuple[float, float] | None] = None
     default_threshold: ClassVar[float | None] = None
     summary: ClassVar[str] = ""
@@ -172,8 +172,12 @@ class Policy:
 
 
 class ThresholdPolicy(Policy):
+    threshold: float
+
     def __init__(self, threshold: float | None = None):
-        self.threshold = self.check_threshold(threshold)
+        tau = self.check_threshold(threshold)
+        assert tau is not None, f"{type(self).__name__} takes a threshold but declares no threshold_range"
+        self.threshold = tau
 
 
 class DraftOnly(Policy):
@@ -373,7 +377,9 @@ def make_policy(name: str, threshold: float | None = None, **options) -> Policy:
             f"'{stray[0]}' does not apply to policy {name!r}",
         )
     options = {k: declared[k].check(v) for k, v in options.items() if v is not None}
+    # each policy's __init__ takes its own options, and the threshold first when it has a threshold_range
+    build: Callable[..., Policy] = cls
     if cls.threshold_range is None:
         cls.check_threshold(threshold)  # raises when a threshold is given
-        return cls(**options)
-    return cls(threshold, **options)
+        return build(**options)
+    return build(threshold, **options)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .models import ROLES
-from .policies import Decision, Policy
+from .policies import Action, Decide, Decision, Policy
 from .records import COUNTS, SPECULATION_COUNTS, Proposal, StepRecord
 from .types import Problem, Sampling, Step
 
@@ -78,8 +78,8 @@ class ProblemState:
     on_done: Callable | None
     on_step: Callable | None
     start: float = 0.0
-    coro: object = None
-    pending: object = None
+    coro: Decide | None = None  # the policy's decide() for the current step
+    pending: Action | None = None  # the model call it waits on
     in_call: bool = False
     cancelled: bool = False
     steps: list[Step] = field(default_factory=list)
@@ -129,9 +129,9 @@ def commit(st: ProblemState, d: Decision, config, record_features: bool) -> None
     if spec:
         for k in SPECULATION_COUNTS:
             c[k] += int(spec.get(k.removeprefix("spec_"), 0))
-    for s in (d.draft, d.target, d.step):  # the draft's sampling distributions served their one verification
-        if s is not None:
-            s.extras.pop("dists", None)
+    for proposal in (d.draft, d.target, d.step):  # the draft's sampling distributions served their one verification
+        if proposal is not None:
+            proposal.extras.pop("dists", None)
     scores = dict(d.scores)
     if "prm_draft" in scores and "prm_target" in scores:
         scores["advantage"] = scores["prm_target"] - scores["prm_draft"]

@@ -69,6 +69,10 @@ class StepJudge(Protocol):
     def release(self, key: str) -> None: ...
 
 
+# A model of any role: each protocol's common ground is `release(key)`.
+Model = StepGenerator | StepScorer | Router | StepJudge
+
+
 def lane_of(model) -> Hashable:
     """The lane a model runs on: its own `lane` attribute, else the model object itself."""
     lane = getattr(model, "lane", None)

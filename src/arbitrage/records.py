@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import DataError
-from .types import AUTHORS, STOP_REASONS, Step
+from .types import AUTHORS, STOP_REASONS, Author, Step, StopReason
 
 # Per-token features a proposal may carry (router training reads them; kept only where asked for).
 FEATURES = ("logprobs", "entropies", "last_hidden")
@@ -40,7 +40,7 @@ COUNTS = (
 ) + SPECULATION_COUNTS
 
 
-def _fail(where: str, fld: str, msg: str) -> None:
+def _fail(where: str, fld: str, msg: str) -> NoReturn:
     raise DataError(f"{where}: {fld}: {msg}")
 
 
@@ -53,7 +53,7 @@ class Proposal:
     """A step one model wrote, kept or not: its text, why it stopped, its length and (optionally) features."""
 
     text: str
-    stop: str = "separator"
+    stop: StopReason = "separator"
     n_tokens: int = 0
     logprobs: list[float] | None = None
     entropies: list[float] | None = None
@@ -69,13 +69,13 @@ class Proposal:
                     setattr(p, k, [round(x, 5) for x in step.extras[k]])
         return p
 
-    def to_step(self, author: str = "draft") -> Step:
+    def to_step(self, author: Author = "draft") -> Step:
         """The Step as the engine handed it on (features in `extras`, where routers read them)."""
         extras = {k: getattr(self, k) for k in ("entropies", "last_hidden") if getattr(self, k) is not None}
         return Step(
             author=author,
             text=self.text,
-            stop=self.stop,  # type: ignore[arg-type]
+            stop=self.stop,
             n_tokens=int(self.n_tokens or len(self.logprobs or [])),
             logprobs=self.logprobs,
             extras=extras,
@@ -111,9 +111,9 @@ class StepRecord:
     kept, how many draft tokens were thrown away, and the seconds each model spent on this step."""
 
     index: int
-    author: str
+    author: Author
     text: str
-    stop: str
+    stop: StopReason
     n_tokens: int
     escalated: bool
     scores: dict = field(default_factory=dict)  # prm_draft, prm_target, advantage, router, judge, ...
@@ -127,7 +127,7 @@ class StepRecord:
     speculation: dict | None = None
 
     def to_step(self) -> Step:
-        return Step(author=self.author, text=self.text, stop=self.stop, n_tokens=self.n_tokens)  # type: ignore
+        return Step(author=self.author, text=self.text, stop=self.stop, n_tokens=self.n_tokens)
 
     def proposal(self, author: str) -> Proposal | None:
         """`author`'s ("draft" or "target") proposal at this step: recorded apart, or the kept step itself when
@@ -146,7 +146,7 @@ class StepRecord:
         return self.proposal("target")
 
     def to_json(self) -> dict:
-        d = {
+        d: dict[str, Any] = {
             "index": self.index,
             "author": self.author,
             "text": self.text,

@@ -22,9 +22,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ArbitrageError, ConfigError
+
+if TYPE_CHECKING:  # the registry holds policy classes but never imports the policies at run time
+    from .policies import Policy
 
 GROUP = "arbitrage.plugins"
 KINDS = ("generator", "prm", "router", "data")
@@ -57,7 +60,7 @@ class Runner:
 @dataclass
 class Registry:
     loaders: dict[str, list[Loader]] = field(default_factory=lambda: {k: [] for k in KINDS})
-    policies: dict[str, type] = field(default_factory=dict)
+    policies: dict[str, type[Policy]] = field(default_factory=dict)
     runners: dict[str, Runner] = field(default_factory=dict)
     commands: list[tuple[str, Callable]] = field(default_factory=list)
     plugins: list[str] = field(default_factory=list)
@@ -80,7 +83,7 @@ class Registry:
         self.loaders[kind].append(Loader(kind, name, matches, load, priority, help, tuple(options)))
         self.loaders[kind].sort(key=lambda lo: -lo.priority)  # stable: registration order within a priority
 
-    def add_policy(self, cls: type) -> None:
+    def add_policy(self, cls: type[Policy]) -> None:
         name = getattr(cls, "name", None)
         if not name or name in self.policies or name in self.runners:
             raise ValueError(f"policy name {name!r} is missing or taken")
@@ -111,7 +114,7 @@ class Registry:
         known = ", ".join(lo.name for lo in self.loaders[kind]) or "none"
         raise ConfigError(f"no {kind} loader accepts {spec!r} (registered: {known})")
 
-    def policy(self, name: str) -> type:
+    def policy(self, name: str) -> type[Policy]:
         if name not in self.policies:
             raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(self.policies)}")
         return self.policies[name]

@@ -209,10 +209,10 @@ def check_shards(paths: Sequence[str]) -> None:
                 f"{whole} is an unsharded run of the same settings as the sharded runs given with it "
                 f"(e.g. {shards[0][0]}): its problems would be counted twice"
             )
-        parsed = {}
+        parsed: dict[int, dict[int, list[str]]] = {}
         for p, s in shards:
-            k, _, n = s.partition("/")
-            parsed.setdefault(int(n), {}).setdefault(int(k), []).append(p)
+            k_text, _, n_text = s.partition("/")
+            parsed.setdefault(int(n_text), {}).setdefault(int(k_text), []).append(p)
         if len(parsed) > 1:
             raise DataError(f"shards of one run must share N: got N = {sorted(parsed)} ({shards[0][0]} ...)")
         ((n, by_k),) = parsed.items()
@@ -240,7 +240,7 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def compute_metrics(records: Sequence[ProblemRecord], policy: str, threshold: float | None) -> dict:
+def compute_metrics(records: Sequence[ProblemRecord], policy: str | None, threshold: float | None) -> dict:
     """Aggregates over finished problems. escalation_rate counts the steps whose decision escalated (not the
     target's calls: oracle and generate call the target on every step)."""
     records = list(records)

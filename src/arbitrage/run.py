@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .engine import Engine, EngineConfig, Models, ProblemResult
 from .errors import ConfigError
@@ -168,6 +170,12 @@ def load_run_problems(cfg: RunConfig) -> list[Problem]:
     return selected
 
 
+class Producer(Protocol):
+    """What runs a point's problems: the engine, or what a registered runner builds."""
+
+    def run(self, problems: list[Problem], on_done: Callable[[ProblemResult], None]) -> None: ...
+
+
 class Point:
     """What `cfg.policy` names: a step policy (run by the engine) or a registered runner (e.g. assisted)."""
 
@@ -188,9 +196,10 @@ class Point:
     def describe(self) -> str:
         return self.policy.describe() if self.policy is not None else self.name
 
-    def producer(self, cfg: RunConfig, models: Models):
+    def producer(self, cfg: RunConfig, models: Models) -> Producer:
         if self.runner is not None:
             return self.runner.build(cfg, models)
+        assert self.policy is not None  # a step policy, when no runner has the name
         return Engine(self.policy, models, cfg.engine)
 
 
@@ -232,7 +241,7 @@ class PointRun:
         self._lock = RunLock(cfg.out)
         self.store: ResultsFile | None = None
         self.done: set[str] = set()
-        self.producer = None
+        self.producer: Producer | None = None
         self.started = False
 
     def __enter__(self) -> PointRun:
@@ -266,6 +275,7 @@ class PointRun:
         if not self.started:  # the run has really started: run.json is written now, not before
             record_session(self.cfg.out, self.settings, self.cfg.speed_settings(), n_todo or len(todo))
             self.started = True
+        assert self.store is not None  # opened by __enter__
         point, store = self.point, self.store
 
         def on_done(res: ProblemResult) -> None:
@@ -280,7 +290,8 @@ class PointRun:
     def finish(self, problems: list[Problem]) -> dict:
         cfg, point = self.cfg, self.point
         wanted = {p.id for p in problems}
-        records = [r for r in self.store.records() if r.id in wanted]  # type: ignore[union-attr]
+        assert self.store is not None  # opened by __enter__
+        records = [r for r in self.store.records() if r.id in wanted]
         metrics = compute_metrics(records, point.name, point.threshold)
         if point.runner is not None and point.runner.metrics is not None:
             point.runner.metrics(metrics)

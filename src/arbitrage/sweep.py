@@ -88,7 +88,11 @@ def sweep_points(policies: Sequence[str], thresholds: dict[str, list[float]]) ->
     ranges = registry().thresholded()
     for name in dict.fromkeys(policies):
         if name in ranges:
-            taus = thresholds.get(name) or [make_policy(name).threshold]
+            taus = thresholds.get(name)
+            if not taus:
+                default = make_policy(name).threshold
+                assert default is not None  # a thresholded policy has a default threshold
+                taus = [default]
             points += [(name, float(t)) for t in taus]
         else:
             points.append((name, None))
@@ -292,6 +296,7 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) ->
             for r in records:
                 f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
         first = read_manifest(dirs[0])
+        assert first is not None  # a point is merged when every shard's directory of it has its run.json
         settings = dict(first["settings"], shard=None)
         sessions = [s for d in dirs for s in (read_manifest(d) or {}).get("sessions", [])]
         write_json_atomic(

@@ -17,8 +17,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .results import write_json_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.typing import ColorType
 
 X, Y = "latency_s_mean", "accuracy"
 # What the router is compared against, if present.
@@ -51,7 +55,7 @@ def latency_at(front: Sequence[dict], accuracy: float, x: str = X, y: str = Y) -
 
 def compare(name_a: str, front_a: Sequence[dict], name_b: str, front_b: Sequence[dict]) -> dict:
     """Latency of `name_a` against `name_b` at matched accuracy; speedup = latency_b / latency_a."""
-    out = {
+    out: dict[str, Any] = {
         "a": name_a,
         "b": name_b,
         "span_a": None,
@@ -137,7 +141,8 @@ def summarize(points: Sequence[dict]) -> dict:
             f"points ran with different numbers of problems in flight {conc} (assisted runs one at a "
             f"time): their latencies are not comparable; use --concurrency 1"
         )
-    ns = sorted({m.get("n") for m in points})
+    sizes: set[Any] = {m.get("n") for m in points}  # each point's number of problems (a JSON value)
+    ns = sorted(sizes)
     if len(ns) > 1:
         notes.append(f"points have different numbers of problems {ns}: finish the sweep before comparing")
     return {
@@ -265,7 +270,7 @@ def plot(summary: dict, out_dir: str) -> list[str]:
     return paths
 
 
-def _place_labels(fig, ax, labels: list[tuple[float, float, str, str]]) -> int:
+def _place_labels(fig, ax, labels: list[tuple[float, float, str, ColorType]]) -> int:
     """Put each (x, y, text, color) label at the first of a few offsets around its point where it overlaps no
     other label, no point and not the legend; a label with no free place is left out (returns how many)."""
     fig.canvas.draw()

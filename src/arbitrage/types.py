@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 Author = Literal["draft", "target"]
 # Why a model stopped writing a step: at the step separator, at end-of-sequence, or at a token limit.
@@ -61,6 +61,12 @@ class Sampling:
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+
+    @overload
+    def over(self, temperature: float, top_p: float, seed: int) -> tuple[float, float, int]: ...
+
+    @overload
+    def over(self, temperature: float, top_p: float, seed: int | None) -> tuple[float, float, int | None]: ...
 
     def over(self, temperature: float, top_p: float, seed: int | None) -> tuple[float, float, int | None]:
         """(temperature, top_p, seed): these settings where set, the generator's defaults where not."""
@@ -157,8 +163,10 @@ def context_ids(
     contexts here, so a served model sees exactly what the same model in-process would."""
     ids = list(encode(prompt, True))
     for step in steps:
-        own = step.token_ids is not None and step.extras.get("generator") == owner
-        ids += step.token_ids if own else encode(step.context_text(separator), False)
+        if step.token_ids is not None and step.extras.get("generator") == owner:  # the owner's own ids
+            ids += step.token_ids
+        else:
+            ids += encode(step.context_text(separator), False)
     if prefix is not None:
         ids += prefix.token_ids if prefix.token_ids else encode(prefix.text, False)
     return ids

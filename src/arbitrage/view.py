@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from typing import Any
 
 from .errors import ConfigError, DataError
 from .records import ProblemRecord
@@ -220,7 +221,7 @@ def report_data(path: str) -> dict:
     """Everything the report shows, as one JSON-able dict."""
     path = os.path.normpath(path)
     kind = kind_of(path)
-    data = {
+    data: dict[str, Any] = {
         "kind": kind,
         "source": path,
         "generated": time.strftime("%Y-%m-%d %H:%M"),
@@ -236,8 +237,8 @@ def report_data(path: str) -> dict:
         raise DataError(f"{os.path.join(path, SWEEP)}: not a sweep summary (expected an object with 'points')")
     data["points"] = sweep_points(path, summary)
     # the sweep's plots (sweep.json names them; any other PNG beside it too), accuracy against latency first
-    names = set(summary.get("plots") or []) | {n for n in os.listdir(path) if n.endswith(".png")}
-    names = sorted(names, key=lambda n: (n != "accuracy_vs_latency.png", n))
+    found = set(summary.get("plots") or []) | {n for n in os.listdir(path) if n.endswith(".png")}
+    names = sorted(found, key=lambda n: (n != "accuracy_vs_latency.png", n))
     data["plots"] = [_image(os.path.join(path, n)) for n in names if os.path.isfile(os.path.join(path, n))]
     text = os.path.join(path, "sweep.txt")
     if os.path.isfile(text):

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..problem import ProblemResult, new_counts
 from ..records import StepRecord
 from ..timing import ForwardTimer
-from ..types import Problem
+from ..types import Problem, StopReason
 
 NAME = "assisted"
 
@@ -122,7 +122,7 @@ def generate_one(
     accepted = max(0, len(new) - target_t.calls)
     records = []
     for i, (piece, kind) in enumerate(pieces):
-        stop_reason = "separator" if kind == "separator" else ("eos" if finish == "eos" else "length")
+        stop_reason: StopReason = "separator" if kind == "separator" else ("eos" if finish == "eos" else "length")
         n = len(target.encode(piece + (separator if kind == "separator" else ""), False))
         records.append(StepRecord(index=i, author="target", text=piece, stop=stop_reason, n_tokens=n, escalated=False))
     solution = "".join(r.text + (separator if r.stop == "separator" else "") for r in records)

@@ -13,6 +13,7 @@ estimated from its top log-probs). The recorded score of each step is the statis
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ..errors import ConfigError
 from ..policies import Continue, Decide, Decision, Draft, Glimpse, Target, ThresholdPolicy
@@ -38,7 +39,7 @@ class Confidence(ThresholdPolicy):
     threshold_range, default_threshold = (-30.0, 0.0), -0.5
     escalates, threshold_ladder = "below", tuple(-v for v in LOG_LADDER)  # a token log-prob
     summary = "baseline (ConfSpec-style): escalate iff the draft step's mean token log-prob < tau"
-    statistic = staticmethod(lambda lps: sum(lps) / len(lps))
+    statistic: Callable[[list[float]], float] = staticmethod(lambda lps: sum(lps) / len(lps))
     score_name = "mean_logprob"
 
     def decide(self) -> Decide:
@@ -56,7 +57,7 @@ class ConfidenceMin(Confidence):
     name = "confidence-min"
     default_threshold = -2.0
     summary = "baseline (ConfSpec-style): escalate iff the draft step's minimum token log-prob < tau"
-    statistic = staticmethod(min)
+    statistic = staticmethod(lambda lps: min(lps))  # not min itself: its overloads do not narrow to one signature
     score_name = "min_logprob"
 
 
