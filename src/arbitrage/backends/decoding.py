@@ -42,6 +42,12 @@ class Call:
                 ids += list(req.prefix.token_ids or gen.encode(req.prefix.text, False))
             self.full[i] = ids
 
+    def generations(self) -> list[Generation]:
+        """The results, once every request has one (finished, cancelled, or answered without work)."""
+        out = [g for g in self.results if g is not None]
+        assert len(out) == len(self.results), "a request of this call has no result"
+        return out
+
 
 class Decoding:
     """The rows of a call being decoded, in batch order (`rows[r]` is the request index of batch row r)."""

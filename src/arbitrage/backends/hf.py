@@ -197,7 +197,8 @@ class HFGenerator:
         greedy = logits.argmax(-1)
         if not any(t > 0 for t in temps):
             return greedy, [None] * len(temps)
-        picks, dists = [], []
+        picks: list[torch.Tensor] = []
+        dists: list[torch.Tensor | None] = []
         for r, (t, p, g) in enumerate(zip(temps, top_ps, gens)):
             if t <= 0:
                 picks.append(greedy[r])
@@ -223,7 +224,7 @@ class HFGenerator:
             return speculative.generate(self, requests)
         call = Call(self, requests)
         if not call.active:
-            return call.results  # type: ignore[return-value]
+            return call.generations()
         pasts, news = [], []
         for i in call.active:
             ids = call.full[i]
@@ -246,7 +247,7 @@ class HFGenerator:
             if len(keep) < n_rows:
                 batch.select(keep)
             logits, hidden = batch.decode(torch.tensor(dec.last_tokens(), device=self.device))
-        return call.results  # type: ignore[return-value]
+        return call.generations()
 
     def _finish(
         self, ids: list[int], logps: list[float], ents: list[float], last: int, limit: int, hidden: torch.Tensor | None

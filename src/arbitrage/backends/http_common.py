@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -38,7 +38,7 @@ def event_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def run_sync(coro: Awaitable[T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on the background loop and wait for it (from any thread but the loop's own)."""
     loop = event_loop()
     try:
@@ -47,7 +47,7 @@ def run_sync(coro: Awaitable[T]) -> T:
         running = None
     if running is loop:
         raise RuntimeError("run_sync called from the HTTP loop itself; await the coroutine instead")
-    return asyncio.run_coroutine_threadsafe(coro, loop).result()  # type: ignore[arg-type]
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 def server_root(base_url: str) -> str:
@@ -116,7 +116,8 @@ class HttpClient:
                 transport=self._transport,
             )
             self._sem = asyncio.Semaphore(self.concurrency)
-        return self._client, self._sem  # type: ignore[return-value]
+        assert self._sem is not None  # created with the client
+        return self._client, self._sem
 
     def delay(self, attempt: int) -> float:
         return min(self.max_backoff, self.backoff * (2**attempt))

@@ -187,7 +187,7 @@ class OpenAICompletionsGenerator:
         if p is None:
             return g
         known = p.token_ids and (g.token_ids or not g.text)  # ids of both parts known: the step's ids
-        ids = list(p.token_ids) + list(g.token_ids) if known else []
+        ids = list(p.token_ids) + list(g.token_ids) if known and p.token_ids else []
         lps = list(p.logprobs) + list(g.logprobs) if p.logprobs is not None and g.logprobs is not None else None
         extras = dict(g.extras)
         if p.extras.get("entropies") is not None and g.extras.get("entropies") is not None:

@@ -47,7 +47,8 @@ class Replicas:
             if hasattr(first, attr):
                 setattr(self, attr, getattr(first, attr))
         if not callable(getattr(first, "judge", None)):
-            self.judge = None  # judging is a capability of the replicas, not of this wrapper
+            # judging is a capability of the replicas, not of this wrapper: an instance attribute hides the method
+            self.__dict__["judge"] = None
 
     # --- which replica ---------------------------------------------------------------------------------------
     def _up(self) -> list[int]:

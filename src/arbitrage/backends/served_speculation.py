@@ -99,9 +99,10 @@ async def target_choices(gen: OpenAICompletionsGenerator, ctx: list[int], prop: 
                 f"{gen.http.kind} at {gen.http.url(path)} answered a verification request without "
                 f"input top log-probs ({exc}); body starts {str(resp)[:200]}"
             ) from exc
-    if any(p is None for p in picks):
+    tokens = [p for p in picks if p is not None]
+    if len(tokens) != len(picks):
         raise BackendError(f"{gen.http.kind} at {gen.http.root} returned prompt log-probs without a top token")
-    return picks  # type: ignore[return-value]
+    return tokens
 
 
 async def verified_step(gen: OpenAICompletionsGenerator, req: GenerationRequest) -> Generation:

@@ -24,7 +24,7 @@ import torch
 
 from ..types import Generation, GenerationRequest, Sampling, request_seed
 from .decoding import Call
-from .kv import KVBatch
+from .kv import CacheEntry, KVBatch
 
 if TYPE_CHECKING:
     from .hf import HFGenerator
@@ -117,15 +117,16 @@ def proposal_ids(target: HFGenerator, req: GenerationRequest) -> tuple[list[int]
     if step is None:
         return None
     own_ids = step.extras.get("spec_ids")
-    same_vocab = own_ids is not None and step.extras.get("vocab") == target.vocab_signature
+    # the draft's own ids, when they are ids of the target's vocabulary
+    same_vocab_ids = own_ids if own_ids is not None and step.extras.get("vocab") == target.vocab_signature else None
     t, _, _ = (req.sampling or Sampling()).over(target.temperature, target.top_p, target.seed)
     if t > 0:
         dists = step.extras.get("dists")
-        if not same_vocab or dists is None or len(dists) != len(own_ids):
+        if same_vocab_ids is None or dists is None or len(dists) != len(same_vocab_ids):
             return None
-        return list(own_ids), dists.to(target.device)
-    if same_vocab:
-        return list(own_ids), None
+        return list(same_vocab_ids), dists.to(target.device)
+    if same_vocab_ids is not None:
+        return list(same_vocab_ids), None
     ids = list(target.encode(step.context_text(target.separator), False))
     if step.stop == "eos":
         ids.append(min(target.eos_ids))
@@ -137,7 +138,7 @@ def generate(target: HFGenerator, requests: Sequence[GenerationRequest]) -> list
     the attached draft (when there is one), batched over the requests."""
     call = Call(target, requests)
     if not call.active:
-        return call.results  # type: ignore[return-value]
+        return call.generations()
     rows, pasts, news, proposals = [], [], [], []
     for i in call.active:
         req = requests[i]
@@ -204,7 +205,7 @@ def generate(target: HFGenerator, requests: Sequence[GenerationRequest]) -> list
             st = row.stats
             st["target_written"] = len(row.out_ids) - st["kept"] - st["draft_accepted"]
             result.extras["speculation"] = dict(st)
-    return call.results  # type: ignore[return-value]
+    return call.generations()
 
 
 def _verify(row: _Row, out: torch.Tensor, ids: list[int], dists: torch.Tensor | None) -> tuple[int, int]:
@@ -269,7 +270,8 @@ def _decode_round(target, rows, live, batch: KVBatch, call: Call, done: set) -> 
 def _draft_batch(draft: HFGenerator, rows: list[_Row], done: set[int]) -> KVBatch:
     """The draft's cache for these rows, holding everything committed so far but the last token (the draft's
     own proposal cache is reused up to where the target diverged from it)."""
-    pasts, news = [], []
+    pasts: list[CacheEntry | None] = []
+    news: list[list[int]] = []
     for r, row in enumerate(rows):
         req = row.req
         if row.gamma <= 0 or r in done:  # not speculating: a placeholder row the draft never extends
@@ -283,8 +285,10 @@ def _draft_batch(draft: HFGenerator, rows: list[_Row], done: set[int]) -> KVBatc
         row.draft_pending = row.out_ids[-1:]
     empty = [i for i, nw in enumerate(news) if not nw]
     for i in empty:  # KVBatch needs one new token per row: move the last cached one back to the new side
-        news[i] = [pasts[i].ids[-1]]
-        pasts[i] = pasts[i].crop(len(pasts[i].ids) - 1) if len(pasts[i].ids) > 1 else None
+        past = pasts[i]
+        assert past is not None  # no new token: the row's whole context is cached
+        news[i] = [past.ids[-1]]
+        pasts[i] = past.crop(len(past.ids) - 1) if len(past.ids) > 1 else None
     batch = KVBatch(draft._forward_keep, pasts, news, draft.pad_id, draft.device)
     batch.prefill(keep=1)
     return batch

@@ -20,6 +20,8 @@ The cache object answers the few calls transformers' attention makes (`update`),
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .kv import common_prefix
@@ -90,7 +92,7 @@ class StaticDecoder:
         self.cache = SlotCache(model.config, slots, max_len, p.device, p.dtype)
         self.kw = cache_kwargs(model, self.cache, last_logits_only=False)
         self.compile = compile
-        self._decode = None
+        self._decode: Callable[..., torch.Tensor] | None = None  # the (compiled) one-token step, built on first use
         self.compiled_calls = 0  # how many decode steps went through the compiled function
         self.timed = False  # measure the time inside forward passes (synchronising the device; benchmarks)
         self.seconds, self.calls = 0.0, 0

@@ -153,9 +153,10 @@ class HFPRM:
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         rows = [(r.key, self.row_ids(r.question, r.steps, c)) for r in requests for c in r.candidates]
         out = self.scorer.run(rows)
-        flat = torch.sigmoid(out[:, 0]) if self.kind == "value-head" else torch.softmax(out, -1)[:, 1]
-        flat = flat.tolist()
-        scores, i = [], 0
+        probs = torch.sigmoid(out[:, 0]) if self.kind == "value-head" else torch.softmax(out, -1)[:, 1]
+        flat: list[float] = probs.tolist()
+        scores: list[list[float]] = []
+        i = 0
         for r in requests:
             scores.append(flat[i : i + len(r.candidates)])
             i += len(r.candidates)

@@ -199,9 +199,9 @@ def parse_request(
         req.policy = policy
     threshold = _number(body, "threshold")
     if threshold is not None:
-        name = req.policy
-        if name is not None and name not in thresholded:
-            raise RequestError(f"policy {name!r} takes no threshold", "threshold")
+        chosen = req.policy
+        if chosen is not None and chosen not in thresholded:
+            raise RequestError(f"policy {chosen!r} takes no threshold", "threshold")
         req.threshold = float(threshold)
     for name, (opt, _) in policy_options.items():  # every policy's own options, as they declare them
         if opt.request and body.get(name) is not None:

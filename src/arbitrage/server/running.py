@@ -20,8 +20,7 @@ class ThreadedServer:
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # not the main thread
+        self.server = uvicorn.Server(config)  # off the main thread it installs no signal handlers (uvicorn >= 0.29)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True, name=f"uvicorn-{self.port}"
         )

@@ -13,6 +13,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..engine import Engine, EngineConfig, Limits, Models, ProblemResult
 from ..errors import ConfigError
@@ -36,7 +37,7 @@ class Usage:
     speculation: dict | None = None  # how target-written steps reused the draft's work (records.SPECULATION_COUNTS)
 
     def to_json(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
@@ -126,7 +127,8 @@ class Service:
 
     def prompt_of(self, req: ParsedRequest) -> str:
         if not req.chat:
-            return req.prompt  # type: ignore[return-value]
+            assert req.prompt is not None  # parse_request requires a prompt of a completions request
+            return req.prompt
         tok = self.tokenizer
         if tok is None or not getattr(tok, "chat_template", None):
             raise RequestError(
