@@ -19,6 +19,7 @@ import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from ..errors import DataError
 from ..formats import RouterFormat
@@ -117,7 +118,7 @@ def run_separator(results_path: str) -> str | None:
 LABEL_FROM = ("mean", "max", "first")
 
 
-def _number(x) -> bool:
+def _number(x) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

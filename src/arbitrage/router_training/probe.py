@@ -30,7 +30,7 @@ C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 def is_probe_router(path: str) -> bool:
     meta = read_router_meta(path) if os.path.isdir(os.path.expanduser(path)) else None
-    return bool(meta) and meta.get("kind") == "probe"
+    return bool(meta and meta.get("kind") == "probe")
 
 
 class ProbeRouter:
@@ -243,12 +243,13 @@ def train_probe(
     scale = X.std(0)
     scale[scale < 1e-12] = 1.0
     Z = (X - mean) / scale
-    cv = {}
+    cv: dict = {}
     # On small problems BLAS threads only spin against each other (10x slower on a busy 2-core machine).
     with _blas_threads(1 if Z.size < 2_000_000 else None):
         if C is None:
             C, cv = _choose_c(Z, y, binary, np.asarray([e.problem_id for e in examples]), seed, model, k, positive)
         fitted = _fit(Z, y, C, seed, model, k)
+    intercept: float | list[float]  # one for a binary head, one per class (or per class edge) otherwise
     if model == "logistic":
         coef, intercept = fitted.coef_[0].tolist(), float(fitted.intercept_[0])
     elif model == "multinomial":

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -91,7 +92,13 @@ def _trainer_base():
     return Trainer
 
 
-class OrdinalTrainer(_trainer_base()):
+if TYPE_CHECKING:
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = _trainer_base()
+
+
+class OrdinalTrainer(_TrainerBase):
     """Trainer with the ordinal loss: at each row's last token, K-1 logits z_j = logit P(class > j), binary cross
     entropy against 1[class > j]."""
 
@@ -118,7 +125,7 @@ def _use_cuda(device: str) -> bool:
 def train_classifier(
     data_dir: str,
     out_dir: str,
-    base: str,
+    base: str | None,  # required: refused when missing
     seed: int = 0,
     *,
     lr: float = 1e-5,
@@ -141,7 +148,7 @@ def train_classifier(
     examples) and save a router checkpoint to OUT. Returns OUT. `classes` 4 or 10: classes by quantiles of the
     advantage on the training split (cross entropy over them); `ordinal`: K-1 cumulative logits P(class > j),
     each trained with binary cross entropy (heads.py documents how y_hat is read from either)."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
     from ..backends.hf import load_model, load_tokenizer
 
@@ -212,6 +219,11 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(train_rows) / (batch_size * grad_accum * world))
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     work = tempfile.mkdtemp(prefix="arbitrage-router-")
+    optional: dict[str, Any] = {}
+    if world > 1:
+        optional["ddp_backend"] = "nccl" if cuda else "gloo"
+    if gradient_checkpointing:
+        optional["gradient_checkpointing"] = True
     args = TrainingArguments(
         output_dir=work,
         per_device_train_batch_size=batch_size,
@@ -233,8 +245,7 @@ def train_classifier(
         bf16=bool(bf16),
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **({"ddp_backend": "nccl" if cuda else "gloo"} if world > 1 else {}),
-        **({"gradient_checkpointing": True} if gradient_checkpointing else {}),
+        **optional,
     )
     trainer = (OrdinalTrainer if ordinal else Trainer)(
         model=model,
@@ -259,6 +270,7 @@ def train_classifier(
     if not rank0:  # only one process writes the checkpoint and arbitrage_router.json
         return out_dir
     os.makedirs(out_dir, exist_ok=True)
+    assert isinstance(trainer.model, PreTrainedModel)  # the model given to it, loaded by load_model
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     router_meta = {

@@ -37,7 +37,7 @@ def _outcome(question: str, prior: list[str], draft: str, target: str) -> str:
     return "both_right" if d and t else "target_only" if t else "draft_only" if d else "both_wrong"
 
 
-def step_outcomes(records: Sequence[dict]) -> dict:
+def step_outcomes(records: Sequence[ProblemRecord]) -> dict:
     """Counts and shares of the four outcomes over every step both models wrote (exact checker)."""
     counts = Counter(_outcome(q, prior, d, t) for q, prior, d, t, _ in _pairs(records))
     n = sum(counts.values())
@@ -48,7 +48,7 @@ def step_outcomes(records: Sequence[dict]) -> dict:
     }
 
 
-def identical_right_steps(records: Sequence[dict]) -> dict:
+def identical_right_steps(records: Sequence[ProblemRecord]) -> dict:
     """Where both models wrote a step from the same context (an oracle run): of the draft's right steps, how
     many are token for token the target's step (the same text). On a task with one phrasing per step nearly all
     are; on real pairs few are, which is why a step-level check beats token-level verification there."""
@@ -64,7 +64,7 @@ def identical_right_steps(records: Sequence[dict]) -> dict:
     }
 
 
-def wasted_escalations(records: Sequence[dict]) -> dict:
+def wasted_escalations(records: Sequence[ProblemRecord]) -> dict:
     """Of the escalated steps of an RSD (or router) run: how often the target's step was no better than the
     draft's it replaced, by the exact checker. `both_right` are false rejections of a correct draft step;
     `both_wrong` are regenerations the target could not do either."""

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -143,6 +144,7 @@ def _train_routers(cfg: DemoConfig, out: Path, models_dir: Path) -> tuple[dict, 
             auc = evaluate_router(d, data, tau=0.5)["roc_auc"] or 0.0
             if best is None or auc > best[0]:
                 best = (auc, d, lr)
+        assert best is not None  # CLASSIFIER_LRS is not empty
         routers["classifier"] = best[1]
         _log(f"classifier router: lr {best[2]:g} chosen on the validation split (ROC-AUC {best[0]:.3f})")
     evals = {name: evaluate_router(d, data, tau=0.5) for name, d in routers.items()}
@@ -177,7 +179,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
     specs = {"draft": str(models_dir / "draft"), "target": str(models_dir / "target"), "prm": prm}
     # --evidence: the draft's hidden state is recorded (the probe that reads it) and computed at run time
-    common = dict(
+    common: dict[str, Any] = dict(
         model_options=ModelOptions(
             device="cpu", dtype="float32", seed=cfg.seed, threads=cfg.threads, return_hidden=cfg.evidence
         ),

@@ -126,13 +126,15 @@ class Style:
     def draw_op(self, op: str, rng: random.Random) -> tuple[str, str]:
         mode = self.prefs[op]
         if rng.random() < self.mode_p:
-            return mode  # type: ignore[return-value]
+            assert isinstance(mode, tuple)  # an operation's preference is a (form, wording) pair
+            return mode
         return rng.choice([c for c in _COMBOS if c != mode])
 
     def draw_final(self, rng: random.Random) -> str:
         mode = self.prefs["final"]
         if rng.random() < self.mode_p:
-            return mode  # type: ignore[return-value]
+            assert isinstance(mode, str)  # the final preference is a form's name
+            return mode
         return rng.choice([f for f in FINAL_FORMS if f != mode])
 
 

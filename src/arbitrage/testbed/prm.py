@@ -78,6 +78,7 @@ def check_step(question: str, steps: Sequence[str], candidate: str) -> tuple[boo
         else:
             expected.append(vals[name])
     if claim.x is not None:
+        assert claim.y is not None  # parse_step reads the two operands' values together
         for name, used, want in ((definition.left, claim.x, expected[0]), (definition.right, claim.y, expected[1])):
             if used != want:
                 what = f"the literal {name}" if isinstance(name, int) else f"{name} = {want}"

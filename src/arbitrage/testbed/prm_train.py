@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..formats import PRMFormat
-from ..types import Step
+from ..types import Author, Step
 from .phrasing import parse_final
 from .prm import check_step
 from .task import SEPARATOR, Chain, make_chains, prompt
@@ -132,8 +132,8 @@ def _rows(examples: Sequence[dict], tokenizer, fmt: PRMFormat) -> list[list[int]
     def encode(text: str, special: bool = False):
         return tokenizer(text, add_special_tokens=special)["input_ids"]
 
-    def step(author: str, text: str) -> Step:
-        return Step(author=author, text=text, stop="separator", n_tokens=0)  # type: ignore[arg-type]
+    def step(author: Author, text: str) -> Step:
+        return Step(author=author, text=text, stop="separator", n_tokens=0)
 
     return [
         fmt.row_ids(encode, e["question"], [step(a, t) for a, t in e["steps"]], step(e["author"], e["candidate"]))
@@ -257,7 +257,7 @@ def evaluate_prm(prm_dir: str | Path, examples: Sequence[dict], bins: int = 10) 
             ScoreRequest(
                 key=f"e{i + j}",
                 question=e["question"],
-                steps=[Step(a, t, "separator", 0) for a, t in e["steps"]],  # type: ignore[arg-type]
+                steps=[Step(a, t, "separator", 0) for a, t in e["steps"]],
                 candidates=[Step(e["author"], e["candidate"], "separator", 0)],
             )
             for j, e in enumerate(chunk)

@@ -4,6 +4,7 @@ command line can show them as defaults without loading it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 # "plain": one phrasing per step (the first testbed, its models in testbed/models); "phrased": several phrasings
 # per step and a style per role (testbed/phrasing.py; its models in testbed/models_phrased).
@@ -58,9 +59,14 @@ class TrainConfig:
     eval_n: int = 100
 
 
+class RoleDefaults(TypedDict):
+    steps: int
+    lr: float
+
+
 # Per-role defaults (the same seeded problem stream for both). The deeper target needs a lower learning rate
 # and more steps; the draft's budget puts it near half the target's answer accuracy.
-ROLE_DEFAULTS = {
+ROLE_DEFAULTS: dict[str, RoleDefaults] = {
     "draft": {"steps": 6000, "lr": 5e-3},
     "target": {"steps": 8000, "lr": 2e-3},
 }

@@ -103,14 +103,15 @@ def summarize(
     discarded = None
     if early and comparisons["early_router_vs_router"] and comparisons["early_router_vs_router"].get("accuracy"):
         acc = comparisons["early_router_vs_router"]["accuracy"]
-        per = {}
+        per: dict[str, float | None] = {}
         for name in ("router", early):
             front = pareto_frontier(by_policy[name])
             per[name] = latency_at(front, acc, x="draft_tokens_discarded_per_problem")  # along the frontier
+        router_d, early_d = per.get("router"), per[early]
         discarded = {
             "accuracy": acc,
             "per_problem": per,
-            "reduction": (1 - per[early] / per["router"]) if per.get("router") and per[early] is not None else None,
+            "reduction": (1 - early_d / router_d) if router_d and early_d is not None else None,
         }
 
     # Accuracy differences, paired: each policy's most accurate point against the target and the best RSD point.
@@ -138,8 +139,8 @@ def summarize(
     pooled["wasted_fraction"] = pooled["wasted"] / pooled["escalations"] if pooled["escalations"] else None
     useful = {}  # per policy, pooled over its points: the share of escalations where only the target was right
     for p in step_policies:
-        per = [analysis.wasted_escalations(read_records(out / "sweep" / m["dir"])) for m in by_policy[p]]
-        n, w = sum(x["escalations"] for x in per), sum(x["wasted"] for x in per)
+        wasted_per_point = [analysis.wasted_escalations(read_records(out / "sweep" / m["dir"])) for m in by_policy[p]]
+        n, w = sum(x["escalations"] for x in wasted_per_point), sum(x["wasted"] for x in wasted_per_point)
         useful[p] = {"escalations": n, "useful": n - w, "useful_share": round((n - w) / n, 4) if n else None}
     spec = {label(m): m["speculation"] for m in metrics if m.get("speculation")}
     assisted = by_policy.get("assisted", [None])[0]

@@ -89,7 +89,9 @@ class Chain:
         vals = {self.start[0]: self.start[1]}
         for o in self.ops:
             right = vals[o.right] if isinstance(o.right, str) else o.right
-            vals[o.target] = apply_op(o.op, vals[o.left], right)
+            value = apply_op(o.op, vals[o.left], right)
+            assert value is not None, f"{o.definition()}: mod 0"  # never in a generated chain (mod 2..19)
+            vals[o.target] = value
         return vals
 
     @property
@@ -182,8 +184,9 @@ def _sample_op(rng: random.Random, target: str, vals: dict[str, int]) -> tuple[O
     op = rng.choices(feasible, [OP_WEIGHTS[o] for o in feasible])[0]
     others = [n for n in names[:-1] if (op == "+" and x + vals[n] <= MAX_VALUE) or (op == "-" and vals[n] <= x)]
     if op in "+-" and others and rng.random() < VAR_OPERAND:
-        right: str | int = rng.choice(others)
-        y = vals[right]
+        name = rng.choice(others)
+        right: str | int = name
+        y = vals[name]
     elif op == "+":
         y = right = _pick(rng, 1, MAX_VALUE - x, (0.7, 0.3))
     elif op == "-":
@@ -192,7 +195,9 @@ def _sample_op(rng: random.Random, target: str, vals: dict[str, int]) -> tuple[O
         y = right = _pick(rng, 2, max(2, MAX_VALUE // x), (0.8, 0.2))
     else:
         y = right = rng.randint(2, 19)
-    return Op(target, left, op, right), apply_op(op, x, y)
+    value = apply_op(op, x, y)
+    assert value is not None  # y >= 2 for mod
+    return Op(target, left, op, right), value
 
 
 def sample_chain(rng: random.Random) -> Chain:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # Longest first: the pre-tokenizer regex tries the alternatives in this order.
@@ -30,8 +30,8 @@ def build_tokenizer(model_max_length: int = 512, extra_pieces: tuple[str, ...] =
     """The plain task's tokenizer; `extra_pieces` (the phrased task's) are added after the plain vocabulary, so
     the plain task's ids do not change, and matched longest first."""
     vocab: dict[str, int] = {}
-    for tok in (*SPECIAL.values(), *PIECES, *extra_pieces, *CHARS):
-        vocab.setdefault(tok, len(vocab))
+    for piece in (*SPECIAL.values(), *PIECES, *extra_pieces, *CHARS):
+        vocab.setdefault(piece, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk_token"]))
     pieces = PIECES if not extra_pieces else tuple(sorted({*PIECES, *extra_pieces}, key=len, reverse=True))
     pattern = "|".join(re.escape(p) for p in pieces) + r"|[\s\S]"
@@ -46,7 +46,7 @@ def build_tokenizer(model_max_length: int = 512, extra_pieces: tuple[str, ...] =
     return fast
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> None:
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
     """`save_pretrained`, naming the class `PreTrainedTokenizerFast` and keeping the chat template in
     tokenizer_config.json, so older transformers (and vLLM) load it too."""
     tokenizer.save_pretrained(directory)

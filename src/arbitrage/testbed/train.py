@@ -120,7 +120,9 @@ def train_model(
     from .evaluate import answer_accuracy
 
     tokenizer = task_tokenizer(task)
-    model = LlamaForCausalLM(model_config(spec, tokenizer)).to(device)
+    # transformers declares PreTrainedModel.to with functools.wraps(nn.Module.to), whose type takes the model as
+    # the first argument
+    model = LlamaForCausalLM(model_config(spec, tokenizer)).to(device)  # type: ignore[arg-type]
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -163,6 +165,7 @@ def train_model(
             )
             log(f"{role} step {step + 1}: validation answer accuracy {acc:.3f} on {len(val_chains)} problems")
     seconds = time.time() - start - eval_seconds
+    assert running is not None  # at least one step was taken
     model.eval().to("cpu")
     out = Path(out_dir) / role
     model.save_pretrained(out)
