@@ -52,7 +52,12 @@ def test_served_and_in_process_give_the_same_answers(vllm_servers, name, tau):
         for ra, rb in zip(a[pid].records, b[pid].records):
             assert rb.scores == pytest.approx(ra.scores, abs=1e-4)
         assert b[pid].solution == a[pid].solution
-        assert b[pid].counts == a[pid].counts
+        # The in-step speculation needs the draft in this process (it proposes from its own KV cache); a served
+        # draft cannot, so what it speculated (nothing, all rejected here) is the one count that may differ.
+        in_step = {"spec_draft_speculated", "spec_draft_accepted"}
+        assert {k: v for k, v in b[pid].counts.items() if k not in in_step} == {
+            k: v for k, v in a[pid].counts.items() if k not in in_step
+        }
     # the comparison means something: both kinds of decision, and every kind of stop, occur
     records = [r for res in a.values() for r in res.records]
     assert {r.escalated for r in records} == {True, False}
