@@ -18,6 +18,7 @@ from .cli_args import (
     add_loader_option_arguments,
     add_model_arguments,
     add_policy_option_arguments,
+    add_ray_arguments,
     config_from_args,
     quiet_libraries,
 )
@@ -204,7 +205,12 @@ def cmd_calibrate(args) -> int:
             + ")",
             flush=True,
         )
-    run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)
+    if getattr(args, "ray", None):  # the points' shards as Ray tasks, joined (checked) into --out, then selected
+        from .cli_args import ray_shards
+        from .sweep import merge_shards
+
+        merge_shards(ray_shards(args, args.out), args.out, plots=not args.no_plots)
+    run_sweep(base, points, args.out, progress=not args.quiet, plots=not args.no_plots)  # after --ray: all finished
     if base.shard:  # one machine's share: the selection needs every calibration problem
         print(
             f"calibrate: shard {base.shard} of the calibration points is done in {args.out}. When every shard "
@@ -345,4 +351,5 @@ def register(sub) -> None:
     add_data_arguments(p)
     add_decoding_arguments(p)
     add_policy_option_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_calibrate, threshold=None, policy=None, calibration=None)

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arbitrage: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line itself (--ray runs it per shard)
     try:
         return int(args.func(args) or 0)
     except ArbitrageError as exc:

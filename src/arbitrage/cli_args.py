@@ -176,6 +176,39 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray (pip install 'arbitrage[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run shards of the problems as Ray tasks on the cluster at ADDRESS ('auto': the one this "
+        "machine joined; no ADDRESS: a local one), joined into --out afterwards; a task whose worker "
+        "dies is retried and resumes its shard",
+    )
+    g.add_argument(
+        "--ray-tasks", type=int, help="shards (default: the cluster's CPUs, or GPUs with --ray-gpus-per-task)"
+    )
+    g.add_argument("--ray-gpus-per-task", type=float, default=0.0, help="GPUs each task reserves (default: 0)")
+    g.add_argument("--ray-cpus-per-task", type=float, default=1.0, help="CPUs each task reserves (default: 1)")
+
+
+def ray_shards(args, out: str) -> list[str]:
+    """Run this command's shards on Ray (args.argv) and return their output directories."""
+    from .ray_cluster import run_shards
+
+    return run_shards(
+        args.argv,
+        out,
+        address=args.ray,
+        tasks=args.ray_tasks,
+        gpus_per_task=args.ray_gpus_per_task,
+        cpus_per_task=args.ray_cpus_per_task,
+        progress=not getattr(args, "quiet", False),
+    )
+
+
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(

@@ -11,6 +11,7 @@ from .cli_args import (
     add_loader_option_arguments,
     add_model_arguments,
     add_policy_option_arguments,
+    add_ray_arguments,
     config_from_args,
     quiet_libraries,
 )
@@ -19,7 +20,17 @@ from .run import run
 
 def cmd_run(args) -> int:
     quiet_libraries(args.quiet)
-    metrics = run(config_from_args(args))
+    cfg = config_from_args(args)
+    if args.ray:  # shards as Ray tasks, joined into --out (checked like --shard runs)
+        from .cli_args import ray_shards
+        from .results import RunLock
+        from .sweep import merge_point
+
+        dirs = ray_shards(args, cfg.out)
+        with RunLock(cfg.out):
+            metrics = merge_point(dirs, cfg.out, ".")
+    else:
+        metrics = run(cfg)
     keys = (
         "policy",
         "threshold",
@@ -63,4 +74,5 @@ def register(sub) -> None:
     add_data_arguments(p)
     add_decoding_arguments(p)
     add_policy_option_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_run)

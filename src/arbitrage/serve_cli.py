@@ -27,13 +27,11 @@ policy those models allow.
 """
 
 
-def cmd_serve(args) -> int:
-    import uvicorn
-
+def build_service(args):
+    """The service `serve` runs (models loaded, policy checked): built once here, or on every Ray Serve replica."""
     from .factory import build_models
     from .models import ROLES
     from .policies import make_policy
-    from .server.app import create_app
     from .server.service import Service
 
     quiet_libraries(True)
@@ -42,25 +40,34 @@ def cmd_serve(args) -> int:
     cfg = config_from_args(args, out="-")  # applies --calibration
     if args.max_concurrency < 1:
         raise ConfigError("--max-concurrency must be at least 1")
+    if args.shutdown_timeout < 0:
+        raise ConfigError("--shutdown-timeout must be >= 0 seconds")
     cfg.engine.concurrency = args.max_concurrency
     policy = make_policy(cfg.policy, cfg.threshold, **cfg.policy_options)
     roles = {r for r, spec in cfg.models.items() if spec} | set(policy.needs)
     models = build_models(roles, cfg.models, cfg.model_options, cfg.engine.separator, optional=ROLES)
     models.check(policy)
-    tokenizer = _tokenizer(args, models)
-    if args.shutdown_timeout < 0:
-        raise ConfigError("--shutdown-timeout must be >= 0 seconds")
-    service = Service(
+    return Service(
         models,
         policy,
         cfg.engine,
         served_name=args.served_name,
-        tokenizer=tokenizer,
+        tokenizer=_tokenizer(args, models),
         policy_options=cfg.policy_options,
         max_prompt_tokens=args.max_prompt_tokens,
     )
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .server.app import create_app
+
+    if args.ray_serve:
+        return _serve_on_ray(args)
+    service = build_service(args)
     print(
-        f"arbitrage serve: {args.served_name!r}, default policy {policy.describe()}, up to "
+        f"arbitrage serve: {args.served_name!r}, default policy {service.default_policy.describe()}, up to "
         f"{args.max_concurrency} problems in flight, prompts up to {service.max_prompt_tokens} tokens, on "
         f"http://{args.host}:{args.port}/v1",
         flush=True,
@@ -74,6 +81,53 @@ def cmd_serve(args) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
+    return 0
+
+
+def app_builder(args):
+    """What each Ray Serve replica calls: its own models and engine, the same app."""
+
+    def build():
+        from .server.app import create_app
+
+        service = build_service(args)
+        service.start()  # the replica's engine runs from the start (the app's lifespan would start it too)
+        return create_app(service)
+
+    return build
+
+
+def _serve_on_ray(args) -> int:
+    from .ray_cluster import deploy, wait_for_interrupt
+
+    autoscale = None
+    if args.autoscale:
+        lo, _, hi = args.autoscale.partition(":")
+        try:
+            autoscale = (int(lo), int(hi))
+        except ValueError:
+            raise ConfigError(f"--autoscale {args.autoscale!r}: expected MIN:MAX replicas, e.g. 1:4") from None
+        if not 0 <= autoscale[0] <= autoscale[1] or autoscale[1] < 1:
+            raise ConfigError(f"--autoscale {args.autoscale!r}: expected 0 <= MIN <= MAX and MAX >= 1")
+    config_from_args(args, out="-")  # fail here on a bad option, before any replica starts
+    deploy(
+        app_builder(args),
+        address=args.ray_serve,
+        host=args.host,
+        port=args.port,
+        num_replicas=args.num_replicas,
+        autoscale=autoscale,
+        gpus_per_replica=args.ray_gpus_per_replica,
+        cpus_per_replica=args.ray_cpus_per_replica,
+        name=args.served_name,
+    )
+    print(
+        f"arbitrage serve: Ray Serve deployment {args.served_name!r} on http://{args.host}:{args.port}/v1 "
+        f"({'autoscaling ' + args.autoscale if autoscale else str(args.num_replicas or 1) + ' replicas'}); "
+        f"Ctrl-C stops it",
+        flush=True,
+    )
+    wait_for_interrupt()
     return 0
 
 
@@ -139,6 +193,19 @@ def register(sub) -> None:
     )
     p.add_argument("--tokenizer", help="tokenizer with the chat template (default: the in-process draft's)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
+    g = p.add_argument_group("Ray Serve (pip install 'arbitrage[ray]')")
+    g.add_argument(
+        "--ray-serve",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="serve as a Ray Serve deployment on the cluster at ADDRESS ('auto': the one this machine "
+        "joined; no ADDRESS: a local one): each replica loads its own models",
+    )
+    g.add_argument("--num-replicas", type=int, help="replicas of the deployment (default: 1)")
+    g.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas instead")
+    g.add_argument("--ray-gpus-per-replica", type=float, default=0.0, help="GPUs each replica reserves (default: 0)")
+    g.add_argument("--ray-cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves (default: 1)")
     add_model_arguments(p)
     add_loader_option_arguments(p)
     add_policy_option_arguments(p)

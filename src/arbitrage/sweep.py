@@ -262,15 +262,46 @@ def _union(models: dict[int, Models], runs) -> Models:
     return out
 
 
-def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) -> list[dict]:
-    """One sweep from the sweeps N machines ran on shards of the problems (`arbitrage sweep --shard K/N`): every
-    point's results are checked (the same settings, shards 0..N-1 once each) and joined into OUT/POINT/, and the
-    report is written over the whole set."""
+def merge_point(dirs: Sequence[str], target: str, name: str) -> dict:
+    """One run directory from the runs of its shards (`--shard K/N`): checked (the same settings, shards 0..N-1
+    once each, no problem twice), joined into `target` with a run.json whose settings are the unsharded run's, so
+    the joined run resumes and compares like one run; returns its metrics."""
     import json
 
     from .records import ProblemRecord
     from .results import METRICS, check_shards, compute_metrics, read_manifest, write_json_atomic
 
+    check_shards(dirs)
+    records, seen = [], set()
+    for d in dirs:
+        for i, line in enumerate(ResultsFile(d).load()):
+            if line["id"] in seen:
+                raise ConfigError(f"{d}: problem {line['id']!r} is in two shards")
+            seen.add(line["id"])
+            records.append(ProblemRecord.from_json(line, f"{d}:{i + 1}"))
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, "results.jsonl"), "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+    first = read_manifest(dirs[0])
+    assert first is not None  # a point is merged when every shard's directory of it has its run.json
+    settings = dict(first["settings"], shard=None)
+    sessions = [s for d in dirs for s in (read_manifest(d) or {}).get("sessions", [])]
+    write_json_atomic(
+        os.path.join(target, "run.json"),
+        {"settings": settings, "sessions": sessions, "merged_from": [os.path.abspath(d) for d in dirs]},
+    )
+    policy, threshold = settings.get("policy"), settings.get("threshold")
+    metrics = compute_metrics(records, policy, threshold)
+    metrics.update(dir=name, concurrency=(sessions[0].get("concurrency") if sessions else None), shards=len(dirs))
+    write_json_atomic(os.path.join(target, METRICS), metrics)
+    return metrics
+
+
+def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) -> list[dict]:
+    """One sweep from the sweeps N machines ran on shards of the problems (`arbitrage sweep --shard K/N`): every
+    point's results are checked (the same settings, shards 0..N-1 once each) and joined into OUT/POINT/, and the
+    report is written over the whole set."""
     if not shard_dirs:
         raise ConfigError("give the shard sweeps' directories")
     names = [sorted(d for d in os.listdir(s) if os.path.isfile(os.path.join(s, d, "run.json"))) for s in shard_dirs]
@@ -279,35 +310,10 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str, plots: bool = True) ->
             f"the shard sweeps have different points: {names[0]} in {shard_dirs[0]}, "
             f"{next(n for n in names if n != names[0])} elsewhere"
         )
-    merged = []
-    for point in names[0]:
-        dirs = [os.path.join(s, point) for s in shard_dirs]
-        check_shards(dirs)
-        records, seen = [], set()
-        for d in dirs:
-            for i, line in enumerate(ResultsFile(d).load()):
-                if line["id"] in seen:
-                    raise ConfigError(f"{d}: problem {line['id']!r} is in two shards")
-                seen.add(line["id"])
-                records.append(ProblemRecord.from_json(line, f"{d}:{i + 1}"))
-        target = os.path.join(out_dir, point)
-        os.makedirs(target, exist_ok=True)
-        with open(os.path.join(target, "results.jsonl"), "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-        first = read_manifest(dirs[0])
-        assert first is not None  # a point is merged when every shard's directory of it has its run.json
-        settings = dict(first["settings"], shard=None)
-        sessions = [s for d in dirs for s in (read_manifest(d) or {}).get("sessions", [])]
-        write_json_atomic(
-            os.path.join(target, "run.json"),
-            {"settings": settings, "sessions": sessions, "merged_from": [os.path.abspath(d) for d in dirs]},
-        )
-        policy, threshold = settings.get("policy"), settings.get("threshold")
-        metrics = compute_metrics(records, policy, threshold)
-        metrics.update(dir=point, concurrency=(sessions[0].get("concurrency") if sessions else None), shards=len(dirs))
-        write_json_atomic(os.path.join(target, METRICS), metrics)
-        merged.append(metrics)
+    merged = [
+        merge_point([os.path.join(s, point) for s in shard_dirs], os.path.join(out_dir, point), point)
+        for point in names[0]
+    ]
     from .sweep_report import write_report
 
     write_report(merged, out_dir, plots=plots)

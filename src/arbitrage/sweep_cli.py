@@ -10,6 +10,7 @@ from .cli_args import (
     add_loader_option_arguments,
     add_model_arguments,
     add_policy_option_arguments,
+    add_ray_arguments,
     config_from_args,
     quiet_libraries,
 )
@@ -36,9 +37,15 @@ def cmd_sweep(args) -> int:
     quiet_libraries(args.quiet)
     if not args.quiet:
         print(f"sweep: {len(points)} points: {', '.join(point_dir(p, t) for p, t in points)}", flush=True)
-    run_sweep(
-        base, points, args.out, progress=not args.quiet, plots=not args.no_plots, interleave=not args.no_interleave
-    )
+    if args.ray:  # shards as Ray tasks, each an ordinary sweep; joined (checked) into --out
+        from .cli_args import ray_shards
+        from .sweep import merge_shards
+
+        merge_shards(ray_shards(args, args.out), args.out, plots=not args.no_plots)
+    else:
+        run_sweep(
+            base, points, args.out, progress=not args.quiet, plots=not args.no_plots, interleave=not args.no_interleave
+        )
     with open(os.path.join(args.out, "sweep.txt")) as f:
         print(f.read(), end="")
     print(f"wrote {os.path.join(args.out, 'sweep.json')}")
@@ -95,6 +102,7 @@ def register(sub) -> None:
     add_model_arguments(p)
     add_loader_option_arguments(p)
     add_policy_option_arguments(p)
+    add_ray_arguments(p)
     add_data_arguments(p)
     add_decoding_arguments(p)
     p.set_defaults(func=cmd_sweep, threshold=None)

@@ -323,10 +323,9 @@ class SlowGrader:
 def test_grading_runs_beside_the_engine_and_adds_nothing_to_latency(tmp_path):
     import threading
 
-    from arbitrage.testing.fakes import FakeGenerator, problems
-
     from arbitrage.engine import Models
     from arbitrage.run import run
+    from arbitrage.testing.fakes import FakeGenerator, problems
 
     probs = problems([2, 3, 4, 5])
     draft = FakeGenerator("draft", {p.id: p.meta["n_steps"] for p in probs})
