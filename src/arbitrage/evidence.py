@@ -84,6 +84,8 @@ def _ratio(a_front, b_front, accuracy: float | None, b_at_best: bool = False):
     if b_at_best:
         assert accuracy is not None  # with b_at_best the accuracy is b's best accuracy, offset
         la = latency_at(a_front, accuracy)
+        if la is None and a_front[0]["accuracy"] > accuracy:  # a is above the asked accuracy everywhere (a
+            la, accuracy = a_front[0]["latency_s_mean"], a_front[0]["accuracy"]  # lossless method): its cheapest point
         lb = b_front[-1]["latency_s_mean"]
         return (lb / la, accuracy) if la is not None and la > 0 else None
     if accuracy is None:

@@ -200,3 +200,18 @@ def test_matched_within_a_point_of_the_targets_accuracy():
     # at 0.89: 0.8 + (0.89 - 0.8) / (0.95 - 0.8) of the way from 1.0 s to 1.5 s = 1.3 s; target 2.0 s
     assert m["accuracy"] == pytest.approx(0.89) and m["speedup"] == pytest.approx(2.0 / 1.3)
     assert m["ci95"][0] <= m["speedup"] <= m["ci95"][1]
+
+
+def test_a_lossless_method_above_the_asked_accuracy_is_compared_at_its_own_point():
+    """target+speculation or assisted generation vs target-only: both single points at the same accuracy, above
+    'the target's minus a point': the ratio is taken at the method's own (cheapest) point, not refused."""
+    from arbitrage import evidence
+
+    n = 100
+    target = evidence.Point("target", "target", None, {str(i): (i < 90, 2.0) for i in range(n)})
+    spec = evidence.Point("target+speculation", "target+speculation", None, {str(i): (i < 90, 0.8) for i in range(n)})
+    m = evidence.matched([spec], [target], relative_to_b_accuracy=-0.01, n_boot=100)
+    assert m["speedup"] == pytest.approx(2.5) and m["accuracy"] == pytest.approx(0.9)
+    assert m["ci95"] == pytest.approx([2.5, 2.5])  # the latencies are constant: every resample agrees
+    below = evidence.Point("d", "d", None, {str(i): (i < 50, 0.5) for i in range(n)})  # still refused below
+    assert evidence.matched([below], [target], relative_to_b_accuracy=-0.01, n_boot=20)["speedup"] is None

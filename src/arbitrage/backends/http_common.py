@@ -216,7 +216,7 @@ class HttpClient:
                 if resp is None:  # nothing answers at all: no use trying other paths
                     raise Unreachable(
                         f"cannot reach {self.kind} at {self.root} ({last}). Start the server "
-                        f"(see README, 'Serving real models') or fix the URL.",
+                        f"(see the docs' serving page) or fix the URL.",
                         last,
                     )
                 if resp.status_code < 400:

@@ -154,7 +154,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "router",
         help="train and evaluate routers from `generate` results",
-        description="Router training: build-data -> train -> eval -> thresholds (README, 'Router training').",
+        description="Router training: build-data -> train -> eval -> thresholds (docs: router training).",
     )
     rs = p.add_subparsers(dest="router_command", metavar="STEP")
     rs.required = True
