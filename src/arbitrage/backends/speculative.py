@@ -93,6 +93,7 @@ class _Row:
     gamma: int = 0  # draft tokens proposed per round inside the step (0: the target alone)
     pending: int | None = None  # committed, not yet in the target's cache
     draft_pending: list[int] = field(default_factory=list)  # committed, not yet in the draft's cache
+    ctx_prefill: int = 0  # context tokens the target computed (not found in its cache) before verifying
     stats: dict = field(
         default_factory=lambda: {
             "proposed": 0,
@@ -156,6 +157,7 @@ def generate(target: HFGenerator, requests: Sequence[GenerationRequest]) -> list
         prop = proposal_ids(target, req)
         proposals.append(prop)
         pasts.append(entry.crop(n) if entry is not None and n > 0 else None)
+        rows[-1].ctx_prefill = len(ctx) - (n if entry is not None and n > 0 else 0)
         news.append(ctx[n:] + (prop[0][: req.max_new_tokens] if prop else []))
     batch = KVBatch(target._forward_keep, pasts, news, target.pad_id, target.device)
     keep = max(len(p[0][: r.limit]) if p else 0 for p, r in zip(proposals, rows)) + 1
@@ -242,7 +244,8 @@ def _commit(
         finished = target._finish(row.out_ids, row.logps, row.ents, tok, row.limit, None)
         if finished is not None:
             batch.retract(r, n_fed - lead - min(kept, j + 1))
-            finished.n_prefill = len(batch.ids[r]) - len(call.full[row.index])
+            finished.n_prefill = row.ctx_prefill  # as a plain step counts it: the context, not the verified step
+            finished.n_reused = len(call.full[row.index]) - row.ctx_prefill
             call.results[row.index] = finished
             if target.reuse_cache:
                 target.store.put(row.req.key, batch.row(r))
