@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from arbitrage import calibrate as cal
+from arbitrage import noninferiority as ni
 from arbitrage.calibrate import NOTHING_CERTIFIABLE, Outcomes, select
 
 # --- scripted outcomes ---------------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def point(
 def largest_certified_losses(n: int, eps: float, level: float) -> int:
     """The largest number of losses (no wins) the exact test certifies at `level`."""
     b = 0
-    while cal.p_value(b + 1, 0, n, eps) <= level:
+    while ni.p_value(b + 1, 0, n, eps) <= level:
         b += 1
     return b
 
@@ -54,7 +55,7 @@ def test_a_threshold_just_inside_the_bound_is_picked_and_one_just_outside_is_not
     t = target_outcomes(n, wrong=40)
     b = largest_certified_losses(n, eps, delta)
     assert 1 <= b < eps * n  # certifying takes a margin below eps
-    assert cal.p_value(b, 0, n, eps) <= delta < cal.p_value(b + 1, 0, n, eps)
+    assert ni.p_value(b, 0, n, eps) <= delta < ni.p_value(b + 1, 0, n, eps)
     # rsd: a higher tau escalates more, so 0.9 is tested first, then 0.7, then 0.5
     inside = [point("rsd", 0.9, t, 0, latency=0.9), point("rsd", 0.7, t, b, latency=0.6)]
     sel = select(t, inside + [point("rsd", 0.5, t, b + 1, latency=0.3)], eps, delta)
@@ -67,7 +68,7 @@ def test_a_threshold_just_inside_the_bound_is_picked_and_one_just_outside_is_not
     assert (sel.chosen.policy, sel.chosen.threshold) == ("rsd", 0.9)
     # certified iff p <= delta, to the last digit: at delta = its p-value it is, just below it it is not
     worse = [inside[0], point("rsd", 0.7, t, b + 1, latency=0.6)]
-    p = cal.p_value(b + 1, 0, n, eps)
+    p = ni.p_value(b + 1, 0, n, eps)
     assert select(t, worse, eps, p).chosen.threshold == 0.7
     assert select(t, worse, eps, p * (1 - 1e-9)).chosen.threshold == 0.9
 
@@ -129,14 +130,14 @@ def test_refuses_when_the_data_cannot_support_the_guarantee():
     sel = select(t, [point("rsd", 0.5, t, 0)], 0.01, 0.1)
     assert sel.chosen is None and sel.reason.startswith(NOTHING_CERTIFIABLE)
     assert "whatever the outcomes" in sel.reason
-    assert not cal.can_certify(3, 0.01, 0.1) and cal.can_certify(400, 0.01, 0.1)
+    assert not ni.can_certify(3, 0.01, 0.1) and ni.can_certify(400, 0.01, 0.1)
     # 50 problems, a point identical to target-only: one point of loss needs more problems than that
     t = target_outcomes(50, wrong=5)
     sel = select(t, [point("rsd", 0.5, t, 0)], 0.01, 0.1)
-    assert sel.chosen is None and str(cal.min_problems(0.01, 0.1)) in sel.reason
-    assert cal.min_problems(0.01, 0.1) > 50
+    assert sel.chosen is None and str(ni.min_problems(0.01, 0.1)) in sel.reason
+    assert ni.min_problems(0.01, 0.1) > 50
     # and with enough problems the same identical point is certified
-    t = target_outcomes(cal.min_problems(0.01, 0.1), wrong=5)
+    t = target_outcomes(ni.min_problems(0.01, 0.1), wrong=5)
     assert select(t, [point("rsd", 0.5, t, 0)], 0.01, 0.1).chosen is not None
 
 
@@ -190,9 +191,9 @@ def _p_direct(b0, c0, n, eps, grid=40):
 def test_exact_p_value_against_enumeration_of_the_null(eps):
     n = 10
     for b, c in [(0, 0), (1, 0), (0, 2), (2, 1), (1, 3), (4, 1)]:
-        assert float(cal._score_z(b, c, n, eps)) == pytest.approx(_z_direct(b, c, n, eps), abs=1e-5)
+        assert float(ni._score_z(b, c, n, eps)) == pytest.approx(_z_direct(b, c, n, eps), abs=1e-5)
         direct = _p_direct(b, c, n, eps)
-        p = cal.exact_p_value(b, c, n, eps)
+        p = ni.exact_p_value(b, c, n, eps)
         # an upper bound of the supremum (never below it), and a tight one
         assert direct - 1e-9 <= p <= direct + 0.01, (b, c, p, direct)
 
@@ -204,24 +205,24 @@ def test_the_rejection_region_is_the_monotone_hull(monkeypatch):
     rng = np.random.default_rng(0)
     table = rng.normal(size=(n + 1, n + 1))
     table[np.add.outer(np.arange(n + 1), np.arange(n + 1)) > n] = np.inf
-    monkeypatch.setattr(cal, "_z_table", lambda n_, eps: table)
+    monkeypatch.setattr(ni, "_z_table", lambda n_, eps: table)
     for z_obs in (-1.0, 0.0, 0.7):
         inside = table <= z_obs  # rows c, columns b
         want = [max([b for b in range(n + 1 - c) if inside[: c + 1, b:].any()], default=-1) for c in range(n + 1)]
-        assert list(cal._hull_rows(n, 0.1, z_obs)) == want
+        assert list(ni._hull_rows(n, 0.1, z_obs)) == want
 
 
 def test_the_score_statistic_is_monotone():
     """More losses raise Z, more wins lower it: the region {Z <= Z_obs} is its own hull."""
     for n, eps in [(50, 0.0), (100, 0.02), (300, 0.05), (100, -0.3)]:
-        z = np.where(np.isfinite(cal._z_table(n, eps)), cal._z_table(n, eps), np.nan)
+        z = np.where(np.isfinite(ni._z_table(n, eps)), ni._z_table(n, eps), np.nan)
         assert np.nanmin(np.diff(z, axis=1)) > 0 and np.nanmax(np.diff(z, axis=0)) < 0
 
 
 def test_exact_p_value_is_valid_on_the_boundary_of_the_null():
     """P(p <= alpha) <= alpha exactly, where H0 is hardest to reject (p_plus - p_minus = eps)."""
     n, eps = 12, 0.1
-    p = {(b, c): cal.exact_p_value(b, c, n, eps) for b in range(n + 1) for c in range(n + 1 - b)}
+    p = {(b, c): ni.exact_p_value(b, c, n, eps) for b in range(n + 1) for c in range(n + 1 - b)}
     for p_minus in (0.0, 0.02, 0.1, 0.3):
         probs = _trinomial(n, p_minus + eps, p_minus)
         for alpha in (0.05, 0.1, 0.2):
@@ -238,12 +239,12 @@ def test_hb_p_value_against_the_formula():
         return min(1.0, hoeffding, bentkus)
 
     for mean, n, bound in [(0.45, 100, 0.5), (0.5, 200, 0.51), (0.1, 50, 0.3), (0.3, 40, 0.2), (0.495, 300, 0.505)]:
-        assert cal.hb_p_value(mean, n, bound) == pytest.approx(direct(mean, n, bound), rel=1e-9)
+        assert ni.hb_p_value(mean, n, bound) == pytest.approx(direct(mean, n, bound), rel=1e-9)
     # the paired loss mapped to [0, 1]: (loss + 1) / 2 against (eps + 1) / 2
-    assert cal.p_value(5, 2, 100, 0.05, "hb") == pytest.approx(direct((0.03 + 1) / 2, 100, 1.05 / 2), rel=1e-9)
+    assert ni.p_value(5, 2, 100, 0.05, "hb") == pytest.approx(direct((0.03 + 1) / 2, 100, 1.05 / 2), rel=1e-9)
     # far more conservative than the exact test on the same counts
-    assert cal.p_value(2, 1, 300, 0.03, "hb") > 0.5
-    assert cal.p_value(2, 1, 300, 0.03) < 0.01
+    assert ni.p_value(2, 1, 300, 0.03, "hb") > 0.5
+    assert ni.p_value(2, 1, 300, 0.03) < 0.01
 
 
 # --- the command, end to end on the testbed --------------------------------------------------------------------
