@@ -19,8 +19,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .frontier import EPS, latency_at, pareto_frontier
 from .records import ProblemRecord
-from .sweep_report import EPS, latency_at, pareto_frontier
 
 
 @dataclass

@@ -19,38 +19,17 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .results import write_json_atomic
+from .evidence import Point, matched
+from .frontier import EPS, X, Y, latency_at, pareto_frontier
+from .results import read_records, write_json_atomic
 
 if TYPE_CHECKING:
     from matplotlib.typing import ColorType
 
-X, Y = "latency_s_mean", "accuracy"
 # What the router is compared against, if present.
 # Not compared with the router at matched accuracy: the draft alone (below every policy's accuracy) and the oracle
 # (an upper bound that calls both models at every step). Every other policy of a sweep is a baseline.
 NOT_BASELINES = ("router", "draft", "oracle")
-EPS = 1e-9
-
-
-def pareto_frontier(points: Sequence[dict], x: str = X, y: str = Y) -> list[dict]:
-    """The points no other point beats (lower-or-equal x with higher y), sorted by x; y rises strictly."""
-    front: list[dict] = []
-    for p in sorted(points, key=lambda p: (p[x], -p[y])):
-        if not front or p[y] > front[-1][y] + EPS:
-            front.append(p)
-    return front
-
-
-def latency_at(front: Sequence[dict], accuracy: float, x: str = X, y: str = Y) -> float | None:
-    """Latency on a frontier at `accuracy`, linear between its points; None outside the frontier's span."""
-    if not front or accuracy < front[0][y] - EPS or accuracy > front[-1][y] + EPS:
-        return None
-    for a, b in zip(front, front[1:]):
-        if a[y] - EPS <= accuracy <= b[y] + EPS:
-            if abs(accuracy - a[y]) <= EPS:
-                return a[x]
-            return a[x] + (b[x] - a[x]) * (accuracy - a[y]) / (b[y] - a[y])
-    return front[-1][x]  # a single-point frontier at exactly this accuracy
 
 
 def compare(name_a: str, front_a: Sequence[dict], name_b: str, front_b: Sequence[dict]) -> dict:
@@ -308,8 +287,6 @@ def _place_labels(fig, ax, labels: list[tuple[float, float, str, ColorType]]) ->
 def add_intervals(summary: dict, out_dir: str, n_boot: int = 1000) -> None:
     """A paired bootstrap 95% interval for every matched comparison (evidence.matched over the points' records,
     resampling problems): `ci95`, `n` and the interval's own accuracy on each comparison."""
-    from .evidence import Point, matched
-    from .results import read_records
 
     def points_of(policy: str) -> list[Point]:
         out = []

@@ -4,8 +4,9 @@ frontier, never extrapolated), no-overlap reporting, threshold syntax."""
 import pytest
 
 from arbitrage.errors import ConfigError
+from arbitrage.frontier import latency_at, pareto_frontier
 from arbitrage.sweep import parse_thresholds, parse_values, point_dir, sweep_points
-from arbitrage.sweep_report import compare, format_table, latency_at, pareto_frontier, summarize
+from arbitrage.sweep_report import compare, format_table, summarize
 
 
 def pt(lat, acc, policy="p", tau=None, n=100):

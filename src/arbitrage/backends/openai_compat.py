@@ -315,20 +315,6 @@ class OpenAICompletionsGenerator:
         return f"OpenAICompletionsGenerator({self.http.root!r}, model={self.model!r}, name={self.name!r})"
 
 
-def prefix_step(gen: OpenAICompletionsGenerator, ids: list[int]):
-    """Committed tokens of a step as a partial step of `gen`'s (a request's `prefix`, continued by the server)."""
-    from ..types import Step
-
-    return Step(
-        author="target",
-        text=gen.tokenizer.decode(ids),
-        stop="length",
-        n_tokens=len(ids),
-        token_ids=list(ids),
-        extras={"generator": gen.name},
-    )
-
-
 def _served_tokenizer(root: str | None):
     """vLLM lists the served directory as `root`: when it is on this machine, its tokenizer (else None, and
     prompts go as text)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError
-from ..types import Generation, GenerationRequest, Sampling
+from ..types import Generation, GenerationRequest, Sampling, Step
 
 if TYPE_CHECKING:
     from .openai_compat import OpenAICompletionsGenerator
@@ -107,7 +107,6 @@ async def target_choices(gen: OpenAICompletionsGenerator, ctx: list[int], prop: 
 
 async def verified_step(gen: OpenAICompletionsGenerator, req: GenerationRequest) -> Generation:
     """The target's greedy step, keeping the proposal as far as the target agrees with it."""
-    from .openai_compat import prefix_step
 
     ctx = gen.prompt_for(req)
     assert isinstance(ctx, list)
@@ -122,7 +121,7 @@ async def verified_step(gen: OpenAICompletionsGenerator, req: GenerationRequest)
     if done is not None:
         g = done
     else:
-        head = prefix_step(gen, committed)
+        head = _prefix_step(gen, committed)
         rest = GenerationRequest(
             req.key,
             req.prompt,
@@ -172,3 +171,15 @@ def _ended(gen: OpenAICompletionsGenerator, ids: list[int], limit: int) -> Gener
                 text=text, stop="length", token_ids=list(ids[: j + 1]), logprobs=None, extras={"generator": gen.name}
             )
     return None
+
+
+def _prefix_step(gen: OpenAICompletionsGenerator, ids: list[int]):
+    """Committed tokens of a step as a partial step of `gen`'s (a request's `prefix`, continued by the server)."""
+    return Step(
+        author="target",
+        text=gen.tokenizer.decode(ids),
+        stop="length",
+        n_tokens=len(ids),
+        token_ids=list(ids),
+        extras={"generator": gen.name},
+    )

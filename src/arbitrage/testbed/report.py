@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import evidence
+from ..frontier import latency_at, pareto_frontier
 from ..results import read_records
-from ..sweep_report import label, latency_at, pareto_frontier
+from ..sweep_report import label
 from . import analysis
 from .demo_points import NO_VERIFY
 
