@@ -9,7 +9,8 @@ writes the rest of its own step with the draft proposing `--gamma` tokens at a t
 Per step the records say how many proposal tokens the target kept, how many target forward passes it took and
 how many in-step draft tokens it accepted. Reported: the share of draft steps token-identical to the target's,
 the tokens kept of the others (median), the share of the target's tokens it wrote itself, in-step acceptance and
-tokens per target forward pass. Timings on this CPU are not the point (see the GPU suite): acceptance is.
+tokens per target forward pass, each with a 95% bootstrap interval over problems (a problem's steps are resampled
+together: they are not independent). Timings on this CPU are not the point (see the GPU suite): acceptance is.
 
     python bench/real_lm/fetch_models.py                  # once: ~1.6 GB into ~/.cache/arbitrage/gguf
     python bench/real_pair_acceptance.py --n 20           # writes bench/results/real_pair_acceptance.json
@@ -43,6 +44,24 @@ def load(role: str, path: Path, threads: int):
     return HFGenerator(model, tok, name=role, separator="\n\n")
 
 
+def is_identical(step) -> bool:
+    """The kept step is the draft's own, token for token."""
+    return step.draft is None or step.draft.text == step.text
+
+
+def problem_counts(result) -> dict:
+    """One problem's sums over its escalated steps (the unit a bootstrap interval resamples)."""
+    steps = [rec for rec in result.records if rec.speculation]
+    keys = ("proposed", "kept", "target_forwards", "target_written", "draft_speculated", "draft_accepted")
+    counts = {k: sum(s.speculation.get(k, 0) for s in steps) for k in keys}
+    counts.update(
+        steps=len(steps),
+        identical_steps=sum(is_identical(s) for s in steps),
+        tokens_written=sum(s.n_tokens for s in steps),
+    )
+    return counts
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20, help="GSM8K test problems (default: %(default)s)")
@@ -56,6 +75,7 @@ def main(argv=None) -> dict:
 
     from arbitrage.data import load_problems
     from arbitrage.engine import Engine, EngineConfig, Models
+    from arbitrage.evidence import paired_ratio_ci
     from arbitrage.factory import link_speculation
     from arbitrage.grading import Grader
     from arbitrage.policies import make_policy
@@ -86,11 +106,18 @@ def main(argv=None) -> dict:
         print(f"{i + 1}/{len(problems)} problems ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     with Grader() as grader:
         correct = sum(bool(grader.grade(r.solution, r.problem.gold).correct) for r in done)
+    per_problem = [problem_counts(r) for r in done]
     steps = [rec for r in done for rec in r.records if rec.speculation]
-    identical = [s for s in steps if s.draft is None or s.draft.text == s.text]  # the kept step is the draft's
-    others = [s for s in steps if s not in identical]
-    tot = {k: sum(s.speculation[k] for s in steps) for k in steps[0].speculation} if steps else {}
-    written = sum(s.n_tokens for s in steps)
+    others = [s for s in steps if not is_identical(s)]
+    tot = {k: sum(p[k] for p in per_problem) for k in per_problem[0]} if per_problem else {}
+
+    def share(num: str, den: str) -> dict | None:
+        """sum(num) / sum(den) over the problems, with a bootstrap interval resampling problems."""
+        if not tot.get(den):
+            return None
+        c = paired_ratio_ci([p[num] for p in per_problem], [p[den] for p in per_problem])
+        return {"value": c["ratio"], "ci95": c["ci95"], "n_problems": c["n"]}
+
     report = {
         "pair": "Qwen2.5-Coder-0.5B-Instruct (AWQ Q4_K_M) / Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), GGUF dequantized to "
         "float32, in-process, greedy",
@@ -98,26 +125,32 @@ def main(argv=None) -> dict:
         "target_accuracy_here": correct / len(done) if done else None,
         "steps": len(steps),
         "gamma": a.gamma,
-        "identical_steps_share": len(identical) / len(steps) if steps else None,
+        "identical_steps_share": share("identical_steps", "steps"),
         "kept_tokens_median_other_steps": statistics.median(s.speculation["kept"] for s in others) if others else None,
-        "kept_share_of_proposals": tot.get("kept", 0) / tot["proposed"] if tot.get("proposed") else None,
-        "target_written_share": tot.get("target_written", 0) / written if written else None,
-        "in_step_acceptance": tot["draft_accepted"] / tot["draft_speculated"] if tot.get("draft_speculated") else None,
-        "tokens_per_target_forward": written / tot["target_forwards"] if tot.get("target_forwards") else None,
+        "kept_share_of_proposals": share("kept", "proposed"),
+        "target_written_share": share("target_written", "tokens_written"),
+        "in_step_acceptance": share("draft_accepted", "draft_speculated"),
+        "tokens_per_target_forward": share("tokens_written", "target_forwards"),
         "totals": tot,
-        "tokens_written": written,
+        "per_problem": [{"id": r.problem.id, **p} for r, p in zip(done, per_problem)],
         "load_s": round(load_s, 1),
         "run_s": round(time.perf_counter() - t0, 1),
     }
+
+    def fmt(key: str, digits: int = 3) -> str:
+        v = report[key]
+        return "n/a" if v is None else f"{v['value']:.{digits}f} ({v['ci95'][0]:.{digits}f}-{v['ci95'][1]:.{digits}f})"
+
     lines = [
         f"real pair acceptance: {report['pair']}",
-        f"{report['problems']} GSM8K problems, {report['steps']} steps, every step escalated, gamma {a.gamma}",
-        f"draft steps token-identical to the target's: {report['identical_steps_share']:.3f}",
+        f"{report['problems']} GSM8K problems, {report['steps']} steps, every step escalated, gamma {a.gamma}; "
+        "95% bootstrap intervals over problems",
+        f"draft steps token-identical to the target's: {fmt('identical_steps_share')}",
         f"tokens kept of the other proposals (median): {report['kept_tokens_median_other_steps']}",
-        f"share of all proposal tokens kept: {report['kept_share_of_proposals']:.3f}",
-        f"share of the target's tokens written by the target itself: {report['target_written_share']:.3f}",
-        f"in-step draft tokens accepted: {report['in_step_acceptance']:.3f}",
-        f"tokens per target forward pass: {report['tokens_per_target_forward']:.2f}",
+        f"share of all proposal tokens kept: {fmt('kept_share_of_proposals')}",
+        f"share of the target's tokens written by the target itself: {fmt('target_written_share')}",
+        f"in-step draft tokens accepted: {fmt('in_step_acceptance')}",
+        f"tokens per target forward pass: {fmt('tokens_per_target_forward', 2)}",
     ]
     return finish(report, a.out, lines)
 

@@ -14,7 +14,7 @@ import time
 
 from arbitrage.backends.judge_prm import JudgePRM
 from arbitrage.backends.openai_compat import OpenAICompletionsGenerator
-from arbitrage.data import format_prompt
+from arbitrage.prompts import format_prompt
 from arbitrage.types import GenerationRequest, ScoreRequest, Step
 
 Q = (

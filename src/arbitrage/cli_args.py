@@ -276,7 +276,7 @@ def config_from_args(args, policy: str | None = None, threshold: float | None = 
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be at least 1")
     if args.shard:
-        from .data import parse_shard
+        from .shards import parse_shard
 
         parse_shard(args.shard)
     if args.gamma < 0:

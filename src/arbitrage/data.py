@@ -1,6 +1,6 @@
 """Loading math problems (built-in benchmark copies, a user's JSON-lines file, or a hub dataset) as `Problem`s.
 
-Every problem gets its prompt here, from one of the templates below, so the generators only ever continue
+Every problem gets its prompt here, from one of the templates in `prompts`, so the generators only ever continue
 `Problem.prompt`. Malformed input fails early with a one-line `DataError` naming the file, line and field.
 """
 
@@ -16,18 +16,9 @@ from typing import Any
 
 from .errors import ConfigError, DataError
 from .grading import gold_answer
+from .prompts import format_prompt, resolve_template
+from .shards import shard_of
 from .types import Problem
-
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-
-TEMPLATES = {
-    # Qwen2.5-Math's chain-of-thought prompt, written out as raw text (no tokenizer needed).
-    "qwen-math-cot": (
-        "<|im_start|>system\n" + INSTRUCTION + "<|im_end|>\n"
-        "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    ),
-    "plain": "{question}\n" + INSTRUCTION + "\n\n",
-}
 
 # Built-in sets. A question spec "A+B" joins fields A and B (the Qwen2.5-Math evaluation does the same for
 # SVAMP/ASDiv: body, a full stop if it lacks one, the question). id None: the line number.
@@ -273,52 +264,6 @@ def _field(rec: dict, spec: str, what: str, where: str) -> Any:
     return _join_fields([str(v) for v in values])
 
 
-# ---------------------------------------------------------------- prompts
-
-
-def resolve_template(template: str) -> str:
-    """A template name, an `@file`, or a literal string with "{question}"; returns the literal ("chat" as is)."""
-    if template == "chat" or template in TEMPLATES:
-        return TEMPLATES.get(template, template)
-    if template.startswith("@"):
-        try:
-            template = Path(template[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"prompt template file {template[1:]}: {exc.strerror or exc}") from None
-    if "{question}" not in template:
-        raise ConfigError(
-            f"unknown prompt template {template[:60]!r}: use one of "
-            f"{', '.join(list(TEMPLATES) + ['chat'])}, a string containing {{question}}, "
-            "or @path/to/template.txt"
-        )
-    return template
-
-
-def format_prompt(question: str, template: str = "qwen-math-cot", tokenizer: Any = None) -> str:
-    """The text the generators continue for `question` (see module constants for the templates)."""
-    template = resolve_template(template)
-    if template != "chat":
-        # str.replace, not str.format: questions and templates are full of LaTeX braces.
-        return template.replace("{question}", question)
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(
-            "prompt template 'chat' needs a tokenizer with a chat template "
-            "(use 'qwen-math-cot' or 'plain' for models without one)"
-        )
-    messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question}]
-    try:
-        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:
-        messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
-        try:
-            out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:
-            raise ConfigError(f"the tokenizer's chat template failed: {type(exc).__name__}: {exc}") from None
-    if not isinstance(out, str):
-        raise ConfigError(f"the tokenizer's chat template returned {type(out).__name__}, expected text")
-    return out
-
-
 # ---------------------------------------------------------------- public entry
 
 _ID_GUESSES = ("id", "unique_id", "uid", "idx", "problem_id", "ID")
@@ -473,30 +418,6 @@ def load_records(
     for p, own in zip(problems, prompts):
         p.prompt = own if own is not None and template is None else ""  # "": rendered from the template later
     return problems
-
-
-def shard_of(problems: list[Problem], shard: str) -> list[Problem]:
-    """The problems of shard "K/N" (0 <= K < N): those whose id hashes to K, so a shard keeps its problems when
-    the data file grows or is reordered, and N shards together hold every problem exactly once."""
-    k, n = parse_shard(shard)
-    return [p for p in problems if shard_index(p.id, n) == k]
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        k_text, n_text = shard.split("/")
-        k, n = int(k_text), int(n_text)
-    except ValueError:
-        raise ConfigError(f"--shard {shard!r}: expected K/N with 0 <= K < N, e.g. 0/4") from None
-    if n < 1 or not 0 <= k < n:
-        raise ConfigError(f"--shard {shard!r}: expected K/N with 0 <= K < N, e.g. 0/4")
-    return k, n
-
-
-def shard_index(problem_id: str, n: int) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(str(problem_id).encode()).digest()[:8], "big") % n
 
 
 def _small(v: Any) -> bool:

@@ -43,7 +43,7 @@ class RunConfig:
     models: dict = field(default_factory=dict)  # draft/target/prm/router -> path, hub id or URL
     limit: int | None = None
     offset: int = 0
-    shard: str | None = None  # "K/N": this run's share of the problems (data.shard_of)
+    shard: str | None = None  # "K/N": this run's share of the problems (shards.shard_of)
     template: str | None = None  # None: the data's own prompts when it has them, else qwen-math-cot
     question_field: str | None = None
     answer_field: str | None = None

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from arbitrage import data
-from arbitrage.data import BUILTIN, INSTRUCTION, format_prompt, load_problems
+from arbitrage.data import BUILTIN, load_problems
 from arbitrage.errors import ConfigError, DataError
+from arbitrage.prompts import INSTRUCTION, format_prompt
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 SHIPPED = {"math500": 500, "gsm8k": 1319, "svamp": 1000}

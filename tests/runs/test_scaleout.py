@@ -13,10 +13,11 @@ import time
 import pytest
 
 from arbitrage.cli import main
-from arbitrage.data import load_problems, shard_of
+from arbitrage.data import load_problems
 from arbitrage.errors import DataError
 from arbitrage.router_training import build_data
 from arbitrage.router_training.dataset import read_results
+from arbitrage.shards import shard_of
 
 GEN = [
     "--policy",
@@ -47,7 +48,7 @@ def test_shards_are_a_stable_partition_by_id():
 
 def test_the_shard_of_an_id_is_pinned_across_versions():
     """Shards written by two versions must partition the same way: the hash is part of the file format."""
-    from arbitrage.data import shard_index
+    from arbitrage.shards import shard_index
 
     got = {pid: shard_index(pid, 7) for pid in ("0", "1", "test/precalculus/807.json", "testbed-test-0-3", "ID-9")}
     assert got == PINNED_SHARDS
