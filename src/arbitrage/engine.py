@@ -24,25 +24,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .lanes import Lane
+from .model_calls import request_for, to_step
 from .models import ROLE_TABLE, ROLES, Models
-from .policies import Continue, Draft, Glimpse, Judge, Policy, Route, Score, Target, role_of
+from .policies import Draft, Judge, Policy, Route, Score, Target, role_of
 from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
-from .protocols import Model, can_cancel, lane_capacity, lane_of
+from .protocols import can_cancel, lane_capacity, lane_of
 from .types import (
     AUTHORS,
     DEFAULT_SEPARATOR,
-    Author,
-    Generation,
-    GenerationRequest,
-    JudgeRequest,
     Problem,
-    RouteRequest,
     Sampling,
-    ScoreRequest,
-    Step,
 )
 
 
@@ -65,38 +59,6 @@ class EngineConfig:
     gamma: int = 4
 
 
-class _Lane:
-    """Models that share hardware. `capacity`: calls it takes at once (1 for a device; a server batches
-    concurrent requests itself, so its lane takes as many calls as its client allows in flight)."""
-
-    def __init__(self, key: Hashable, roles: list[str], capacity: int = 1):
-        self.key, self.roles, self.capacity = key, roles, max(1, capacity)
-        self.in_flight = 0
-        self.turn = 0
-        self.releases: list[tuple[Model, str]] = []
-        self.executor: ThreadPoolExecutor | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self.in_flight >= self.capacity
-
-    @property
-    def idle(self) -> bool:
-        return self.in_flight == 0
-
-    def submit(self, fn):
-        if self.executor is None:
-            self.executor = ThreadPoolExecutor(
-                max_workers=self.capacity, thread_name_prefix=f"arbitrage-lane-{self.roles[0]}"
-            )
-        return self.executor.submit(fn)
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
-            self.executor = None
-
-
 class Engine:
     def __init__(
         self,
@@ -114,13 +76,13 @@ class Engine:
         # problem at a time to find it) and keeps serving the others; `run()` stops at the first failure.
         self.isolate_failures = isolate_failures
         self.failure: BaseException | None = None  # what stopped the background thread, if anything did
-        self._lanes: dict[Hashable, _Lane] = {}
-        self._lane_of_role: dict[str, _Lane] = {}
+        self._lanes: dict[Hashable, Lane] = {}
+        self._lane_of_role: dict[str, Lane] = {}
         self._build_lanes()
         self._cv = threading.Condition()
         self._incoming: deque[ProblemState] = deque()
         self._cancel: list[Ticket] = []
-        self._completions: list[tuple[_Lane, str, list[ProblemState], object, float, float]] = []
+        self._completions: list[tuple[Lane, str, list[ProblemState], object, float, float]] = []
         self._active: list[ProblemState] = []
         self._by_ticket: dict[int, ProblemState] = {}
         self._thread: threading.Thread | None = None
@@ -133,7 +95,7 @@ class Engine:
         for role, model in self.models.all():
             key = lane_of(model) if self.config.parallel else "serial"
             capacity = lane_capacity(model) if self.config.parallel else 1
-            lane = self._lanes.setdefault(key, _Lane(key, [], capacity))
+            lane = self._lanes.setdefault(key, Lane(key, [], capacity))
             lane.capacity = min(lane.capacity, capacity)
             if role not in lane.roles:
                 lane.roles.append(role)
@@ -321,7 +283,7 @@ class Engine:
             lane.submit(self._job(lane, role, batch, requests))
         return None
 
-    def _job(self, lane: _Lane, role: str, batch: list[ProblemState], requests):
+    def _job(self, lane: Lane, role: str, batch: list[ProblemState], requests):
         def work():
             t0 = self.clock()
             try:
@@ -433,7 +395,7 @@ class Engine:
             lane.releases.append((model, key))
         self._flush_releases()
 
-    def _flush_releases(self, lane: _Lane | None = None) -> None:
+    def _flush_releases(self, lane: Lane | None = None) -> None:
         for ln in [lane] if lane is not None else self._lanes.values():
             if ln.idle and ln.releases:
                 todo, ln.releases = ln.releases, []
@@ -466,69 +428,14 @@ class Engine:
         return self._send(role, self._requests(role, batch))
 
     def _requests(self, role: str, batch: list[ProblemState]) -> list:
-        return [REQUEST_OF[role](self, st) for st in batch]
+        return [request_for(role, st, self.config) for st in batch]
 
     def _send(self, role: str, requests: list):
         results = self.models.call(role, requests)
         if ROLE_TABLE[role].method == "generate":
             assert role in AUTHORS  # the generator roles are the draft and the target
-            return [self._to_step(role, g) for g in results]
+            return [to_step(role, g) for g in results]
         return results
-
-    def _generation_request(self, st: ProblemState) -> GenerationRequest:
-        a = st.pending
-        budget = st.limit("max_total_tokens", self.config) - st.used_tokens
-        step_max = min(st.limit("max_step_tokens", self.config), budget)
-        prefix, sample = None, 0
-        if isinstance(a, Glimpse):
-            step_max = min(step_max, a.tokens)
-        elif isinstance(a, Continue):
-            prefix = a.partial
-            step_max = step_max - a.partial.n_tokens
-        speculation, gamma = None, 0
-        if isinstance(a, Target):
-            sample = a.sample
-            if self.config.verify:
-                speculation = a.speculation
-                gamma = self.config.gamma if a.speculate else 0
-        return GenerationRequest(
-            st.key,
-            st.problem.prompt,
-            list(st.steps),
-            max(0, step_max),
-            len(st.steps),
-            sampling=st.sampling,
-            prefix=prefix,
-            sample=sample,
-            seed_key=st.problem.meta.get("seed_key"),
-            speculation=speculation,
-            gamma=gamma,
-        )
-
-    @staticmethod
-    def _to_step(author: Author, g: Generation) -> Step:
-        n = len(g.logprobs) if g.logprobs else len(g.token_ids)
-        return Step(
-            author=author,
-            text=g.text,
-            stop=g.stop,
-            n_tokens=n,
-            token_ids=g.token_ids or None,
-            logprobs=g.logprobs,
-            extras=dict(g.extras),
-        )
-
-
-# The request each role's model is sent for a problem's pending action (the roles themselves: models.ROLE_TABLE).
-REQUEST_OF = {
-    "draft": lambda eng, st: eng._generation_request(st),
-    "target": lambda eng, st: eng._generation_request(st),
-    "prm": lambda eng, st: ScoreRequest(st.key, st.problem.question, list(st.steps), st.pending.candidates),
-    "router": lambda eng, st: RouteRequest(st.key, st.problem.question, list(st.steps), st.pending.draft),
-    "judge": lambda eng, st: JudgeRequest(
-        st.key, st.problem.prompt, list(st.steps), st.pending.draft, st.pending.question
-    ),
-}
 
 
 __all__ = [

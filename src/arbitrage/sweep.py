@@ -16,8 +16,9 @@ import os
 from collections.abc import Sequence
 
 from . import factory
-from .engine import ROLES, Engine, Models
+from .engine import ROLES, Models
 from .errors import ConfigError
+from .model_calls import to_step
 from .models import roles_to_load
 from .policies import make_policy
 from .registry import registry
@@ -141,7 +142,7 @@ def warm_up(models: Models, grader, problem) -> None:
         if gen is not None:
             (g,) = gen.generate([GenerationRequest(key, problem.prompt, [], 2)])
             gen.release(key)
-            step = Engine._to_step(role, g) if role == "draft" else step
+            step = to_step(role, g) if role == "draft" else step
     if step is not None and models.prm is not None:
         models.prm.score([ScoreRequest(key, problem.question, [], [step])])
         models.prm.release(key)

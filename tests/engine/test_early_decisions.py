@@ -9,6 +9,7 @@ import pytest
 
 from arbitrage.engine import Engine, EngineConfig, Models
 from arbitrage.errors import ConfigError
+from arbitrage.model_calls import to_step
 from arbitrage.policies import make_policy
 from arbitrage.testing.fakes import FakeGenerator, FakeRouter, ForwardTokens, problems
 from arbitrage.types import Problem
@@ -109,7 +110,7 @@ def test_a_kept_glimpse_continues_from_the_cache_and_equals_the_step_written_at_
     prompts = ["Question: what is 3 + 4?\n\n", "Let x = 5. Then 2 * x is?\n\n"]
     once = gen.generate([GenerationRequest(f"a{i}", p, [], 12) for i, p in enumerate(prompts)])
     glimpses = gen.generate([GenerationRequest(f"b{i}", p, [], 1) for i, p in enumerate(prompts)])
-    steps = [Engine._to_step("draft", g) for g in glimpses]
+    steps = [to_step("draft", g) for g in glimpses]
     assert all(s.n_tokens == 1 for s in steps)
     with ForwardTokens(gen.model) as seen:
         rest = gen.generate(

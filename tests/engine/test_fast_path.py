@@ -7,6 +7,7 @@ import pytest
 
 from arbitrage.backends.hf import HFGenerator
 from arbitrage.engine import Engine, EngineConfig, Models
+from arbitrage.model_calls import to_step
 from arbitrage.policies import make_policy
 from arbitrage.testing import EveryOtherRouter
 from arbitrage.testing.fakes import ForwardTokens
@@ -54,8 +55,8 @@ def test_static_prefill_computes_only_the_new_tokens(tiny_dir):
     d, _ = generators(tiny_dir, static_slots=2, static_len=256, compile=False)
     prompt = "Question: what is 3 + 4?\n\n"
     (first,) = d.generate([GenerationRequest("k", prompt, [], 6)])
-    step = Engine._to_step("draft", first)
-    other = Engine._to_step("target", d.generate([GenerationRequest("z", "Other: 1\n\n", [], 5)])[0])
+    step = to_step("draft", first)
+    other = to_step("target", d.generate([GenerationRequest("z", "Other: 1\n\n", [], 5)])[0])
     other.author, other.extras = "target", {}  # a step written by another model: re-tokenized here
     with ForwardTokens(d.model, pad_id=d.pad_id) as seen:
         (second,) = d.generate([GenerationRequest("k", prompt, [step, other], 6)])
