@@ -6,7 +6,8 @@ llama-server returns no prompt log-probs, so `arbitrage` cannot verify a draft's
 instead the target's server speculates inside every request with a draft model of its own. This benchmark runs
 the `target` policy (every step written by the target's server, through the project's llama.cpp client) against
 two or more llama-servers holding the same target GGUF: one plain, the others with `--model-draft` and a given
-`--spec-draft-n-max`. Problems are interleaved (each problem runs on every server before the next one, the order
+`--spec-draft-n-max` (and `--spec-type draft-simple`: without it this llama.cpp loads the draft and never drafts).
+Problems are interleaved (each problem runs on every server before the next one, the order
 rotating per problem, so load on a shared machine hits every side alike), greedy. Reported per speculating server:
 latency ratio against the plain server with a 95% paired bootstrap interval over problems, the draft tokens it
 proposed and accepted (its Prometheus counters `spec_decode_num_*`, read before and after each problem), tokens
@@ -45,7 +46,10 @@ def start(name: str, port: int, threads: int, draft_max: int | None, log_dir: Pa
     cmd += ["-t", str(threads), "-tb", str(threads), "-c", "4096", "-np", "1", "--alias", "target", "--no-webui"]
     cmd += ["--cache-prompt", "--metrics"]
     if draft_max is not None:
-        cmd += ["--model-draft", str(GGUF / FILES["draft"]), "--spec-draft-n-max", str(draft_max)]
+        # --spec-type: this llama.cpp infers the kind of speculation from the draft GGUF's metadata and, for a plain
+        # model, infers none: --model-draft alone loads the draft and never drafts (its counters stay at 0)
+        cmd += ["--model-draft", str(GGUF / FILES["draft"]), "--spec-type", "draft-simple"]
+        cmd += ["--spec-draft-n-max", str(draft_max)]
         cmd += ["-td", str(threads), "-tbd", str(threads)]
     log = open(log_dir / f"{name}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -128,6 +132,10 @@ def main(argv=None) -> dict:
                         **{k: after[k] - before[k] for k in SPEC_COUNTERS},
                     }
                 )
+            drafted = {n: rows[n][-1]["spec_decode_num_draft_tokens_total"] for n in names if sides[n] is not None}
+            silent = [n for n, d in drafted.items() if not d]
+            if silent and i == 0:  # a speculating server that drafts nothing would measure the plain one twice
+                raise SystemExit(f"{', '.join(silent)}: drafted no token, speculation is off (logs in {log_dir})")
             lat = "  ".join(f"{n} {rows[n][-1]['latency_s']:.1f} s" for n in names)
             print(f"{i + 1}/{len(problems)} ({time.perf_counter() - t0:.0f} s): {lat}", file=sys.stderr, flush=True)
     finally:

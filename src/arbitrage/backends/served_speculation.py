@@ -7,8 +7,8 @@ keeps the longest prefix equal to its own greedy choice and takes its own token 
 second request continues the step from there (again reusing the cached prefix). Greedy only: a server returns
 no full distributions, so a sampled step is written as usual (lossless either way).
 
-llama.cpp's server has no prompt log-probs; its own draft-model speculation (`llama-server --model-draft`) is
-the way to speculate there (see the serving docs).
+llama.cpp's server has no prompt log-probs; its own draft-model speculation (`llama-server --model-draft ...
+--spec-type draft-simple`) is the way to speculate there (docs/speculation.md, with what it measured on a CPU).
 """
 
 from __future__ import annotations
