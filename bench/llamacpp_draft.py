@@ -76,7 +76,13 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--draft-max",
         default="3,8",
-        help="comma-separated --spec-draft-n-max values, one speculating server each (llama.cpp's default: 3)",
+        help="comma-separated --spec-draft-n-max values, one speculating server each (llama.cpp's default: 3); "
+        "'' for none",
+    )
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="also a second plain server: how often greedy text differs between two plain servers (no speculation)",
     )
     ap.add_argument("--max-steps", type=int, default=10)
     ap.add_argument("--max-step-tokens", type=int, default=128)
@@ -94,7 +100,10 @@ def main(argv=None) -> dict:
     missing = [str(p) for p in [CACHE / "llama-server"] + [GGUF / f for f in FILES.values()] if not p.exists()]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: run bench/real_lm/fetch_models.py and build_servers.sh")
-    sides = {"plain": None} | {f"draft-max {int(d)}": int(d) for d in a.draft_max.split(",")}
+    sides: dict[str, int | None] = {"plain": None}
+    if a.control:
+        sides["plain again"] = None
+    sides |= {f"draft-max {int(d)}": int(d) for d in a.draft_max.split(",") if d.strip()}
     log_dir = CACHE / "run"
     log_dir.mkdir(parents=True, exist_ok=True)
     procs, gens = {}, {}
