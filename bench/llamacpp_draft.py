@@ -68,6 +68,14 @@ def counters(url: str) -> dict[str, float]:
     return out
 
 
+def acceptance_ci(side: list[dict]) -> dict:
+    """Accepted / drafted tokens over a side's problems, with a bootstrap interval resampling problems."""
+    from arbitrage.evidence import paired_ratio_ci
+
+    accepted = [r["spec_decode_num_accepted_tokens_total"] for r in side]
+    return paired_ratio_ci(accepted, [r["spec_decode_num_draft_tokens_total"] for r in side])
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20, help="GSM8K test problems (default: %(default)s)")
@@ -193,6 +201,8 @@ def main(argv=None) -> dict:
             s["draft_acceptance"] = tot["spec_decode_num_accepted_tokens_total"] / drafted if drafted else None
             verifs = tot["spec_decode_num_drafts_total"]  # 1 + accepted per verification: tokens per target pass
             s["tokens_per_verification"] = 1 + tot["spec_decode_num_accepted_tokens_total"] / verifs if verifs else None
+            if drafted:  # problems resampled together with their tokens
+                s["draft_acceptance_ci95"] = acceptance_ci(side)["ci95"]
         report["sides"][name] = s
         sp = s.get("speedup_vs_plain")
         spt = f"{sp['ratio']:.2f}x ({sp['ci95'][0]:.2f}-{sp['ci95'][1]:.2f})" if sp else "1 (reference)"

@@ -32,12 +32,7 @@ from .models import ROLE_TABLE, ROLES, Models
 from .policies import Draft, Judge, Policy, Route, Score, Target, role_of
 from .problem import Limits, ProblemResult, ProblemState, Ticket, commit
 from .protocols import can_cancel, lane_capacity, lane_of
-from .types import (
-    AUTHORS,
-    DEFAULT_SEPARATOR,
-    Problem,
-    Sampling,
-)
+from .types import AUTHORS, DEFAULT_SEPARATOR, Problem, Sampling
 
 
 class EngineStopped(RuntimeError):
